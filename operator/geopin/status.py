@@ -1,0 +1,104 @@
+"""A policy's status block, computed from the workload views and the policy's snapshot (pure)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from geopin.decisions import PolicySnapshot, is_selected
+from geopin.health import Target
+from geopin.policy import GLOBAL_REGION, Policy
+from geopin.references import InvalidReference, parse, same_host
+from geopin.rewrite import read_record
+from geopin.workloads import ANNOTATION_PINNED_REGION, WorkloadView
+
+__all__ = ["WorkloadCounts", "count_workloads", "uses_registry"]
+
+
+@dataclass
+class WorkloadCounts:
+    total: int = 0  # workloads with at least one image of the policy's registry (by intent)
+    pinned: int = 0
+    skipped: int = 0
+    invalid: int = 0
+    awaiting_replication: int = 0
+    by_region: Counter[str] = field(default_factory=Counter)
+
+    def as_status(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "pinned": self.pinned,
+            "skipped": self.skipped,
+            "invalid": self.invalid,
+            "awaitingReplication": self.awaiting_replication,
+        }
+
+
+def _host_of(image: str) -> str | None:
+    try:
+        return parse(image).host
+    except InvalidReference:
+        first, slash, _ = image.partition("/")
+        return first if slash else None
+
+
+def uses_registry(view: WorkloadView, policy: Policy) -> tuple[bool, bool]:
+    """(has an image of the registry by intent, has an invalid reference that names the registry)."""
+    record, _ = read_record(view.annotations)
+    uses = any(policy.manages_host(_host_of(v)) for v in record.values())
+    invalid = False
+    for container in view.containers:
+        host = _host_of(container.image)
+        if host is None or not same_host(host, policy.registry):
+            continue
+        uses = True
+        try:
+            parse(container.image)
+        except InvalidReference:
+            invalid = True
+    return uses, invalid
+
+
+def count_workloads(
+    views: Iterable[WorkloadView],
+    snapshot: PolicySnapshot,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+) -> WorkloadCounts:
+    counts = WorkloadCounts()
+    for view in views:
+        uses, invalid = uses_registry(view, snapshot.policy)
+        if not uses:
+            continue
+        counts.total += 1
+        counts.invalid += invalid
+        record, _ = read_record(view.annotations)
+        if any(snapshot.policy.manages_host(_host_of(v)) for v in record.values()):
+            counts.pinned += 1
+            counts.by_region[view.annotations.get(ANNOTATION_PINNED_REGION, GLOBAL_REGION)] += 1
+        elif not is_selected(snapshot, view, namespace_labels.get(view.namespace)):
+            counts.skipped += 1
+    return counts
+
+
+def healthy_summary(snapshot: PolicySnapshot) -> str:
+    listed = [r.region for r in snapshot.policy.replicas]
+    return f"{sum(r in snapshot.healthy for r in listed)}/{len(listed)}"
+
+
+def replicas_status(snapshot: PolicySnapshot) -> list[dict[str, Any]]:
+    return [
+        {
+            "region": r.region,
+            "endpoint": r.endpoint,
+            # Not probed yet: every listed replica is assumed healthy until probes decide otherwise.
+            "state": "Unknown",
+            "message": "not probed; assumed healthy",
+        }
+        for r in snapshot.policy.replicas
+    ]
+
+
+def active(snapshot: PolicySnapshot) -> Target:
+    return snapshot.home()
