@@ -1,0 +1,54 @@
+# geopin — every entry point a developer or CI uses. `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: help venv controlplane lint test test-unit test-e2e dev-up dev-down demo lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+$(STAMP): pyproject.toml requirements/dev.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements/dev.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $@
+
+venv: $(STAMP) ## create .venv from the lock
+
+controlplane: ## build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
+	@hack/controlplane/build.sh
+
+lint: $(STAMP) ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+
+test-unit: $(STAMP) ## the pure core's tests (seconds)
+	$(BIN)/pytest tests/unit -q
+
+test-e2e: $(STAMP) controlplane ## end-to-end tests on the local control plane and registries
+	$(BIN)/pytest tests/e2e -q
+
+test: lint controlplane ## the whole suite: what .ci/run runs
+	$(BIN)/pytest tests -q
+
+dev-up: $(STAMP) controlplane ## start the control plane and three registry replicas, write .dev/
+	$(BIN)/python -m tests.harness up
+
+dev-down: $(STAMP) ## stop what dev-up started and remove .dev/
+	$(BIN)/python -m tests.harness down
+
+demo: $(STAMP) controlplane ## the guided tour: environment, operator, policy, a pinned Deployment
+	$(BIN)/python -m tests.harness.demo $(DEMO_ARGS)
+
+lock: ## re-resolve requirements/*.lock from pyproject.toml
+	$(BIN)/uv pip compile --quiet pyproject.toml -o requirements/runtime.lock
+	$(BIN)/uv pip compile --quiet pyproject.toml --extra dev -o requirements/dev.lock
+
+clean: ## remove the venv and local state (build cache stays in ~/.cache/geopin)
+	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache

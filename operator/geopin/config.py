@@ -1,0 +1,18 @@
+"""Settings of one operator process (``geopin run``), as a dataclass in Kopf's style."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    kubeconfig: str | None = None  # None: in-cluster service account, else $KUBECONFIG / ~/.kube/config
+    operator_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "geopin-system"))
+    namespaces: tuple[str, ...] = ()  # empty: cluster-wide
+    metrics_port: int = 8080  # 0 disables the metrics server
+    health_port: int = 8081  # Kopf's liveness endpoint; 0 disables it
+    workers: int = 8  # concurrent workload writes (and API connections)
+    log_format: str = "text"  # text | json
+    verbose: bool = False

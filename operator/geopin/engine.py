@@ -1,0 +1,309 @@
+"""The operator's in-memory state and its only writer of workloads.
+
+``PolicyBook`` holds what every policy knows (spec, cluster region, healthy replicas, deletion).
+``Reconciler`` owns a de-duplicating queue of workload references and a fixed pool of worker tasks:
+whatever the number of workloads, there are ``workers`` tasks and at most that many API calls in
+flight. A worker reads the latest view, computes the desired state (pure), and sends at most one
+guarded JSON patch; on a conflict it re-reads the object and tries again, so a user's concurrent
+edit is never overwritten. Nothing here touches Kopf, so it can run under any event source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from geopin import metrics
+from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot, plan_workload
+from geopin.health import Target
+from geopin.kube import Kube, cluster_region_of
+from geopin.policy import AUTO_REGION, Policy
+from geopin.references import split_host
+from geopin.rewrite import Desired, changed_containers, json_patch, read_record
+from geopin.workloads import KINDS, WorkloadView, view_of
+
+__all__ = ["PolicyBook", "PolicyEntry", "Reconciler", "WorkloadRef"]
+
+logger = logging.getLogger(__name__)
+
+WorkloadRef = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def object_ref(view: WorkloadView) -> dict[str, Any]:
+    kind = KINDS[view.kind]
+    return {
+        "apiVersion": f"{kind.group}/{kind.version}" if kind.group else kind.version,
+        "kind": view.kind,
+        "metadata": {"name": view.name, "namespace": view.namespace, "uid": view.uid},
+    }
+
+
+@dataclass
+class PolicyEntry:
+    name: str
+    uid: str
+    created: str  # creationTimestamp: the older of two policies for one registry wins
+    generation: int
+    policy: Policy | None  # None while the spec is invalid
+    error: str | None = None
+    deleting: bool = False
+    conflict_with: str | None = None
+    observed_status: dict[str, Any] = field(default_factory=dict)  # as read from the API at first sight
+
+
+@dataclass
+class PolicyBook:
+    """Every known policy, plus the cluster facts they share."""
+
+    node_regions: Callable[[], list[str | None]] = list
+    excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
+    entries: dict[str, PolicyEntry] = field(default_factory=dict)
+
+    def upsert(self, entry: PolicyEntry) -> None:
+        self.entries[entry.name] = entry
+        self._resolve_conflicts()
+
+    def remove(self, name: str) -> None:
+        self.entries.pop(name, None)
+        self._resolve_conflicts()
+
+    def _resolve_conflicts(self) -> None:
+        owners: dict[tuple[str, str | None], PolicyEntry] = {}
+        for entry in sorted(self.entries.values(), key=lambda e: (e.created, e.name)):
+            entry.conflict_with = None
+            if entry.policy is None:
+                continue
+            host = split_host(entry.policy.registry)
+            if host in owners:
+                entry.conflict_with = owners[host].name
+            else:
+                owners[host] = entry
+
+    def cluster_region(self, policy: Policy) -> str | None:
+        if policy.region != AUTO_REGION:
+            return policy.region
+        return cluster_region_of(self.node_regions())
+
+    def snapshot(self, entry: PolicyEntry) -> PolicySnapshot | None:
+        if entry.policy is None or entry.conflict_with is not None:
+            return None
+        return PolicySnapshot(
+            policy=entry.policy,
+            cluster_region=self.cluster_region(entry.policy),
+            # Static health until probes land: every listed replica is assumed healthy.
+            healthy=frozenset(r.region for r in entry.policy.replicas),
+            deleting=entry.deleting,
+            excluded_namespaces=self.excluded_namespaces,
+        )
+
+    def snapshots(self) -> list[PolicySnapshot]:
+        return [s for e in sorted(self.entries.values(), key=lambda e: e.name) if (s := self.snapshot(e))]
+
+
+def records_policy(view: WorkloadView, policy: Policy) -> bool:
+    """Does the workload hold an original-images entry of this policy's registry?"""
+    record, _ = read_record(view.annotations)
+    return any(policy.manages_host(v.split("/", 1)[0]) for v in record.values() if "/" in v)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        book: PolicyBook,
+        views: Callable[[WorkloadRef], WorkloadView | None],
+        namespace_labels: Callable[[str], Mapping[str, str] | None],
+        workers: int = 8,
+        retries: int = 5,
+    ) -> None:
+        self.kube = kube
+        self.book = book
+        self.views = views
+        self.namespace_labels = namespace_labels
+        self.workers = workers
+        self.retries = retries
+        self._queue: asyncio.Queue[WorkloadRef] = asyncio.Queue()
+        self._pending: set[WorkloadRef] = set()
+        self._busy = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reported_invalid: set[tuple[str, str]] = set()
+        self._events: set[asyncio.Task[None]] = set()
+        self.version = 0  # bumped after every write and cluster change: status loops recount
+
+    # -- planning (pure, cheap: safe to call from event handlers) -----------------------------------
+
+    def desired(self, view: WorkloadView) -> Desired | None:
+        return plan_workload(view, self.book.snapshots(), self.namespace_labels(view.namespace))
+
+    def needs_write(self, view: WorkloadView) -> bool:
+        desired = self.desired(view)
+        if desired is not None:
+            self._report_invalid(view, desired)
+        return desired is not None and bool(json_patch(KINDS[view.kind], view, desired))
+
+    def _report_invalid(self, view: WorkloadView, desired: Desired) -> None:
+        for invalid in desired.invalid:
+            key = (view.uid, invalid.image)
+            if key in self._reported_invalid:
+                continue
+            self._reported_invalid.add(key)
+            message = f"{invalid.container}: {invalid.image!r} left untouched: {invalid.reason}"
+            logger.warning("%s/%s %s", view.namespace, view.name, message)
+            self.post_event(view, "Warning", "InvalidImageReference", message, once=True)
+
+    def post_event(self, view: WorkloadView, type: str, reason: str, message: str, once: bool = False) -> None:
+        """Post without waiting: an Event never holds up a workload write."""
+        posting = self.kube.post_event(object_ref(view), type, reason, message, once=once)
+        task = asyncio.get_running_loop().create_task(posting)
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
+
+    # -- queue ----------------------------------------------------------------------------------------
+
+    def enqueue(self, ref: WorkloadRef) -> None:
+        if ref not in self._pending:
+            self._pending.add(ref)
+            self._queue.put_nowait(ref)
+
+    def enqueue_if_needed(self, views: Iterable[WorkloadView]) -> int:
+        count = 0
+        for view in views:
+            if self.needs_write(view):
+                self.enqueue(view.ref)
+                count += 1
+        return count
+
+    def touch(self) -> None:
+        """Something changed that may alter a policy's status or decisions."""
+        self.version += 1
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending and self._busy == 0
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker(), name=f"geopin-worker-{i}") for i in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _worker(self) -> None:
+        while True:
+            ref = await self._queue.get()
+            self._pending.discard(ref)
+            self._busy += 1
+            try:
+                await self.reconcile(ref)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("reconciling %s/%s/%s failed; the next resync retries it", *ref)
+            finally:
+                self._busy -= 1
+                self._queue.task_done()
+
+    # -- one workload ---------------------------------------------------------------------------------
+
+    async def reconcile(self, ref: WorkloadRef) -> None:
+        """Bring one workload to its desired state with at most one successful write."""
+        kind = KINDS[ref[0]]
+        view = self.views(ref)
+        delay = 0.2
+        for attempt in range(self.retries):
+            if view is None:
+                return
+            desired = self.desired(view)
+            if desired is None:
+                return
+            ops = json_patch(kind, view, desired)
+            if not ops:
+                return
+            policy = self._policy_label(view, desired)
+            try:
+                outcome = await self.kube.patch(kind, view.namespace, view.name, ops)
+            except Exception as e:
+                metrics.WORKLOAD_REWRITES.labels(policy, kind.kind, "error").inc()
+                logger.warning("patching %s %s/%s failed (attempt %d): %s", kind.kind, *ref[1:], attempt + 1, e)
+                await asyncio.sleep(delay)  # backoff between retries of a failed API call, not a sync point
+                delay = min(delay * 2, 5.0)
+                continue
+            if outcome.result == "gone":
+                return
+            if outcome.result == "conflict":
+                metrics.WORKLOAD_REWRITES.labels(policy, kind.kind, "conflict").inc()
+                body = await self.kube.get(kind, view.namespace, view.name)
+                view = view_of(kind, body) if body is not None else None
+                continue
+            self._announce(view, desired, policy)
+            self.touch()
+            return
+        logger.error(
+            "gave up on %s %s/%s after %d attempts; the next resync retries it",
+            kind.kind,
+            *ref[1:],
+            self.retries,
+        )
+
+    def _policy_label(self, view: WorkloadView, desired: Desired) -> str:
+        for snapshot in self.book.snapshots():
+            if desired.originals and any(
+                snapshot.policy.manages_host(v.split("/", 1)[0]) for v in desired.originals.values()
+            ):
+                return snapshot.policy.name
+            if records_policy(view, snapshot.policy):
+                return snapshot.policy.name
+        return ""
+
+    def _announce(self, view: WorkloadView, desired: Desired, policy: str) -> None:
+        changed = changed_containers(view, desired)
+        result = "pinned" if desired.originals else "restored"
+        metrics.WORKLOAD_REWRITES.labels(policy, view.kind, result).inc()
+        if not changed:
+            return
+        moves = ", ".join(f"{c.key}: {c.image} -> {desired.images[c.key]}" for c in changed)
+        if desired.originals:
+            self.post_event(view, "Normal", "Repinned", f"pinned to {desired.pinned_region}: {moves}")
+        else:
+            self.post_event(view, "Normal", "Restored", f"original images restored: {moves}")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(
+    previous: Iterable[Mapping[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+) -> dict[str, Any]:
+    """A metav1.Condition whose lastTransitionTime moves only when its status does."""
+    value = "True" if status else "False"
+    before = next((c for c in previous if c.get("type") == type_), None)
+    changed = before is None or before.get("status") != value
+    return {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": now_iso() if changed or before is None else before.get("lastTransitionTime"),
+    }
+
+
+def target_summary(target: Target) -> dict[str, str]:
+    return {"activeRegion": target.region, "activeEndpoint": target.endpoint}
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,76 @@
+"""RegistryPolicy: keep the in-memory book current, restore on deletion, report status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from geopin.engine import PolicyEntry, records_policy
+from geopin.handlers.runtime import Runtime
+from geopin.kube import POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION
+from geopin.policy import InvalidPolicy, Policy, from_spec
+from geopin.reporting import forget_metrics
+
+logger = logging.getLogger(__name__)
+
+
+def entry_from(body: kopf.Body, previous: PolicyEntry | None) -> PolicyEntry:
+    meta = body.get("metadata", {})
+    name = meta.get("name", "")
+    policy: Policy | None
+    try:
+        policy, error = from_spec(name, body.get("spec") or {}), None
+    except InvalidPolicy as e:
+        # Keep acting as the last valid spec said (pins stay put); the status says what is wrong.
+        policy, error = (previous.policy if previous else None), str(e)
+    return PolicyEntry(
+        name=name,
+        uid=meta.get("uid", ""),
+        created=meta.get("creationTimestamp", ""),
+        generation=int(meta.get("generation") or 0),
+        policy=policy,
+        error=error,
+        deleting=previous.deleting if previous else False,
+        observed_status=dict(body.get("status") or {}),
+    )
+
+
+# An event handler, not create/update/resume: Kopf then keeps no progress on the policy and a
+# restart writes nothing. Status events come back here too; an unchanged generation is skipped.
+@kopf.on.event(POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL)
+async def policy_changed(name: str, body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime = memo.runtime
+    previous = runtime.book.entries.get(name)
+    if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+        return  # policy_deleted restores and forgets it
+    entry = entry_from(body, previous)
+    if previous is not None and (previous.generation, previous.uid) == (entry.generation, entry.uid):
+        return
+    runtime.book.upsert(entry)
+    if entry.error:
+        kopf.warn(body, reason="InvalidSpec", message=entry.error)
+    queued = runtime.reconciler.enqueue_if_needed(runtime.views())
+    runtime.reconciler.touch()
+    logger.info("policy %s applied: %d workloads queued", name, queued)
+
+
+@kopf.on.delete(POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL)
+async def policy_deleted(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Restore every workload this policy rewrote; the finalizer stays until none is left."""
+    runtime: Runtime = memo.runtime
+    entry = runtime.book.entries.get(name) or entry_from(body, None)
+    entry.deleting = True
+    runtime.book.upsert(entry)
+    if entry.policy is None:
+        kopf.warn(body, reason="InvalidSpec", message="never valid: nothing was rewritten by it")
+        runtime.book.remove(name)
+        return
+    runtime.reconciler.enqueue_if_needed(runtime.views())
+    remaining = sum(records_policy(view, entry.policy) for view in runtime.views())
+    if remaining:
+        raise kopf.TemporaryError(f"restoring {remaining} workloads", delay=1)
+    runtime.book.remove(name)
+    kopf.info(body, reason="Restored", message="every workload's original images are restored")
+    forget_metrics(name)

@@ -1,0 +1,114 @@
+"""Operator start-up and shutdown: settings, the API client, the reconciler, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from geopin import metrics
+from geopin.config import RunConfig
+from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES
+from geopin.engine import PolicyBook, Reconciler, WorkloadRef
+from geopin.kube import Kube, load_api_client, load_configuration
+from geopin.reporting import StatusReporter
+from geopin.workloads import WorkloadView
+
+logger = logging.getLogger(__name__)
+
+FINALIZER = "geopin.io/restore"
+
+
+@dataclass
+class Runtime:
+    """Everything the handlers share, kept in Kopf's memo as ``memo.runtime``."""
+
+    config: RunConfig
+    kube: Kube
+    book: PolicyBook
+    reconciler: Reconciler
+    indices: dict[str, Any] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def view(self, ref: WorkloadRef) -> WorkloadView | None:
+        store = self.indices["workload_views"].get(ref)
+        return next(iter(store), None) if store is not None else None
+
+    def views(self) -> list[WorkloadView]:
+        index = self.indices["workload_views"]
+        return [view for key in list(index) for view in index.get(key, ())]
+
+    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        store = self.indices["namespace_labels"].get(namespace)
+        return next(iter(store), None) if store is not None else None
+
+    def all_namespace_labels(self) -> dict[str, dict[str, str]]:
+        index = self.indices["namespace_labels"]
+        return {key: labels for key in list(index) for labels in index.get(key, ())}
+
+    def node_regions(self) -> list[str | None]:
+        index = self.indices["node_regions"]
+        return [region for key in list(index) for region in index.get(key, ())]
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """Kopf connects exactly as geopin's own client does (one source of credentials)."""
+    config: RunConfig = memo.config
+    configuration = load_configuration(config.kubeconfig)
+    header = configuration.get_api_key_with_prefix("BearerToken") or configuration.get_api_key_with_prefix(
+        "authorization"
+    )
+    scheme, _space, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    config: RunConfig = memo.config
+    # geopin's own bookkeeping on its own CRD uses geopin.io keys; workloads are only watched through
+    # indices and event handlers, for which Kopf stores nothing on the objects.
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="geopin.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="geopin.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.scanning.disabled = True  # no cluster-wide CRD discovery: fewer permissions
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+
+    kube = Kube(load_api_client(config.kubeconfig, pool_size=config.workers), concurrency=config.workers)
+    book = PolicyBook(excluded_namespaces=DEFAULT_EXCLUDED_NAMESPACES | {config.operator_namespace})
+    runtime = Runtime(config=config, kube=kube, book=book, reconciler=None)  # type: ignore[arg-type]
+    runtime.indices = {name: kwargs[name] for name in ("workload_views", "namespace_labels", "node_regions")}
+    book.node_regions = runtime.node_regions
+    runtime.reconciler = Reconciler(kube, book, runtime.view, runtime.namespace_labels, workers=config.workers)
+    await runtime.reconciler.start()
+    memo.runtime = runtime
+    runtime.tasks.append(asyncio.create_task(StatusReporter(runtime).run(), name="geopin-status"))
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
+    logger.info("geopin started: %d workers, metrics on :%s", config.workers, config.metrics_port or "off")
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        for task in runtime.tasks:
+            task.cancel()
+        await asyncio.gather(*runtime.tasks, return_exceptions=True)
+        await runtime.reconciler.stop()
+        runtime.kube.close()
