@@ -65,7 +65,7 @@ def test_api_server_rejects_malformed_policy(control_plane: ControlPlane, spec: 
     error = _create(control_plane, "bad", spec)
     assert error is not None, "the API server accepted a malformed policy"
     assert error.status == 422
-    message = json.loads(error.body)["message"]
+    message = json.loads(error.body or "{}")["message"]
     assert field in message, message
 
 
