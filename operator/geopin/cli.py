@@ -95,6 +95,8 @@ def _load_yaml(path: str, stdin: TextIO) -> list[Any]:
             return list(yaml.safe_load_all(f))
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         raise CliError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
 
@@ -105,8 +107,11 @@ def _load_policy(path: str, stdin: TextIO) -> Policy:
     if len(policies) != 1:
         raise CliError(f"{path}: expected exactly one RegistryPolicy, found {len(policies)}")
     doc = policies[0]
+    metadata, spec = doc.get("metadata") or {}, doc.get("spec") or {}
+    if not isinstance(metadata, dict) or not isinstance(spec, dict):
+        raise CliError(f"{path}: metadata and spec of a RegistryPolicy must be objects")
     try:
-        return from_spec((doc.get("metadata") or {}).get("name", ""), doc.get("spec") or {})
+        return from_spec(str(metadata.get("name", "")), spec)
     except InvalidPolicy as e:
         raise CliError(f"{path}: invalid RegistryPolicy: {e}") from None
 

@@ -14,7 +14,7 @@ from typing import Any
 import jsonpatch
 
 from geopin.decisions import PolicySnapshot, plan_workload
-from geopin.policy import AUTO_REGION, GLOBAL_REGION, Policy
+from geopin.policy import AUTO_REGION, GLOBAL_REGION, REGION_RE, Policy
 from geopin.rewrite import changed_containers, json_patch
 from geopin.workloads import KINDS, PATCH_KINDS, view_of
 
@@ -46,6 +46,8 @@ def plan_documents(
     cluster_region = policy.region if policy.region != AUTO_REGION else region
     if cluster_region is None:
         raise PlanUsageError("the policy says region: auto; give the cluster's region with --region")
+    if not REGION_RE.fullmatch(cluster_region):
+        raise PlanUsageError(f"--region {cluster_region!r} is not an Azure region name (lower-case letters and digits)")
     healthy = frozenset(r.region for r in policy.replicas)
     if active_region is not None:
         if active_region != GLOBAL_REGION and policy.replica(active_region) is None:
@@ -72,7 +74,10 @@ def _plan_one(
     if not isinstance(doc, dict) or doc.get("kind") not in TEMPLATE_KINDS:
         return doc
     kind = TEMPLATE_KINDS[doc["kind"]]
-    metadata = doc.setdefault("metadata", {})
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, dict):
+        result.warnings.append(f"{doc['kind']} without metadata: left as it is")
+        return doc
     namespace = metadata.get("namespace") or "default"
     view = view_of(kind, {**doc, "metadata": {**metadata, "namespace": namespace}})
     where = f"{kind.kind} {namespace}/{view.name}"

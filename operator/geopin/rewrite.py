@@ -163,7 +163,10 @@ def desired_state(
     return Desired(
         images=images,
         originals=originals,
-        pinned_region=target.region if (target is not None and ours) else None,
+        # Another policy's entries keep the region they point to.
+        pinned_region=(target.region if target is not None else None)
+        if ours
+        else (view.annotations.get(ANNOTATION_PINNED_REGION) if originals else None),
         invalid=tuple(invalid),
         record_was_malformed=malformed,
     )

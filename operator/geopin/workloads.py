@@ -117,6 +117,7 @@ def view_of(kind: Kind, body: Mapping[str, Any]) -> WorkloadView:
         Container(list=list_name, index=index, name=str(c.get("name", "")), image=str(c.get("image") or ""))
         for list_name in lists
         for index, c in enumerate(pod_spec.get(list_name) or [])
+        if isinstance(c, Mapping)
     )
     return WorkloadView(
         kind=kind.kind,

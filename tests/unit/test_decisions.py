@@ -335,3 +335,19 @@ def test_invalid_reference_is_reported_once_across_policies() -> None:
     assert [(i.container, i.image) for i in desired.invalid] == [("containers/web", bad)]
     assert desired.images["containers/web"] == bad
     assert "containers/web" not in desired.originals
+
+
+def test_restore_keeps_pinned_region_of_a_non_writing_policy_s_images() -> None:
+    body = deployment({"web": CONTOSO_WEB, "api": FABRIKAM_API})
+    first = plan_workload(view(body), both(), {})
+    assert first is not None
+    body = apply(body, first)
+
+    # contoso is deleted while fabrikam (which pinned "api") has since been switched to Audit.
+    snapshots = [snapshot(CONTOSO, deleting=True), snapshot(policy("fabrikam.azurecr.io", mode="Audit"))]
+    desired = plan_workload(view(body), snapshots, {})
+    assert desired is not None
+    restored = apply(body, desired)
+    assert images_of(restored) == {"web": CONTOSO_WEB, "api": "fabrikam.eastus.geo.azurecr.io/api:7"}
+    assert record_of(restored) == {"containers/api": FABRIKAM_API}
+    assert restored["metadata"]["annotations"].get(ANNOTATION_PINNED_REGION) == "eastus"
