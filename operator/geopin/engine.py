@@ -61,6 +61,9 @@ class PolicyBook:
     """Every known policy, plus the cluster facts they share."""
 
     node_regions: Callable[[], list[str | None]] = list
+    # The replicas each policy may use now (its probe loop's verdict), None while undecided.
+    # Without a health source every listed replica is usable (offline planning, unit tests).
+    usable: Callable[[str], frozenset[str] | None] | None = None
     excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
     entries: dict[str, PolicyEntry] = field(default_factory=dict)
 
@@ -90,13 +93,22 @@ class PolicyBook:
         return cluster_region_of(self.node_regions())
 
     def snapshot(self, entry: PolicyEntry) -> PolicySnapshot | None:
+        """What the policy knows now; None while it must not act (invalid, conflicting, still probing)."""
         if entry.policy is None or entry.conflict_with is not None:
             return None
+        if entry.deleting:
+            healthy: frozenset[str] = frozenset()  # restoring needs no health
+        elif self.usable is None:
+            healthy = frozenset(r.region for r in entry.policy.replicas)
+        else:
+            usable = self.usable(entry.name)
+            if usable is None:
+                return None
+            healthy = usable
         return PolicySnapshot(
             policy=entry.policy,
             cluster_region=self.cluster_region(entry.policy),
-            # Static health until probes land: every listed replica is assumed healthy.
-            healthy=frozenset(r.region for r in entry.policy.replicas),
+            healthy=healthy,
             deleting=entry.deleting,
             excluded_namespaces=self.excluded_namespaces,
         )

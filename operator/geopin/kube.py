@@ -116,6 +116,16 @@ class Kube:
             raise
         return result
 
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's ``data`` (base64 values, as stored); None when it does not exist."""
+        try:
+            secret = await self._call(f"/api/v1/namespaces/{namespace}/secrets/{name}", "GET")
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return dict(secret.get("data") or {})
+
     async def patch(self, kind: Kind, namespace: str | None, name: str, ops: list[dict[str, Any]]) -> PatchOutcome:
         """Apply a guarded JSON patch. A failed ``test`` (422) or a conflict (409) is a ``conflict``."""
         try:

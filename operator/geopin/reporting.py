@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from geopin import metrics
+from geopin.decisions import PolicySnapshot
 from geopin.engine import PolicyEntry, condition, now_iso
+from geopin.health import Target, preference_order
 from geopin.kube import POLICY_GROUP, POLICY_VERSION
-from geopin.policy import Mode
-from geopin.status import count_workloads, healthy_summary, replicas_status
+from geopin.monitor import PolicyMonitor, wall_time
+from geopin.policy import GLOBAL_REGION, Mode
+from geopin.status import count_workloads
 
 if TYPE_CHECKING:
     from geopin.handlers.runtime import Runtime
@@ -54,7 +58,7 @@ class StatusReporter:
             last = self.written.setdefault(entry.uid, dict(entry.observed_status))
             status, switch = report(self.runtime, entry, last)
             if switch:
-                await self.runtime.kube.post_event(_policy_ref(entry), "Normal", "EndpointSwitched", switch)
+                await self.runtime.kube.post_event(policy_ref(entry), "Normal", "EndpointSwitched", switch)
             if _differs(status, last):
                 await self.runtime.kube.patch_policy_status(entry.name, status)
                 self.written[entry.uid] = status
@@ -62,15 +66,73 @@ class StatusReporter:
             logger.exception("reporting the status of policy %s failed; retrying on the next pass", entry.name)
 
 
+# Fields that change on every probe: written when the status changes for another reason, never on
+# their own, so a steady state makes no API writes (live values are in the metrics).
+_VOLATILE_REPLICA_FIELDS = ("lastProbeTime", "latencyMilliseconds", "message")
+
+
 def _differs(new: dict[str, Any], old: dict[str, Any]) -> bool:
     def strip(s: dict[str, Any]) -> Any:
         conditions = [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in s.get("conditions", [])]
+        replicas = [{k: v for k, v in r.items() if k not in _VOLATILE_REPLICA_FIELDS} for r in s.get("replicas", [])]
         return {
-            **{k: v for k, v in s.items() if k not in ("conditions", "lastSwitch")},
+            **{k: v for k, v in s.items() if k not in ("conditions", "lastSwitch", "replicas")},
             "conditions": conditions,
+            "replicas": replicas,
         }
 
     return bool(strip(new) != strip(old))
+
+
+def _rfc3339(monotonic_time: float | None) -> str | None:
+    if monotonic_time is None:
+        return None
+    return datetime.fromtimestamp(wall_time(monotonic_time), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def replicas_status(
+    monitor: PolicyMonitor | None, snapshot: PolicySnapshot, previous: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per replica. A state unchanged since the last status keeps its lastTransitionTime
+    (as conditions do), so a restart that finds the same health writes nothing."""
+    before = {row.get("region"): row for row in previous or []}
+    if monitor is None:
+        return [{"region": r.region, "endpoint": r.endpoint, "state": "Unknown"} for r in snapshot.policy.replicas]
+    rows: list[dict[str, Any]] = []
+    for health in monitor.tracker.replicas.values():
+        row: dict[str, Any] = {
+            "region": health.region,
+            "endpoint": health.endpoint,
+            "state": str(health.reported_state),
+            "consecutiveFailures": health.consecutive_failures,
+            "latencyMilliseconds": round(health.latency_seconds * 1000),
+            "message": health.message[:512],
+        }
+        if (probed := _rfc3339(health.last_probe_time)) is not None:
+            row["lastProbeTime"] = probed
+        old = before.get(health.region, {})
+        if old.get("state") == row["state"] and old.get("lastTransitionTime"):
+            row["lastTransitionTime"] = old["lastTransitionTime"]
+        elif (transition := _rfc3339(health.last_transition_time)) is not None:
+            row["lastTransitionTime"] = transition
+        rows.append(row)
+    return rows
+
+
+def switch_reason(previous: str, target: Target, snapshot: PolicySnapshot, monitor: PolicyMonitor | None) -> str:
+    """Why the active endpoint moved from ``previous`` to ``target``."""
+    if target.is_global:
+        return "NoHealthyReplica"
+    health = monitor.tracker.replicas.get(previous) if monitor is not None else None
+    if health is not None and health.excluded:
+        return "ReplicaExcluded"
+    if health is not None and previous not in snapshot.healthy:
+        return "ReplicaUnhealthy"
+    if previous == GLOBAL_REGION or (health is not None and previous in snapshot.healthy):
+        order = preference_order(snapshot.policy, snapshot.cluster_region)
+        if previous == GLOBAL_REGION or (target.region in order and order.index(target.region) < order.index(previous)):
+            return "ReplicaRecovered"
+    return "PolicyChanged"
 
 
 def report(runtime: Runtime, entry: PolicyEntry, last_status: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -78,37 +140,56 @@ def report(runtime: Runtime, entry: PolicyEntry, last_status: dict[str, Any]) ->
 
     Returns the status and, when the active region changed since the last status, the switch message.
     """
-    last_active: str | None = last_status.get("activeRegion")
-    switch: str | None = None
     reconciler = runtime.reconciler
     views = runtime.views()
     queued = reconciler.enqueue_if_needed(views)
     previous = last_status.get("conditions", [])
     generation = entry.generation
     status: dict[str, Any] = {"observedGeneration": generation}
-    snapshot = runtime.book.snapshot(entry)
+    monitor = runtime.monitors.get(entry.name)
 
-    if entry.policy is None or snapshot is None:
+    def conditions(*items: tuple[str, bool, str, str]) -> list[dict[str, Any]]:
+        return [
+            condition(previous, type_, value, reason, message, generation) for type_, value, reason, message in items
+        ]
+
+    if entry.policy is None or entry.conflict_with:
         if entry.conflict_with:
             reason, message = "Conflict", f"policy {entry.conflict_with} already manages this registry"
         else:
             reason, message = "InvalidSpec", entry.error or "invalid spec"
-        status["conditions"] = [condition(previous, "Ready", False, reason, message, generation)]
+        status["conditions"] = conditions(("Ready", False, reason, message))
         return status, None
 
+    snapshot = runtime.book.snapshot(entry)
+    if snapshot is None:  # still probing: nothing is decided, nothing is rewritten
+        status["conditions"] = conditions(
+            ("Ready", False, "Probing", "waiting for every replica's first verdict before acting")
+        )
+        status["replicas"] = replicas_status(
+            monitor, PolicySnapshot(entry.policy, None, frozenset()), last_status.get("replicas")
+        )
+        return status, None
+
+    policy = entry.policy
     target = snapshot.home()
     counts = count_workloads(views, snapshot, runtime.all_namespace_labels())
+    replicas = replicas_status(monitor, snapshot, last_status.get("replicas"))
+    healthy = sum(r["state"] == "Healthy" for r in replicas)
     status.update(
         clusterRegion=snapshot.cluster_region or "",
         activeRegion=target.region,
         activeEndpoint=target.endpoint,
-        healthySummary=healthy_summary(snapshot),
-        replicas=replicas_status(snapshot),
+        healthySummary=f"{healthy}/{len(replicas)}",
+        replicas=replicas,
         workloads=counts.as_status(),
     )
+
+    switch: str | None = None
+    last_active: str | None = last_status.get("activeRegion")
     if last_active is not None and last_active != target.region:
-        reason = "PolicyChanged"
-        metrics.ENDPOINT_SWITCHES.labels(entry.name, entry.policy.registry, last_active, target.region, reason).inc()
+        reason = switch_reason(last_active, target, snapshot, monitor)
+        metrics.ENDPOINT_SWITCHES.labels(entry.name, policy.registry, last_active, target.region, reason).inc()
         status["lastSwitch"] = {"from": last_active, "to": target.region, "reason": reason, "time": now_iso()}
         switch = f"{last_active} -> {target.region} ({target.endpoint}): {reason}"
     elif "lastSwitch" in last_status:
@@ -116,21 +197,30 @@ def report(runtime: Runtime, entry: PolicyEntry, last_status: dict[str, Any]) ->
 
     if entry.error:
         ready = (False, "InvalidSpec", f"keeping the last valid spec: {entry.error}")
-    elif entry.policy.mode is Mode.ADMISSION:
+    elif policy.mode is Mode.ADMISSION:
         ready = (False, "ModeNotImplemented", "Admission mode is not available yet; nothing is rewritten")
     elif snapshot.cluster_region is None:
-        ready = (
-            False,
-            "ClusterRegionUnknown",
-            "no node carries topology.kubernetes.io/region; set spec.region",
-        )
+        ready = (False, "ClusterRegionUnknown", "no node carries topology.kubernetes.io/region; set spec.region")
     elif queued or not reconciler.idle:
         ready = (False, "Converging", f"{queued} workloads waiting to be written")
     else:
         ready = (True, "Reconciled", f"{counts.pinned} workloads point to {target.region}")
-    status["conditions"] = [condition(previous, "Ready", *ready, generation)]
+    unhealthy = [r["region"] for r in replicas if r["state"] in ("Unhealthy", "Excluded")]
+    degraded = (
+        (True, "ReplicaUnavailable", f"not usable: {', '.join(unhealthy)}")
+        if unhealthy
+        else (False, "AllReplicasHealthy", f"{healthy}/{len(replicas)} replicas healthy")
+    )
+    preferred = preference_order(policy, snapshot.cluster_region)
+    home = preferred[0] if preferred else GLOBAL_REGION
+    failed_over = (
+        (True, "FailedOver", f"pointing to {target.region} instead of {home}")
+        if target.region != home
+        else (False, "AtHome", f"pointing to the home region {home}")
+    )
+    status["conditions"] = conditions(("Ready", *ready), ("Degraded", *degraded), ("FailedOver", *failed_over))
 
-    _export(entry.name, entry.policy.registry, target.region, target.endpoint, counts.by_region)
+    _export(entry.name, policy.registry, target.region, target.endpoint, counts.by_region)
     return status, switch
 
 
@@ -146,7 +236,7 @@ def _export(policy: str, registry: str, region: str, endpoint: str, by_region: d
         metrics.PINNED_WORKLOADS.labels(policy, pinned_region).set(count)
 
 
-def _policy_ref(entry: PolicyEntry) -> Any:
+def policy_ref(entry: PolicyEntry) -> Any:
     return {
         "apiVersion": f"{POLICY_GROUP}/{POLICY_VERSION}",
         "kind": "RegistryPolicy",

@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from geopin.decisions import PolicySnapshot, is_selected
-from geopin.health import Target
 from geopin.policy import GLOBAL_REGION, Policy
 from geopin.references import InvalidReference, parse, same_host
 from geopin.rewrite import read_record
@@ -80,25 +78,3 @@ def count_workloads(
         elif not is_selected(snapshot, view, namespace_labels.get(view.namespace)):
             counts.skipped += 1
     return counts
-
-
-def healthy_summary(snapshot: PolicySnapshot) -> str:
-    listed = [r.region for r in snapshot.policy.replicas]
-    return f"{sum(r in snapshot.healthy for r in listed)}/{len(listed)}"
-
-
-def replicas_status(snapshot: PolicySnapshot) -> list[dict[str, Any]]:
-    return [
-        {
-            "region": r.region,
-            "endpoint": r.endpoint,
-            # Not probed yet: every listed replica is assumed healthy until probes decide otherwise.
-            "state": "Unknown",
-            "message": "not probed; assumed healthy",
-        }
-        for r in snapshot.policy.replicas
-    ]
-
-
-def active(snapshot: PolicySnapshot) -> Target:
-    return snapshot.home()

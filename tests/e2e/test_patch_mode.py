@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from tests.harness.controlplane import ControlPlane
+    from tests.harness.pki import CA
 
 pytestmark = pytest.mark.e2e
 
@@ -112,7 +113,7 @@ def images_of(body: dict[str, Any]) -> dict[str, str]:
     return {f"{kind}/{c['name']}": c["image"] for kind in ("initContainers", "containers") for c in pod.get(kind) or []}
 
 
-def policy_body(endpoints: dict[str, str]) -> dict[str, Any]:
+def policy_body(endpoints: dict[str, str], ca_pem: str) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "RegistryPolicy",
@@ -120,6 +121,7 @@ def policy_body(endpoints: dict[str, str]) -> dict[str, Any]:
         "spec": {
             "registry": REGISTRY,
             "replicas": [{"region": region, "endpoint": endpoint} for region, endpoint in endpoints.items()],
+            "probe": {"caBundle": ca_pem},
         },
     }
 
@@ -179,13 +181,13 @@ def operator(
     print(op.log()[-5000:])
 
 
-def test_patch_mode_lifecycle(cluster: Cluster, operator: Operator, registries: Any) -> None:
+def test_patch_mode_lifecycle(cluster: Cluster, operator: Operator, registries: Any, ca: CA) -> None:
     endpoints = {region: registries[region].endpoint for region in ("eastus", "westus", "centralus")}
     east = endpoints["eastus"]
     before = {name: cluster.get(name) for name in WORKLOADS}
     writes_before_policy = cluster.cp.audit_line_count()
 
-    cluster.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, policy_body(endpoints))
+    cluster.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, policy_body(endpoints, ca.cert_pem.decode()))
 
     # 1. Exactly the right images are rewritten, with the original recorded.
     expected = {name: {k: v.format(east=east) for k, v in images.items()} for name, images in EXPECTED_PINNED.items()}
@@ -240,7 +242,8 @@ def test_patch_mode_lifecycle(cluster: Cluster, operator: Operator, registries: 
     operator.stop()
     mark = cluster.cp.audit_line_count()
     operator.start()
-    wait_until(lambda: "policy contoso applied: 0 workloads queued" in operator.log().split("geopin started")[-1],
+    resynced = "usable replicas ['centralus', 'eastus', 'westus']: 0 workloads queued"
+    wait_until(lambda: resynced in operator.log().split("geopin started")[-1],
                timeout=30, what="operator resynced after restart")  # fmt: skip
     wait_until(lambda: operator.metric("geopin_pinned_workloads", policy=POLICY, region="eastus") == len(expected),
                timeout=30, what="status pass after restart")  # fmt: skip

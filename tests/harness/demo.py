@@ -38,7 +38,7 @@ def say(message: str) -> None:
     print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def policy_manifest(endpoints: dict[str, str]) -> dict[str, Any]:
+def policy_manifest(endpoints: dict[str, str], ca_pem: str) -> dict[str, Any]:
     return {
         "apiVersion": "geopin.io/v1alpha1",
         "kind": "RegistryPolicy",
@@ -47,6 +47,7 @@ def policy_manifest(endpoints: dict[str, str]) -> dict[str, Any]:
             "registry": REGISTRY,
             "region": "auto",
             "replicas": [{"region": region, "endpoint": endpoint} for region, endpoint in endpoints.items()],
+            "probe": {"caBundle": ca_pem},
         },
     }
 
@@ -106,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         apps: Any = client.AppsV1Api(api)
         custom: Any = client.CustomObjectsApi(api)
         core.create_namespace({"metadata": {"name": "shop"}})
-        custom.create_cluster_custom_object("geopin.io", "v1alpha1", "registrypolicies", policy_manifest(endpoints))
+        custom.create_cluster_custom_object(
+            "geopin.io", "v1alpha1", "registrypolicies", policy_manifest(endpoints, ca.cert_pem.decode())
+        )
         say(f"applied RegistryPolicy contoso: {REGISTRY} with replicas {', '.join(endpoints)}")
         apps.create_namespaced_deployment("shop", deployment_manifest())
         say(f"applied Deployment shop/web with image {REGISTRY}/{IMAGE_PATH}")

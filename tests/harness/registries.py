@@ -61,8 +61,11 @@ class Registry:
         port: int | None = None,
         detach: bool = False,
         ready_timeout: float = 20.0,
+        extra_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
+        # Top-level config sections merged over the defaults (e.g. {"auth": {"token": {...}}}).
+        self.extra_config = dict(extra_config or {})
         self.ca = ca
         self.auth = auth
         self.detach = detach
@@ -101,6 +104,7 @@ class Registry:
             htpasswd = self.workdir / "htpasswd"
             htpasswd.write_text(htpasswd_line(*self.auth) + "\n")
             config["auth"] = {"htpasswd": {"realm": f"geopin-{self.name}", "path": str(htpasswd)}}
+        config.update(self.extra_config)
         path = self.workdir / "config.yml"
         path.write_text(yaml.safe_dump(config))
         return path

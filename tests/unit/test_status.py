@@ -9,7 +9,7 @@ from typing import Any
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot
 from geopin.policy import Policy, from_spec
 from geopin.rewrite import encode_record
-from geopin.status import WorkloadCounts, count_workloads, healthy_summary, uses_registry
+from geopin.status import WorkloadCounts, count_workloads, uses_registry
 from geopin.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
     ANNOTATION_PINNED_REGION,
@@ -142,9 +142,3 @@ def test_uses_registry_flags() -> None:
     assert uses_registry(deployment("b", {"web": "contoso.azurecr.io/Bad:1"}), CONTOSO) == (True, True)
     assert uses_registry(deployment("c", {"web": "nginx"}), CONTOSO) == (False, False)
     assert uses_registry(pinned_to("d", "westus"), CONTOSO) == (True, False)
-
-
-def test_healthy_summary() -> None:
-    snap = PolicySnapshot(policy=CONTOSO, cluster_region="eastus", healthy=frozenset({"westus", "global"}))
-    assert healthy_summary(snap) == "1/2"
-    assert healthy_summary(snapshot()) == "2/2"

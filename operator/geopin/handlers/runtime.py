@@ -14,6 +14,7 @@ from geopin.config import RunConfig
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES
 from geopin.engine import PolicyBook, Reconciler, WorkloadRef
 from geopin.kube import Kube, load_api_client, load_configuration
+from geopin.monitor import PolicyMonitor
 from geopin.reporting import StatusReporter
 from geopin.workloads import WorkloadView
 
@@ -31,6 +32,7 @@ class Runtime:
     book: PolicyBook
     reconciler: Reconciler
     indices: dict[str, Any] = field(default_factory=dict)
+    monitors: dict[str, PolicyMonitor] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def view(self, ref: WorkloadRef) -> WorkloadView | None:
@@ -48,6 +50,17 @@ class Runtime:
     def all_namespace_labels(self) -> dict[str, dict[str, str]]:
         index = self.indices["namespace_labels"]
         return {key: labels for key in list(index) for labels in index.get(key, ())}
+
+    def usable(self, policy: str) -> frozenset[str] | None:
+        monitor = self.monitors.get(policy)
+        return monitor.eligible if monitor is not None else None
+
+    def usable_changed(self, policy: str) -> None:
+        """A policy's usable replicas changed: repoint what must move, now."""
+        queued = self.reconciler.enqueue_if_needed(self.views())
+        self.reconciler.touch()
+        usable = sorted(self.usable(policy) or ())
+        logger.info("policy %s: usable replicas %s: %d workloads queued", policy, usable, queued)
 
     def node_regions(self) -> list[str | None]:
         index = self.indices["node_regions"]
@@ -94,6 +107,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     runtime = Runtime(config=config, kube=kube, book=book, reconciler=None)  # type: ignore[arg-type]
     runtime.indices = {name: kwargs[name] for name in ("workload_views", "namespace_labels", "node_regions")}
     book.node_regions = runtime.node_regions
+    book.usable = runtime.usable
     runtime.reconciler = Reconciler(kube, book, runtime.view, runtime.namespace_labels, workers=config.workers)
     await runtime.reconciler.start()
     memo.runtime = runtime
@@ -111,4 +125,6 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
             task.cancel()
         await asyncio.gather(*runtime.tasks, return_exceptions=True)
         await runtime.reconciler.stop()
+        for monitor in runtime.monitors.values():
+            await monitor.stop()
         runtime.kube.close()

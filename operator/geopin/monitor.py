@@ -1,0 +1,156 @@
+"""The probe loop of one policy: probe every replica on its own schedule, feed the state machine.
+
+One task per policy plus at most one in-flight probe per replica, so a hung replica (its probe
+waits out ``timeoutSeconds``) never delays the probes of the others. A replica that just failed is
+re-probed about every second until the failure threshold decides. Whenever the set of replicas
+workloads may use changes, ``on_change`` is called at once: the reconciler then repoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from geopin import metrics
+from geopin.health import HealthTracker, ReplicaState, Transition
+
+if TYPE_CHECKING:
+    from geopin.policy import Policy
+    from geopin.probes import ProbeResult, RegistryClient
+
+__all__ = ["PolicyMonitor"]
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.1
+
+
+def wall_time(monotonic_time: float) -> float:
+    """A monotonic timestamp as wall-clock seconds, for status and Events."""
+    return monotonic_time + (time.time() - time.monotonic())
+
+
+class PolicyMonitor:
+    def __init__(
+        self,
+        policy: Policy,
+        client: RegistryClient,
+        on_change: Callable[[], None],
+        on_transition: Callable[[Transition], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.client = client
+        self.on_change = on_change
+        self.on_transition = on_transition
+        self.clock = clock
+        self.tracker = HealthTracker(policy.probe, policy.replicas)
+        self.eligible: frozenset[str] | None = None  # None until every replica has a verdict
+        self._due: dict[str, float] = {}
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"geopin-probes-{self.policy.name}")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    def update(self, policy: Policy, client: RegistryClient | None = None) -> RegistryClient | None:
+        """A new spec: keep the health of known regions. Returns the client to close, if replaced."""
+        self.policy = policy
+        self.tracker.update_replicas(policy.replicas, policy.probe)
+        old = None
+        if client is not None:
+            old, self.client = self.client, client
+        self._recompute()
+        return old
+
+    def trigger(self, region: str) -> None:
+        """Probe this replica now (a passive signal such as a kubelet pull error)."""
+        if region in self.tracker.replicas:
+            self._due[region] = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            now = self.clock()
+            for region in list(self.tracker.replicas):
+                if region not in self._inflight and now >= self._due.get(region, 0.0):
+                    self._inflight[region] = asyncio.create_task(self._probe(region), name=f"geopin-probe-{region}")
+            self._recompute()
+            await asyncio.sleep(TICK_SECONDS)  # the scheduler's resolution, not synchronisation
+
+    async def _probe(self, region: str) -> None:
+        try:
+            health = self.tracker.replicas.get(region)
+            if health is None:
+                return
+            result: ProbeResult = await self.client.probe(health.endpoint, self.policy.probe.canary_image)
+            self._record(region, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("probing %s of policy %s failed unexpectedly", region, self.policy.name)
+        finally:
+            self._inflight.pop(region, None)
+            if region in self.tracker.replicas:
+                self._due[region] = self.clock() + self.tracker.next_probe_in(region)
+
+    def _record(self, region: str, result: ProbeResult) -> None:
+        policy = self.policy
+        outcome = str(result.outcome)
+        metrics.PROBE_DURATION.labels(policy.name, region, outcome).observe(result.latency_seconds)
+        if outcome != "ok":
+            metrics.PROBE_FAILURES.labels(policy.name, region, outcome).inc()
+        transition = self.tracker.observe(region, outcome, self.clock(), result.latency_seconds, result.message)
+        health = self.tracker.replicas[region]
+        metrics.REPLICA_HEALTHY.labels(policy.name, policy.registry, region).set(
+            1 if health.reported_state is ReplicaState.HEALTHY else 0
+        )
+        if transition is not None:
+            logger.info(
+                "policy %s: replica %s %s -> %s (%s)",
+                policy.name,
+                region,
+                transition.previous,
+                transition.current,
+                transition.message,
+            )
+            if self.on_transition is not None:
+                _spawn(self.on_transition(transition))
+        self._recompute()
+
+    def set_excluded(self, region: str, excluded: bool) -> None:
+        transition = self.tracker.set_excluded(region, excluded, self.clock())
+        if transition is not None and self.on_transition is not None:
+            _spawn(self.on_transition(transition))
+        self._recompute()
+
+    def _recompute(self) -> None:
+        eligible = self.tracker.eligible(self.clock()) if self.tracker.decided else None
+        if eligible != self.eligible:
+            self.eligible = eligible
+            self.on_change()
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coroutine: Awaitable[None]) -> None:
+    async def run() -> None:
+        await coroutine
+
+    task = asyncio.get_running_loop().create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)

@@ -1,0 +1,323 @@
+"""Client-side failover on the real control plane with real registries and real faults.
+
+100 Deployments are pinned to eastus. The home replica is SIGKILLed, SIGSTOPped, or answers 503
+through the fault proxy; the workloads must move to westus within seconds, come back only after the
+failback delay, never follow a throttling replica, fall back to the global endpoint when nothing is
+healthy, and survive an operator SIGKILL in the middle of repointing without double rewrites.
+
+The eastus replica of the policy is reached through a fault proxy (pass-through by default) so
+that HTTP-level faults can be injected; process faults are applied to the real registry behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from kubernetes import client
+
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.registries import RegistrySet
+from tests.harness.waiting import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tests.harness.controlplane import ControlPlane
+    from tests.harness.pki import CA
+
+pytestmark = pytest.mark.e2e
+
+REGISTRY = "contoso.azurecr.io"
+NAMESPACE = "fleet"
+COUNT = 100
+FAILBACK_DELAY = 8
+GROUP, VERSION, PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
+POLICY = "failover"
+
+
+class Fleet:
+    def __init__(self, cp: ControlPlane, registries: RegistrySet, proxy: FaultProxy, ca: CA) -> None:
+        self.cp = cp
+        self.registries = registries
+        self.proxy = proxy
+        self.ca = ca
+        self.api: Any = cp.api_client()
+        self.apps: Any = client.AppsV1Api(self.api)
+        self.core: Any = client.CoreV1Api(self.api)
+        self.custom: Any = client.CustomObjectsApi(self.api)
+        self.endpoints = {
+            "eastus": proxy.endpoint,
+            "westus": registries["westus"].endpoint,
+            "centralus": registries["centralus"].endpoint,
+        }
+
+    def original(self, i: int) -> str:
+        return f"{REGISTRY}/fleet/app-{i}:1.{i}"
+
+    def images(self) -> dict[str, str]:
+        items = self.apps.list_namespaced_deployment(NAMESPACE).items
+        return {d.metadata.name: d.spec.template.spec.containers[0].image for d in items}
+
+    def on(self, region: str) -> bool:
+        host = self.endpoints.get(region, REGISTRY)
+        images = self.images()
+        return len(images) == COUNT and all(
+            image == self.original(int(name.split("-")[1])).replace(REGISTRY, host, 1) for name, image in images.items()
+        )
+
+    def originals_intact(self) -> bool:
+        for d in self.apps.list_namespaced_deployment(NAMESPACE).items:
+            i = int(d.metadata.name.split("-")[1])
+            record = json.loads((d.metadata.annotations or {}).get("geopin.io/original-images", "{}"))
+            if record and record != {"containers/app": self.original(i)}:
+                return False
+        return True
+
+    def policy(self, **spec: Any) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "RegistryPolicy",
+            "metadata": {"name": POLICY},
+            "spec": {
+                "registry": REGISTRY,
+                "region": "eastus",
+                "replicas": [{"region": r, "endpoint": e} for r, e in self.endpoints.items()],
+                "probe": {"caBundle": self.ca.cert_pem.decode(), "failbackDelaySeconds": FAILBACK_DELAY},
+                **spec,
+            },
+        }
+
+    def patch_policy(self, spec: dict[str, Any]) -> None:
+        self.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, POLICY, {"spec": spec})
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, POLICY).get("status", {})
+        return status
+
+
+@pytest.fixture(scope="module")
+def fleet(control_plane: ControlPlane, ca: CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    install_crd(control_plane)
+    with RegistrySet(ca) as registries, FaultProxy(registries["eastus"].endpoint, ca) as proxy:
+        fleet = Fleet(control_plane, registries, proxy, ca)
+        fleet.core.create_namespace({"metadata": {"name": NAMESPACE}})
+        for i in range(COUNT):
+            fleet.apps.create_namespaced_deployment(
+                NAMESPACE,
+                {
+                    "metadata": {"name": f"app-{i}", "labels": {"app": f"app-{i}"}},
+                    "spec": {
+                        "replicas": 0,
+                        "selector": {"matchLabels": {"app": f"app-{i}"}},
+                        "template": {
+                            "metadata": {"labels": {"app": f"app-{i}"}},
+                            "spec": {"containers": [{"name": "app", "image": fleet.original(i)}]},
+                        },
+                    },
+                },
+            )
+        fleet.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, fleet.policy())
+        yield fleet
+        fleet.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, POLICY)
+        fleet.core.delete_namespace(NAMESPACE)
+        fleet.api.close()
+
+
+@pytest.fixture(scope="module")
+def operator(control_plane: ControlPlane, fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    workdir: Path = tmp_path_factory.mktemp("failover-operator")
+    op = Operator(control_plane, workdir)
+    op.start()
+    wait_until(lambda: fleet.on("eastus"), timeout=60, what="all 100 Deployments pinned to eastus")
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def healthy(fleet: Fleet, operator: Operator) -> Iterator[Fleet]:
+    """Each test starts and ends with every replica up and every workload back home."""
+    yield fleet
+    fleet.proxy.set_mode("pass")
+    fleet.registries["eastus"].heal()
+    for region in ("westus", "centralus"):
+        fleet.registries[region].heal()
+    if not operator.alive():
+        operator.start()
+    wait_until(lambda: fleet.on("eastus"), timeout=60, what="workloads back on eastus after the test")
+
+
+def _log_time(operator: Operator, pattern: str, after: float) -> float:
+    """The wall time of the first operator log line matching ``pattern`` logged after ``after``."""
+    for line in operator.log().splitlines():
+        if re.search(pattern, line):
+            stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if stamp >= after - 0.5:
+                return stamp
+    raise AssertionError(f"no log line matching {pattern!r}")
+
+
+def _failover(fleet: Fleet, operator: Operator, fault: str) -> dict[str, float]:
+    began = time.time()
+    if fault == "sigkill":
+        fleet.registries["eastus"].stop()
+    elif fault == "sigstop":
+        fleet.registries["eastus"].pause()
+    else:
+        fleet.proxy.set_mode("http_503")
+    wait_until(lambda: fleet.on("westus"), timeout=60, interval=0.05, what=f"all {COUNT} Deployments on westus")
+    done = time.time()
+    detected = _log_time(operator, r"replica eastus Healthy -> Unhealthy", began)
+    figures = {"detect": detected - began, "repoint": done - detected, "total": done - began}
+    print(f"failover after {fault}: {figures}")
+    assert fleet.originals_intact()
+    return figures
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigstop", "http_503"])
+def test_outage_moves_every_workload_to_the_next_region(healthy: Fleet, operator: Operator, fault: str) -> None:
+    fleet = healthy
+    figures = _failover(fleet, operator, fault)
+    # Default probe settings: 5 s interval, 2 s timeout, 3 failures with quick 1 s re-probes.
+    assert figures["total"] < 15, figures
+    status = wait_until(
+        lambda: (s := fleet.status()).get("activeRegion") == "westus" and s,
+        timeout=15,
+        what="status shows westus",
+    )
+    assert status["lastSwitch"]["from"] == "eastus"
+    assert status["lastSwitch"]["to"] == "westus"
+    assert status["lastSwitch"]["reason"] == "ReplicaUnhealthy"
+    assert {c["type"]: c["status"] for c in status["conditions"]}["FailedOver"] == "True"
+    assert any(r["region"] == "eastus" and r["state"] == "Unhealthy" for r in status["replicas"])
+    switches = operator.metric(
+        "geopin_endpoint_switches_total", policy=POLICY, from_region="eastus", to_region="westus"
+    )
+    assert switches is not None
+    assert switches >= 1
+    assert operator.metric("geopin_replica_healthy", policy=POLICY, region="eastus") == 0
+
+    # Recovery: back home only after the failback delay of uninterrupted health.
+    recovered_at = time.time()
+    fleet.proxy.set_mode("pass")
+    fleet.registries["eastus"].heal()
+    wait_until(lambda: fleet.on("eastus"), timeout=60, what="failback to eastus")
+    healthy_again = _log_time(operator, r"replica eastus Unhealthy -> Healthy", recovered_at)
+    first_move_back = _first_write_after(fleet, operator, healthy_again)
+    assert first_move_back - healthy_again >= FAILBACK_DELAY - 0.5, (healthy_again, first_move_back)
+
+
+def _first_write_after(fleet: Fleet, operator: Operator, after: float) -> float:
+    """The audit time of the operator's first Deployment write at or after ``after``."""
+    for event in fleet.cp.audit_events():
+        if (event.get("user") or {}).get("username") != operator.user:
+            continue
+        if (event.get("objectRef") or {}).get("resource") != "deployments" or event.get("verb") != "patch":
+            continue
+        stamp = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+        if stamp >= after:
+            return stamp
+    raise AssertionError("no Deployment write after the recovery")
+
+
+def test_throttling_is_counted_but_moves_nothing(healthy: Fleet, operator: Operator) -> None:
+    fleet = healthy
+
+    def throttled() -> float:
+        return operator.metric("geopin_probe_failures_total", policy=POLICY, region="eastus", reason="throttled") or 0
+
+    before = throttled()
+    mark = fleet.cp.audit_line_count()
+    fleet.proxy.set_mode("http_429")
+    # Enough probes to have crossed the failure threshold twice over, had 429 counted as a failure.
+    wait_until(lambda: throttled() >= before + 6, timeout=60, what="six throttled probes")
+    assert fleet.on("eastus")
+    assert fleet.cp.audit_writes(mark, "deployments", operator.user) == 0
+    assert operator.metric("geopin_replica_healthy", policy=POLICY, region="eastus") == 1
+
+
+def test_no_healthy_replica_falls_back_to_global_and_stay_keeps_the_pin(healthy: Fleet, operator: Operator) -> None:
+    fleet = healthy
+    fleet.patch_policy({"fallback": "Stay"})
+    for region in ("eastus", "westus", "centralus"):
+        fleet.registries[region].stop()
+    wait_until(
+        lambda: all(r["state"] == "Unhealthy" for r in fleet.status().get("replicas", [])),
+        timeout=60,
+        what="every replica Unhealthy",
+    )
+    assert fleet.on("eastus"), "fallback: Stay keeps the last pin"
+
+    fleet.patch_policy({"fallback": "Global"})
+    wait_until(lambda: fleet.on("global"), timeout=30, what="every Deployment on the global endpoint")
+    assert fleet.originals_intact()
+    assert fleet.status()["activeRegion"] == "global"
+
+
+def test_flapping_replica_switches_at_most_once_per_window(healthy: Fleet, operator: Operator) -> None:
+    fleet = healthy
+    switches_before = _switches(operator)
+    stop = threading.Event()
+
+    def flap() -> None:
+        mode = "http_503"
+        while not stop.is_set():
+            fleet.proxy.set_mode(mode)  # type: ignore[arg-type]
+            mode = "pass" if mode == "http_503" else "http_503"
+            stop.wait(2.0)  # the fault's period: this thread *is* the flapping replica
+
+    flapper = threading.Thread(target=flap, daemon=True)
+    began = time.time()
+    flapper.start()
+    try:
+        window_end = began + 2 * FAILBACK_DELAY
+        wait_until(lambda: time.time() >= window_end, timeout=3 * FAILBACK_DELAY, what="two failback windows")
+    finally:
+        stop.set()
+        flapper.join()
+    elapsed = time.time() - began
+    switches = _switches(operator) - switches_before
+    assert switches <= elapsed / FAILBACK_DELAY + 1, (switches, elapsed)
+
+
+def _switches(operator: Operator) -> float:
+    total = 0.0
+    for line in operator.metrics().splitlines():
+        if line.startswith("geopin_endpoint_switches_total{") and f'policy="{POLICY}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_operator_killed_mid_repoint_finishes_after_restart(healthy: Fleet, operator: Operator) -> None:
+    fleet = healthy
+    mark = fleet.cp.audit_line_count()
+    fleet.registries["eastus"].stop()
+
+    def some_moved() -> bool:
+        moved = sum(image.startswith(fleet.endpoints["westus"]) for image in fleet.images().values())
+        return 0 < moved < COUNT
+
+    try:
+        wait_until(some_moved, timeout=60, interval=0.01, what="repointing under way")
+    finally:
+        operator.kill()
+    partially = sum(image.startswith(fleet.endpoints["westus"]) for image in fleet.images().values())
+    operator.start()
+    wait_until(lambda: fleet.on("westus"), timeout=60, what="every Deployment on westus after the restart")
+    assert fleet.originals_intact()
+    writes: dict[str, int] = {}
+    for event in fleet.cp.audit_events(mark):
+        ref = event.get("objectRef") or {}
+        mine = (event.get("user") or {}).get("username") == operator.user and ref.get("resource") == "deployments"
+        if mine and event.get("verb") == "patch" and event.get("responseStatus", {}).get("code") == 200:
+            writes[ref["name"]] = writes.get(ref["name"], 0) + 1
+    print(f"killed with {partially}/{COUNT} repointed; successful writes per Deployment: {set(writes.values())}")
+    assert set(writes.values()) == {1}, "each Deployment is rewritten exactly once across the two processes"
+    assert len(writes) == COUNT
