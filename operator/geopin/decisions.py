@@ -8,12 +8,12 @@ folded one after the other, each keeping the others' record entries.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
-from geopin.health import Target, choose
+from geopin.health import Target, choose, preference_order
 from geopin.policy import Mode, Policy
-from geopin.rewrite import Desired, InvalidImage, desired_state, encode_record
+from geopin.rewrite import Desired, InvalidImage, desired_state, encode_record, managed_intents, pinned_digest
 from geopin.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
     ANNOTATION_PINNED_REGION,
@@ -35,7 +35,10 @@ class PolicySnapshot:
     healthy: frozenset[str]
     deleting: bool = False
     excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
-    digests: Mapping[str, str] = field(default_factory=dict)
+    # (image, region) → is the manifest there? None: not looked up yet. Used when replicationCheck is on.
+    availability: Callable[[str, str], bool | None] | None = None
+    # image → digest resolved for it (digestPinning), None: not resolved yet.
+    digest_of: Callable[[str], str | None] | None = None
 
     @property
     def writes(self) -> bool:
@@ -58,17 +61,67 @@ def is_selected(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: 
     return policy.workload_selector.matches(view.labels)
 
 
-def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mapping[str, str] | None) -> Target | None:
-    """The target for this workload under this policy, or None to restore it."""
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """Where one workload goes under one policy, and what held it back."""
+
+    target: Target | None  # None: restore
+    awaiting: str | None = None  # a preferred region skipped because an image has not replicated there yet
+    unknown: tuple[tuple[str, str], ...] = ()  # (image, region) to look up before deciding; region "" = digest
+    digests: Mapping[str, str] | None = None  # image → digest to append (digestPinning), else None
+
+
+def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mapping[str, str] | None) -> Choice:
+    """The target for this workload under this policy (or restore), honouring replication.
+
+    Healthy replicas are tried in preference order. With ``replicationCheck``, a replica qualifies only
+    once every image of the workload is there; the region the workload already points to needs no
+    check (its pods pull from it now). With none qualifying, the fallback applies (global, or stay).
+    """
     if snapshot.deleting or not is_selected(snapshot, view, namespace_labels):
-        return None
-    return choose(
-        snapshot.policy,
-        snapshot.cluster_region,
-        snapshot.healthy,
-        preferred=view.annotations.get(ANNOTATION_REGION),
-        current=view.annotations.get(ANNOTATION_PINNED_REGION),
-    )
+        return Choice(None)
+    policy = snapshot.policy
+    current = view.annotations.get(ANNOTATION_PINNED_REGION)
+    preferred = view.annotations.get(ANNOTATION_REGION)
+    images = sorted(set(managed_intents(view, policy).values()))
+    check = snapshot.availability if policy.replication_check and images else None
+    awaiting: str | None = None
+    target: Target | None = None
+    for region in preference_order(policy, snapshot.cluster_region, preferred):
+        if region not in snapshot.healthy:
+            continue
+        if check is not None and region != current:
+            found = [check(image, region) for image in images]
+            missing = [image for image, present in zip(images, found, strict=True) if present is None]
+            if missing:
+                return Choice(None, unknown=tuple((image, region) for image in missing))
+            if not all(found):
+                awaiting = awaiting or region
+                continue
+        target = Target(region, policy.endpoints[region])
+        break
+    if target is None:
+        target = choose(policy, snapshot.cluster_region, frozenset(), preferred, current)
+    if not policy.digest_pinning or target.is_global:
+        return Choice(target, awaiting)
+    digests: dict[str, str] = {}
+    unresolved: list[tuple[str, str]] = []
+    for image in images:
+        digest = snapshot.digest_of(image) if snapshot.digest_of is not None else None
+        if digest is not None:
+            digests[image] = digest
+        elif "@" not in image:
+            unresolved.append((image, ""))
+    if unresolved and not _already_digest_pinned(view, policy):
+        return Choice(None, unknown=tuple(unresolved))
+    return Choice(target, awaiting, digests=digests)
+
+
+def _already_digest_pinned(view: WorkloadView, policy: Policy) -> bool:
+    """Every managed image already carries the digest geopin appended (kept on a repoint)."""
+    intents = managed_intents(view, policy)
+    by_key = {c.key: c.image for c in view.containers}
+    return all(pinned_digest(by_key[key], intent) is not None or "@" in intent for key, intent in intents.items())
 
 
 def _applied(view: WorkloadView, desired: Desired) -> WorkloadView:
@@ -93,8 +146,16 @@ def plan_workload(
     current = view
     result: Desired | None = None
     invalid: list[InvalidImage] = []
+    awaiting: list[tuple[str, str]] = []
+    unknown: list[tuple[str, str, str]] = []
     for snapshot in snapshots:
-        desired = desired_state(current, snapshot.policy, decide(snapshot, current, namespace_labels), snapshot.digests)
+        choice = decide(snapshot, current, namespace_labels)
+        if choice.unknown:
+            unknown.extend((snapshot.policy.name, image, region) for image, region in choice.unknown)
+            continue
+        if choice.awaiting is not None:
+            awaiting.append((snapshot.policy.name, choice.awaiting))
+        desired = desired_state(current, snapshot.policy, choice.target, choice.digests)
         invalid.extend(i for i in desired.invalid if i not in invalid)
         if not snapshot.writes:
             continue
@@ -103,4 +164,9 @@ def plan_workload(
             pinned = result.pinned_region
         result = replace(desired, pinned_region=pinned)
         current = _applied(current, result)
-    return None if result is None else replace(result, invalid=tuple(invalid))
+    if unknown:
+        # Not decidable until the registry answers: the caller looks these up and plans again.
+        return Desired(images={}, originals={}, pinned_region=None, unknown=tuple(unknown))
+    if result is None:
+        return None
+    return replace(result, invalid=tuple(invalid), awaiting=tuple(awaiting))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 from geopin import metrics
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot, plan_workload
 from geopin.health import Target
+from geopin.images import ImageCache
 from geopin.kube import Kube, cluster_region_of
 from geopin.policy import AUTO_REGION, Policy
 from geopin.references import split_host
@@ -64,6 +65,8 @@ class PolicyBook:
     # The replicas each policy may use now (its probe loop's verdict), None while undecided.
     # Without a health source every listed replica is usable (offline planning, unit tests).
     usable: Callable[[str], frozenset[str] | None] | None = None
+    # Each policy's manifest cache (replicationCheck, digestPinning); None: no lookups (offline).
+    images: Callable[[str], ImageCache | None] | None = None
     excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
     entries: dict[str, PolicyEntry] = field(default_factory=dict)
 
@@ -105,10 +108,13 @@ class PolicyBook:
             if usable is None:
                 return None
             healthy = usable
+        cache = self.images(entry.name) if self.images is not None else None
         return PolicySnapshot(
             policy=entry.policy,
             cluster_region=self.cluster_region(entry.policy),
             healthy=healthy,
+            availability=cache.available if cache is not None else None,
+            digest_of=cache.digest_of if cache is not None else None,
             deleting=entry.deleting,
             excluded_namespaces=self.excluded_namespaces,
         )
@@ -130,6 +136,7 @@ class Reconciler:
         book: PolicyBook,
         views: Callable[[WorkloadRef], WorkloadView | None],
         namespace_labels: Callable[[str], Mapping[str, str] | None],
+        resolve: Callable[[str, list[tuple[str, str]]], Awaitable[None]] | None = None,
         workers: int = 8,
         retries: int = 5,
     ) -> None:
@@ -137,6 +144,7 @@ class Reconciler:
         self.book = book
         self.views = views
         self.namespace_labels = namespace_labels
+        self.resolve = resolve
         self.workers = workers
         self.retries = retries
         self._queue: asyncio.Queue[WorkloadRef] = asyncio.Queue()
@@ -153,10 +161,24 @@ class Reconciler:
         return plan_workload(view, self.book.snapshots(), self.namespace_labels(view.namespace))
 
     def needs_write(self, view: WorkloadView) -> bool:
+        """Would a worker write this workload? (True too when a registry lookup must decide.)"""
         desired = self.desired(view)
-        if desired is not None:
-            self._report_invalid(view, desired)
-        return desired is not None and bool(json_patch(KINDS[view.kind], view, desired))
+        if desired is None:
+            return False
+        if desired.unknown:
+            return True
+        self._report_invalid(view, desired)
+        self._report_awaiting(view, desired)
+        return bool(json_patch(KINDS[view.kind], view, desired))
+
+    def _report_awaiting(self, view: WorkloadView, desired: Desired) -> None:
+        for policy, region in desired.awaiting:
+            key = (view.uid, f"awaiting:{region}")
+            if key in self._reported_invalid:
+                continue
+            self._reported_invalid.add(key)
+            message = f"policy {policy}: an image is not replicated to {region} yet; staying where it is, retrying"
+            self.post_event(view, "Normal", "AwaitingReplication", message, once=True)
 
     def _report_invalid(self, view: WorkloadView, desired: Desired) -> None:
         for invalid in desired.invalid:
@@ -233,8 +255,12 @@ class Reconciler:
             if view is None:
                 return
             desired = self.desired(view)
-            if desired is None:
-                return
+            if desired is not None and desired.unknown and self.resolve is not None:
+                await self._lookup(desired.unknown)
+                desired = self.desired(view)
+            if desired is None or desired.unknown:
+                return  # still undecidable (the registry did not answer): the next resync retries
+            self._report_awaiting(view, desired)
             ops = json_patch(kind, view, desired)
             if not ops:
                 return
@@ -263,6 +289,13 @@ class Reconciler:
             *ref[1:],
             self.retries,
         )
+
+    async def _lookup(self, unknown: tuple[tuple[str, str, str], ...]) -> None:
+        assert self.resolve is not None
+        by_policy: dict[str, list[tuple[str, str]]] = {}
+        for policy, image, region in unknown:
+            by_policy.setdefault(policy, []).append((image, region))
+        await asyncio.gather(*(self.resolve(policy, pairs) for policy, pairs in by_policy.items()))
 
     def _policy_label(self, view: WorkloadView, desired: Desired) -> str:
         for snapshot in self.book.snapshots():

@@ -1,9 +1,11 @@
 """The probe loop of one policy: probe every replica on its own schedule, feed the state machine.
 
-One task per policy plus at most one in-flight probe per replica, so a hung replica (its probe
-waits out ``timeoutSeconds``) never delays the probes of the others. A replica that just failed is
-re-probed about every second until the failure threshold decides. Whenever the set of replicas
-workloads may use changes, ``on_change`` is called at once: the reconciler then repoints.
+One task per policy plus a few in-flight probes per replica, so a hung replica (its probes wait out
+``timeoutSeconds``) never delays the probes of the others. A suspect replica (one that just failed,
+or whose probe has been unanswered for a second) is re-probed about every second, without waiting for
+the previous probe to time out, until the failure threshold decides: a hang is detected as fast as a
+refused connection. Whenever the set of replicas workloads may use changes, ``on_change`` is called
+at once and the reconciler repoints.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from geopin import metrics
-from geopin.health import HealthTracker, ReplicaState, Transition
+from geopin.health import QUICK_REPROBE_SECONDS, HealthTracker, ReplicaState, Transition
+from geopin.images import ImageCache
 
 if TYPE_CHECKING:
     from geopin.policy import Policy
@@ -49,8 +52,10 @@ class PolicyMonitor:
         self.clock = clock
         self.tracker = HealthTracker(policy.probe, policy.replicas)
         self.eligible: frozenset[str] | None = None  # None until every replica has a verdict
+        self.images = ImageCache()
         self._due: dict[str, float] = {}
-        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._launched: dict[str, float] = {}
+        self._inflight: dict[str, dict[asyncio.Task[None], float]] = {}  # region → probe task → start time
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -59,7 +64,8 @@ class PolicyMonitor:
         self._task = asyncio.create_task(self._run(), name=f"geopin-probes-{self.policy.name}")
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._task, *self._inflight.values()) if t is not None]
+        probes = [task for inflight in self._inflight.values() for task in inflight]
+        tasks = [t for t in (self._task, *probes) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -86,10 +92,24 @@ class PolicyMonitor:
         while True:
             now = self.clock()
             for region in list(self.tracker.replicas):
-                if region not in self._inflight and now >= self._due.get(region, 0.0):
-                    self._inflight[region] = asyncio.create_task(self._probe(region), name=f"geopin-probe-{region}")
+                if self._should_probe(region, now):
+                    task = asyncio.create_task(self._probe(region), name=f"geopin-probe-{region}")
+                    self._inflight.setdefault(region, {})[task] = now
+                    self._launched[region] = now
             self._recompute()
             await asyncio.sleep(TICK_SECONDS)  # the scheduler's resolution, not synchronisation
+
+    def _should_probe(self, region: str, now: float) -> bool:
+        inflight = self._inflight.get(region) or {}
+        if not inflight:
+            return now >= self._due.get(region, 0.0)
+        health = self.tracker.replicas[region]
+        if health.state is ReplicaState.UNHEALTHY:
+            return False  # already decided: one probe at a time until it answers again
+        unanswered = now - min(inflight.values()) >= QUICK_REPROBE_SECONDS
+        suspect = health.consecutive_failures > 0 or unanswered
+        overlapping = len(inflight) < self.tracker.settings.failure_threshold
+        return suspect and overlapping and now >= self._launched.get(region, 0.0) + QUICK_REPROBE_SECONDS
 
     async def _probe(self, region: str) -> None:
         try:
@@ -103,9 +123,12 @@ class PolicyMonitor:
         except Exception:
             logger.exception("probing %s of policy %s failed unexpectedly", region, self.policy.name)
         finally:
-            self._inflight.pop(region, None)
+            current = asyncio.current_task()
+            inflight = self._inflight.get(region, {})
+            if current is not None:
+                inflight.pop(current, None)
             if region in self.tracker.replicas:
-                self._due[region] = self.clock() + self.tracker.next_probe_in(region)
+                self._due[region] = self._launched.get(region, 0.0) + self.tracker.next_probe_in(region)
 
     def _record(self, region: str, result: ProbeResult) -> None:
         policy = self.policy

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 60.0  # a full level-based pass even when nothing signalled a change
+AWAITING_RESYNC_SECONDS = 5.0  # sooner while workloads wait for replication (absent manifests expire)
 DEBOUNCE_SECONDS = 1.0
 
 # The label sets each policy exported, so that stale ones (an old region) can be removed.
@@ -45,7 +46,9 @@ class StatusReporter:
         seen_version, idle_for = -1, 0.0
         while True:
             version = self.runtime.reconciler.version
-            if version != seen_version or idle_for >= RESYNC_SECONDS:
+            waiting = any(s.get("workloads", {}).get("awaitingReplication") for s in self.written.values())
+            resync = AWAITING_RESYNC_SECONDS if waiting else RESYNC_SECONDS
+            if version != seen_version or idle_for >= resync:
                 seen_version, idle_for = version, 0.0
                 for entry in list(self.runtime.book.entries.values()):
                     if not entry.deleting:
@@ -220,13 +223,21 @@ def report(runtime: Runtime, entry: PolicyEntry, last_status: dict[str, Any]) ->
     )
     status["conditions"] = conditions(("Ready", *ready), ("Degraded", *degraded), ("FailedOver", *failed_over))
 
-    _export(entry.name, policy.registry, target.region, target.endpoint, counts.by_region)
+    _export(entry.name, policy.registry, target.region, target.endpoint, counts.by_region, counts.awaiting_by_region)
     return status, switch
 
 
-def _export(policy: str, registry: str, region: str, endpoint: str, by_region: dict[str, int]) -> None:
+def _export(
+    policy: str,
+    registry: str,
+    region: str,
+    endpoint: str,
+    by_region: dict[str, int],
+    awaiting_by_region: dict[str, int],
+) -> None:
     wanted: list[tuple[Any, tuple[str, ...]]] = [(metrics.ACTIVE_REGION_INFO, (policy, registry, region, endpoint))]
     wanted += [(metrics.PINNED_WORKLOADS, (policy, r)) for r in by_region]
+    wanted += [(metrics.REPLICATION_PENDING, (policy, r)) for r in awaiting_by_region]
     for metric, labels in _exported.get(policy, []):
         if (metric, labels) not in wanted:
             metric.remove(*labels)
@@ -234,6 +245,8 @@ def _export(policy: str, registry: str, region: str, endpoint: str, by_region: d
     metrics.ACTIVE_REGION_INFO.labels(policy, registry, region, endpoint).set(1)
     for pinned_region, count in by_region.items():
         metrics.PINNED_WORKLOADS.labels(policy, pinned_region).set(count)
+    for awaiting_region, count in awaiting_by_region.items():
+        metrics.REPLICATION_PENDING.labels(policy, awaiting_region).set(count)
 
 
 def policy_ref(entry: PolicyEntry) -> Any:

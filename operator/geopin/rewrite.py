@@ -55,6 +55,8 @@ class Desired:
     pinned_region: str | None
     invalid: tuple[InvalidImage, ...] = ()
     record_was_malformed: bool = False
+    awaiting: tuple[tuple[str, str], ...] = ()  # (policy, region) held back by replication
+    unknown: tuple[tuple[str, str, str], ...] = ()  # (policy, image, region) to look up first; nothing else set
 
     @property
     def managed(self) -> int:
@@ -108,6 +110,37 @@ def is_rewrite_of(image: str, original: str, policy: Policy) -> bool:
     return policy.manages_host(f"{regional.registry}.{regional.suffix}")
 
 
+def intent_of(container: Container, record: Mapping[str, str], policy: Policy) -> tuple[str, bool]:
+    """(the image the user asked for, whether the record entry belongs to another policy)."""
+    recorded = record.get(container.key)
+    if recorded is None:
+        return container.image, False
+    recorded_ref = _try_parse(recorded)
+    if recorded_ref is not None and not policy.manages_host(recorded_ref.host):
+        return recorded, True
+    return (recorded if is_rewrite_of(container.image, recorded, policy) else container.image), False
+
+
+def managed_intents(view: WorkloadView, policy: Policy) -> dict[str, str]:
+    """Container key → the user's image, for every valid image on the policy's registry."""
+    record, _ = read_record(view.annotations)
+    intents: dict[str, str] = {}
+    for container in view.containers:
+        intent, foreign = intent_of(container, record, policy)
+        ref = None if foreign else _try_parse(intent)
+        if ref is not None and policy.manages_host(ref.host):
+            intents[container.key] = intent
+    return intents
+
+
+def pinned_digest(image: str, intent: str) -> str | None:
+    """The digest geopin appended to ``intent`` (digestPinning) when ``image`` carries one it lacks."""
+    ref, orig = _try_parse(image), _try_parse(intent)
+    if ref is None or orig is None or orig.digest is not None:
+        return None
+    return ref.digest
+
+
 def desired_state(
     view: WorkloadView,
     policy: Policy,
@@ -116,7 +149,8 @@ def desired_state(
 ) -> Desired:
     """What the workload should hold for ``policy``: pointed at ``target``, or restored when it is None.
 
-    ``digests`` maps an original image to the digest resolved for it (``digestPinning``).
+    ``digests`` (None when ``digestPinning`` is off) maps an original image to the digest resolved for
+    it. A digest geopin appended earlier is kept on a repoint, so a failover never changes what runs.
     """
     record, malformed = read_record(view.annotations)
     images: dict[str, str] = {}
@@ -125,16 +159,12 @@ def desired_state(
     present = {c.key for c in view.containers}
 
     for container in view.containers:
-        recorded = record.get(container.key)
-        recorded_ref = _try_parse(recorded) if recorded is not None else None
-        if recorded is not None and recorded_ref is not None and not policy.manages_host(recorded_ref.host):
+        intent, foreign = intent_of(container, record, policy)
+        if foreign:
             # Another policy's record (one policy per registry): neither ours to rewrite nor to drop.
             images[container.key] = container.image
-            originals[container.key] = recorded
+            originals[container.key] = intent
             continue
-        intent = container.image
-        if recorded is not None and is_rewrite_of(container.image, recorded, policy):
-            intent = recorded
 
         try:
             ref = parse(intent)
@@ -150,7 +180,10 @@ def desired_state(
             moved = intent
         else:
             moved_ref = ref.with_host(target.endpoint)
-            digest = (digests or {}).get(intent)
+            digest = None
+            if digests is not None:  # digestPinning on
+                kept = pinned_digest(container.image, intent) if intent != container.image else None
+                digest = kept or digests.get(intent)
             if digest is not None and moved_ref.digest is None:
                 moved_ref = moved_ref.with_digest(digest)
             moved = str(moved_ref)

@@ -6,7 +6,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from geopin.decisions import PolicySnapshot, is_selected
+from geopin.decisions import PolicySnapshot, decide, is_selected
 from geopin.policy import GLOBAL_REGION, Policy
 from geopin.references import InvalidReference, parse, same_host
 from geopin.rewrite import read_record
@@ -23,6 +23,7 @@ class WorkloadCounts:
     invalid: int = 0
     awaiting_replication: int = 0
     by_region: Counter[str] = field(default_factory=Counter)
+    awaiting_by_region: Counter[str] = field(default_factory=Counter)
 
     def as_status(self) -> dict[str, int]:
         return {
@@ -77,4 +78,9 @@ def count_workloads(
             counts.by_region[view.annotations.get(ANNOTATION_PINNED_REGION, GLOBAL_REGION)] += 1
         elif not is_selected(snapshot, view, namespace_labels.get(view.namespace)):
             counts.skipped += 1
+            continue
+        awaiting = decide(snapshot, view, namespace_labels.get(view.namespace)).awaiting
+        if awaiting is not None:
+            counts.awaiting_replication += 1
+            counts.awaiting_by_region[awaiting] += 1
     return counts

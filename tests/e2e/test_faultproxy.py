@@ -110,7 +110,11 @@ def test_drop_fails_the_connection(proxy: FaultProxy, ca: CA) -> None:
     for _ in range(3):
         with pytest.raises((httpx.RemoteProtocolError, httpx.ConnectError)):
             get_v2(proxy, ca)
-    assert proxy.connections["drop"] == 3
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5.0) as raw:
+        raw.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises(ConnectionResetError):
+            raw.recv(1)
+    assert proxy.connections["drop"] == 4
     assert proxy.open_connections == 0
 
 

@@ -17,7 +17,8 @@ Modes:
               connections stay open
     stall_tls accept and never answer the TLS handshake (clients hit a connect timeout), like a SIGSTOPped
               registry
-    drop      accept and reset at once (SO_LINGER 0): clients see a connect error
+    drop      accept and reset (SO_LINGER 0) as soon as the client's first bytes (its ClientHello) arrive,
+              or after 1s of silence: clients see a connect error (connection reset)
 
 A mode applies to connections accepted after set_mode() returns. set_mode() also closes (by default)
 every open connection accepted under a different mode, and returns only once they are closed, so a
@@ -32,6 +33,7 @@ stream is opaque, so only connections are counted there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import ssl
@@ -61,6 +63,7 @@ _MAX_DISCARDED_BODY = 1 << 20
 _PIPE_CHUNK = 1 << 16
 _HANDSHAKE_TIMEOUT = 10.0
 _CONTROL_TIMEOUT = 10.0
+_DROP_AFTER = 1.0
 
 
 class FaultProxyError(RuntimeError):
@@ -276,9 +279,15 @@ class FaultProxy:
     async def _serve(self, conn: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         mode = conn.mode
         if mode == "drop":
+            # Reset once the client has spoken (its ClientHello), or after a moment if it stays silent.
+            # Resetting before the client's first write makes CPython's ssl.wrap_socket() leak an
+            # unclosed SSLSocket (it calls recv() on the reset socket and raises before closing it);
+            # either way the client sees "connection reset" as a connect error.
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.read(1), timeout=_DROP_AFTER)
             return  # the finally in _handle aborts: with linger 0 the kernel sends RST
         if mode == "stall_tls":
             await _discard_until_eof(reader)

@@ -31,6 +31,11 @@ FABRIKAM_API = "fabrikam.azurecr.io/api:7"
 NGINX = "docker.io/library/nginx:1.25"
 
 
+def target_of(*args: Any) -> Target | None:
+    """The chosen target (decide() also reports replication and digest needs)."""
+    return decide(*args).target
+
+
 def policy(registry: str = "contoso.azurecr.io", **extra: Any) -> Policy:
     return from_spec(registry.split(".", 1)[0], {"registry": registry, "replicas": REPLICAS, **extra})
 
@@ -100,7 +105,7 @@ def test_ordinary_namespace_is_selected_by_default_without_labels() -> None:
 def test_kube_system_is_excluded_by_default() -> None:
     workload = view(deployment(namespace="kube-system"))
     assert not is_selected(snapshot(), workload, {})
-    assert decide(snapshot(), workload, {}) is None
+    assert target_of(snapshot(), workload, {}) is None
 
 
 def test_operator_namespace_is_excluded_when_passed_in() -> None:
@@ -135,7 +140,7 @@ SELECTIVE = policy(namespaceSelector={"matchLabels": {"geopin": "enabled"}})
 def test_namespace_selector(labels: dict[str, str] | None, selected: bool) -> None:
     workload = view(deployment(namespace="shop"))
     assert is_selected(snapshot(SELECTIVE), workload, labels) is selected
-    assert (decide(snapshot(SELECTIVE), workload, labels) is not None) is selected
+    assert (target_of(snapshot(SELECTIVE), workload, labels) is not None) is selected
 
 
 def test_explicit_namespace_selector_replaces_the_default_exclusion() -> None:
@@ -177,12 +182,12 @@ def test_skip_annotation_deselects_and_decides_restore(value: str) -> None:
     workload = view(deployment(annotations={ANNOTATION_SKIP: value}))
     assert workload.skipped
     assert not is_selected(snapshot(), workload, {})
-    assert decide(snapshot(), workload, {}) is None
+    assert target_of(snapshot(), workload, {}) is None
 
 
 def test_skip_false_is_not_an_opt_out() -> None:
     workload = view(deployment(annotations={ANNOTATION_SKIP: "false"}))
-    assert decide(snapshot(), workload, {}) == Target("eastus", "contoso.eastus.geo.azurecr.io")
+    assert target_of(snapshot(), workload, {}) == Target("eastus", "contoso.eastus.geo.azurecr.io")
 
 
 def test_skip_on_a_pinned_workload_restores_it_exactly() -> None:
@@ -207,7 +212,7 @@ def test_skipped_unpinned_workload_gets_no_write() -> None:
 def test_deleting_policy_decides_restore_and_restores() -> None:
     body = pinned()
     deleting = snapshot(deleting=True)
-    assert decide(deleting, view(body), {}) is None
+    assert target_of(deleting, view(body), {}) is None
     desired = plan_workload(view(body), [deleting], {})
     assert desired is not None
     restored = apply(body, desired)
@@ -220,7 +225,7 @@ def test_deleting_policy_decides_restore_and_restores() -> None:
 
 def test_listed_preferred_region_wins_over_home() -> None:
     workload = view(deployment(annotations={ANNOTATION_REGION: "westus"}))
-    assert decide(snapshot(), workload, {}) == Target("westus", "contoso.westus.geo.azurecr.io")
+    assert target_of(snapshot(), workload, {}) == Target("westus", "contoso.westus.geo.azurecr.io")
     desired = plan_workload(workload, [snapshot()], {})
     assert desired is not None
     assert desired.images == {"containers/web": "contoso.westus.geo.azurecr.io/shop/web:1.2"}
@@ -229,12 +234,12 @@ def test_listed_preferred_region_wins_over_home() -> None:
 
 def test_unlisted_preferred_region_is_ignored() -> None:
     workload = view(deployment(annotations={ANNOTATION_REGION: "northeurope"}))
-    assert decide(snapshot(), workload, {}) == Target("eastus", "contoso.eastus.geo.azurecr.io")
+    assert target_of(snapshot(), workload, {}) == Target("eastus", "contoso.eastus.geo.azurecr.io")
 
 
 def test_unhealthy_preferred_region_falls_back_to_home() -> None:
     workload = view(deployment(annotations={ANNOTATION_REGION: "westus"}))
-    assert decide(snapshot(healthy=frozenset({"eastus"})), workload, {}) == Target(
+    assert target_of(snapshot(healthy=frozenset({"eastus"})), workload, {}) == Target(
         "eastus", "contoso.eastus.geo.azurecr.io"
     )
 
@@ -247,7 +252,7 @@ def test_audit_mode_computes_but_never_writes() -> None:
     assert not audit.writes
     assert snapshot().writes
     workload = view(deployment())
-    assert decide(audit, workload, {}) == Target("eastus", "contoso.eastus.geo.azurecr.io")
+    assert target_of(audit, workload, {}) == Target("eastus", "contoso.eastus.geo.azurecr.io")
     assert plan_workload(workload, [audit], {}) is None
 
 

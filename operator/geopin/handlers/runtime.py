@@ -13,6 +13,8 @@ from geopin import metrics
 from geopin.config import RunConfig
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES
 from geopin.engine import PolicyBook, Reconciler, WorkloadRef
+from geopin.health import preference_order
+from geopin.images import ImageCache
 from geopin.kube import Kube, load_api_client, load_configuration
 from geopin.monitor import PolicyMonitor
 from geopin.reporting import StatusReporter
@@ -54,6 +56,22 @@ class Runtime:
     def usable(self, policy: str) -> frozenset[str] | None:
         monitor = self.monitors.get(policy)
         return monitor.eligible if monitor is not None else None
+
+    def image_cache(self, policy: str) -> ImageCache | None:
+        monitor = self.monitors.get(policy)
+        return monitor.images if monitor is not None else None
+
+    async def resolve_images(self, policy: str, pairs: list[tuple[str, str]]) -> None:
+        """Registry lookups a decision needs; digests are resolved at the first usable replica."""
+        monitor = self.monitors.get(policy)
+        entry = self.book.entries.get(policy)
+        if monitor is None or entry is None or entry.policy is None:
+            return
+        usable = monitor.eligible or frozenset()
+        via = next(
+            (r for r in preference_order(entry.policy, self.book.cluster_region(entry.policy)) if r in usable), ""
+        )
+        await monitor.images.resolve(entry.policy, monitor.client, pairs, via)
 
     def usable_changed(self, policy: str) -> None:
         """A policy's usable replicas changed: repoint what must move, now."""
@@ -108,7 +126,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     runtime.indices = {name: kwargs[name] for name in ("workload_views", "namespace_labels", "node_regions")}
     book.node_regions = runtime.node_regions
     book.usable = runtime.usable
-    runtime.reconciler = Reconciler(kube, book, runtime.view, runtime.namespace_labels, workers=config.workers)
+    book.images = runtime.image_cache
+    runtime.reconciler = Reconciler(
+        kube, book, runtime.view, runtime.namespace_labels, resolve=runtime.resolve_images, workers=config.workers
+    )
     await runtime.reconciler.start()
     memo.runtime = runtime
     runtime.tasks.append(asyncio.create_task(StatusReporter(runtime).run(), name="geopin-status"))
