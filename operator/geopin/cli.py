@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port, 0 to disable")
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
     run.add_argument("--workers", type=int, default=8, help="concurrent workload writes (default 8)")
+    run.add_argument("--arm-endpoint", help="Azure Resource Manager URL (default: the registry's cloud)")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true")
 
@@ -149,6 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         workers=args.workers,
+        arm_endpoint=args.arm_endpoint,
         log_format=args.log_format,
         verbose=args.verbose,
         **({"operator_namespace": args.operator_namespace} if args.operator_namespace else {}),

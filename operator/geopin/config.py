@@ -14,5 +14,6 @@ class RunConfig:
     metrics_port: int = 8080  # 0 disables the metrics server
     health_port: int = 8081  # Kopf's liveness endpoint; 0 disables it
     workers: int = 8  # concurrent workload writes (and API connections)
+    arm_endpoint: str | None = None  # Azure Resource Manager URL; None: the registry's cloud
     log_format: str = "text"  # text | json
     verbose: bool = False

@@ -16,6 +16,7 @@ from geopin.references import split_host
 __all__ = [
     "ACR_SUFFIXES",
     "RegionalHost",
+    "arm_endpoint",
     "data_endpoint",
     "is_acr",
     "parse_regional",
@@ -96,3 +97,18 @@ def parse_regional(host: str) -> RegionalHost | None:
     if not (_NAME_RE.match(registry) and _REGION_RE.match(region)):
         return None
     return RegionalHost(registry=registry, region=region, suffix=suffix, kind=kind)
+
+
+# Azure Resource Manager of the cloud each ACR suffix lives in.
+_ARM_ENDPOINTS = {
+    "azurecr.io": "https://management.azure.com",
+    "azurecr.cn": "https://management.chinacloudapi.cn",
+    "azurecr.us": "https://management.usgovcloudapi.net",
+    "azurecr.de": "https://management.microsoftazure.de",
+}
+
+
+def arm_endpoint(login_server: str) -> str:
+    """The ARM endpoint of the registry's cloud (public cloud for anything unrecognised)."""
+    parts = _acr_parts(login_server)
+    return _ARM_ENDPOINTS[parts[1]] if parts is not None else _ARM_ENDPOINTS["azurecr.io"]

@@ -67,6 +67,8 @@ class PolicyBook:
     usable: Callable[[str], frozenset[str] | None] | None = None
     # Each policy's manifest cache (replicationCheck, digestPinning); None: no lookups (offline).
     images: Callable[[str], ImageCache | None] | None = None
+    # A policy as it stands now: its spec plus the replicas ARM discovered.
+    effective: Callable[[str, Policy], Policy] | None = None
     excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
     entries: dict[str, PolicyEntry] = field(default_factory=dict)
 
@@ -109,8 +111,9 @@ class PolicyBook:
                 return None
             healthy = usable
         cache = self.images(entry.name) if self.images is not None else None
+        policy = self.effective(entry.name, entry.policy) if self.effective is not None else entry.policy
         return PolicySnapshot(
-            policy=entry.policy,
+            policy=policy,
             cluster_region=self.cluster_region(entry.policy),
             healthy=healthy,
             availability=cache.available if cache is not None else None,

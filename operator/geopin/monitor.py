@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 from geopin import metrics
 from geopin.health import QUICK_REPROBE_SECONDS, HealthTracker, ReplicaState, Transition
 from geopin.images import ImageCache
+from geopin.policy import with_discovered
 
 if TYPE_CHECKING:
+    from geopin.azure import ArmDiscovery, DiscoveredReplica, DiscoveryResult
     from geopin.policy import Policy
     from geopin.probes import ProbeResult, RegistryClient
 
@@ -44,7 +46,13 @@ class PolicyMonitor:
         on_change: Callable[[], None],
         on_transition: Callable[[Transition], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        discovery: ArmDiscovery | None = None,
     ) -> None:
+        self.spec_policy = policy
+        self.discovery = discovery
+        self.discovered: tuple[DiscoveredReplica, ...] = ()
+        self.arm_error: str | None = None
+        self._discovered_once = discovery is None  # with ARM discovery, nothing is decided before it answers
         self.policy = policy
         self.client = client
         self.on_change = on_change
@@ -57,24 +65,34 @@ class PolicyMonitor:
         self._launched: dict[str, float] = {}
         self._inflight: dict[str, dict[asyncio.Task[None], float]] = {}  # region → probe task → start time
         self._task: asyncio.Task[None] | None = None
+        self._discovery_task: asyncio.Task[None] | None = None
+
+    def effective(self, policy: Policy) -> Policy:
+        """``policy`` plus the replicas ARM discovered."""
+        return with_discovered(policy, [(r.region, r.endpoint) for r in self.discovered])
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"geopin-probes-{self.policy.name}")
+        if self.discovery is not None:
+            self._discovery_task = asyncio.create_task(self._discover(), name=f"geopin-arm-{self.policy.name}")
 
     async def stop(self) -> None:
         probes = [task for inflight in self._inflight.values() for task in inflight]
-        tasks = [t for t in (self._task, *probes) if t is not None]
+        tasks = [t for t in (self._task, self._discovery_task, *probes) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
+        if self.discovery is not None:
+            await self.discovery.aclose()
 
     def update(self, policy: Policy, client: RegistryClient | None = None) -> RegistryClient | None:
         """A new spec: keep the health of known regions. Returns the client to close, if replaced."""
-        self.policy = policy
-        self.tracker.update_replicas(policy.replicas, policy.probe)
+        self.spec_policy = policy
+        self.policy = self.effective(policy)
+        self.tracker.update_replicas(self.policy.replicas, policy.probe)
         old = None
         if client is not None:
             old, self.client = self.client, client
@@ -160,8 +178,29 @@ class PolicyMonitor:
             _spawn(self.on_transition(transition))
         self._recompute()
 
+    async def _discover(self) -> None:
+        discovery, azure = self.discovery, self.spec_policy.azure
+        if discovery is None or azure is None:
+            return
+        while True:
+            self.apply_discovery(await discovery.refresh())
+            await asyncio.sleep(azure.refresh_seconds)  # the refresh period
+
+    def apply_discovery(self, result: DiscoveryResult) -> None:
+        """ARM's answer: the replica list (the last known one when ARM failed) and who is excluded."""
+        self.discovered = result.replicas
+        self.arm_error = None if result.fresh else (result.error or "ARM refresh failed")
+        self._discovered_once = True
+        self.policy = self.effective(self.spec_policy)
+        self.tracker.update_replicas(self.policy.replicas)
+        for replica in result.replicas:
+            self.set_excluded(replica.region, replica.excluded)
+        self._recompute()
+        self.on_change()
+
     def _recompute(self) -> None:
-        eligible = self.tracker.eligible(self.clock()) if self.tracker.decided else None
+        decided = self.tracker.decided and self._discovered_once
+        eligible = self.tracker.eligible(self.clock()) if decided else None
         if eligible != self.eligible:
             self.eligible = eligible
             self.on_change()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from geopin import endpoints
@@ -32,6 +32,7 @@ __all__ = [
     "PullSecrets",
     "Replica",
     "from_spec",
+    "with_discovered",
 ]
 
 AUTO_REGION = "auto"
@@ -358,3 +359,12 @@ def _read_credentials(read: _Reader, credentials: Mapping[str, Any]) -> Credenti
         secret_ref=secret_ref,
         azure_workload_identity=read.boolean(credentials, "azureWorkloadIdentity", path, False),
     )
+
+
+def with_discovered(policy: Policy, discovered: Iterable[tuple[str, str]]) -> Policy:
+    """The policy's replicas plus those ARM discovered: the spec's order and endpoints come first
+    (they are the fallback order the platform team chose); other discovered regions follow in ARM's
+    order with their regional endpoints."""
+    listed = {r.region for r in policy.replicas}
+    extra = tuple(Replica(region, endpoint) for region, endpoint in discovered if region not in listed)
+    return policy if not extra else replace(policy, replicas=policy.replicas + extra)

@@ -221,7 +221,14 @@ def report(runtime: Runtime, entry: PolicyEntry, last_status: dict[str, Any]) ->
         if target.region != home
         else (False, "AtHome", f"pointing to the home region {home}")
     )
-    status["conditions"] = conditions(("Ready", *ready), ("Degraded", *degraded), ("FailedOver", *failed_over))
+    items = [("Ready", *ready), ("Degraded", *degraded), ("FailedOver", *failed_over)]
+    if policy.azure is not None and monitor is not None:
+        if monitor.arm_error:
+            arm = (True, "ArmUnreachable", f"keeping the last known replicas: {monitor.arm_error}")
+        else:
+            arm = (False, "ArmReachable", f"{len(monitor.discovered)} replicas discovered in ARM")
+        items.append(("ControlPlaneUnavailable", *arm))
+    status["conditions"] = conditions(*items)
 
     _export(entry.name, policy.registry, target.region, target.endpoint, counts.by_region, counts.awaiting_by_region)
     return status, switch

@@ -7,6 +7,7 @@ from typing import Any
 
 import kopf
 
+from geopin.endpoints import arm_endpoint
 from geopin.engine import PolicyEntry, records_policy
 from geopin.handlers.runtime import Runtime
 from geopin.health import ReplicaState, Transition
@@ -130,8 +131,18 @@ async def ensure_monitor(runtime: Runtime, entry: PolicyEntry) -> None:
                 f"{transition.region}: {transition.previous} -> {transition.current}: {transition.message}"[:1024],
             )
 
+        discovery = None
+        if entry.policy.azure is not None:
+            from geopin.azure import ArmDiscovery
+
+            base_url = runtime.config.arm_endpoint or arm_endpoint(entry.policy.registry)
+            discovery = ArmDiscovery(entry.policy.azure, entry.policy.registry, base_url=base_url)
         monitor = PolicyMonitor(
-            entry.policy, client, on_change=lambda: runtime.usable_changed(entry.name), on_transition=on_transition
+            entry.policy,
+            client,
+            on_change=lambda: runtime.usable_changed(entry.name),
+            on_transition=on_transition,
+            discovery=discovery,
         )
         runtime.monitors[entry.name] = monitor
         monitor.start()

@@ -17,6 +17,7 @@ from geopin.health import preference_order
 from geopin.images import ImageCache
 from geopin.kube import Kube, load_api_client, load_configuration
 from geopin.monitor import PolicyMonitor
+from geopin.policy import Policy
 from geopin.reporting import StatusReporter
 from geopin.workloads import WorkloadView
 
@@ -56,6 +57,10 @@ class Runtime:
     def usable(self, policy: str) -> frozenset[str] | None:
         monitor = self.monitors.get(policy)
         return monitor.eligible if monitor is not None else None
+
+    def effective(self, name: str, policy: Policy) -> Policy:
+        monitor = self.monitors.get(name)
+        return monitor.effective(policy) if monitor is not None else policy
 
     def image_cache(self, policy: str) -> ImageCache | None:
         monitor = self.monitors.get(policy)
@@ -127,6 +132,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     book.node_regions = runtime.node_regions
     book.usable = runtime.usable
     book.images = runtime.image_cache
+    book.effective = runtime.effective
     runtime.reconciler = Reconciler(
         kube, book, runtime.view, runtime.namespace_labels, resolve=runtime.resolve_images, workers=config.workers
     )
