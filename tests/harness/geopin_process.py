@@ -56,9 +56,17 @@ class Operator:
     """One `geopin run` process with its own kubeconfig identity, metrics and health ports."""
 
     def __init__(
-        self, control_plane: ControlPlane, workdir: Path, *, user: str = OPERATOR_USER, verbose: bool = False
+        self,
+        control_plane: ControlPlane,
+        workdir: Path,
+        *,
+        user: str = OPERATOR_USER,
+        verbose: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``env``: extra environment variables for every start (they override the inherited ones)."""
         self.verbose = verbose
+        self.env = dict(env or {})
         self.control_plane = control_plane
         self.workdir = workdir
         self.user = user
@@ -78,7 +86,7 @@ class Operator:
             *(["--verbose"] if self.verbose else []),
             *extra,
         ]  # fmt: skip
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.process = procs.spawn("geopin", argv, self.log_path, detach=False, env=env)
         wait_until(
             self._healthy, timeout=30, what=f"geopin health endpoint :{self.health_port}", ignore=(httpx.HTTPError,)
