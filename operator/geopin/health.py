@@ -162,7 +162,7 @@ class HealthTracker:
             health.consecutive_failures = 0
             if previous is ReplicaState.UNKNOWN:
                 health.state = ReplicaState.HEALTHY
-                health.eligible_at = now
+                health.eligible_at = max(health.eligible_at, now)  # an ARM un-exclusion's delay still holds
             elif previous is ReplicaState.UNHEALTHY and health.consecutive_successes >= self.settings.success_threshold:
                 health.state = ReplicaState.HEALTHY
                 health.eligible_at = now + self.settings.failback_delay_seconds

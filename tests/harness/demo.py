@@ -1,9 +1,15 @@
 """`make demo`: geopin on a real local control plane and three real registry replicas, narrated.
 
-Starts everything in this process's care (stopped on exit, Ctrl-C included), pushes a sample image
-to every replica, installs the CRD, starts `geopin run`, applies the example policy and a
-Deployment, and shows the image before and after. Then it stays up for exploration until Ctrl-C;
-`--once` stops right away (for scripts and CI).
+Everything runs in this process's care and is stopped on exit, Ctrl-C included:
+
+1. the control plane (built from the Go module proxy on first use) and three docker-registry
+   replicas (eastus, westus, centralus) with a sample image pushed to each;
+2. the RegistryPolicy CRD, `geopin run`, an example policy and three Deployments;
+3. the tour: pinned to the home region, then the home replica really stopped (SIGKILL), the
+   failover with the seconds it took, the replica restarted, the failback after the delay, with
+   the Events and the metrics that moved.
+
+Then it stays up for exploration until Ctrl-C; `--once` stops after the tour (scripts, CI).
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import shutil
 import signal
 import sys
@@ -31,7 +36,9 @@ from tests.harness.registries import RegistrySet
 from tests.harness.waiting import wait_until
 
 REGISTRY = "contoso.azurecr.io"
-IMAGE_PATH = "shop/web:1.0"
+APPS = {"web": "shop/web:1.0", "cart": "shop/cart:2.3", "search": "shop/search:0.9"}
+FAILBACK_DELAY = 15
+POLICY = "contoso"
 
 
 def say(message: str) -> None:
@@ -42,30 +49,81 @@ def policy_manifest(endpoints: dict[str, str], ca_pem: str) -> dict[str, Any]:
     return {
         "apiVersion": "geopin.io/v1alpha1",
         "kind": "RegistryPolicy",
-        "metadata": {"name": "contoso"},
+        "metadata": {"name": POLICY},
         "spec": {
             "registry": REGISTRY,
             "region": "auto",
             "replicas": [{"region": region, "endpoint": endpoint} for region, endpoint in endpoints.items()],
-            "probe": {"caBundle": ca_pem},
+            # Short for the tour; the default is 300 s.
+            "probe": {"caBundle": ca_pem, "failbackDelaySeconds": FAILBACK_DELAY},
         },
     }
 
 
-def deployment_manifest() -> dict[str, Any]:
+def deployment_manifest(name: str, image: str) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "shop"},
+        "metadata": {"name": name, "namespace": "shop"},
         "spec": {
             "replicas": 1,
-            "selector": {"matchLabels": {"app": "web"}},
+            "selector": {"matchLabels": {"app": name}},
             "template": {
-                "metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "web", "image": f"{REGISTRY}/{IMAGE_PATH}"}]},
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": name, "image": f"{REGISTRY}/{image}"}]},
             },
         },
     }
+
+
+class Tour:
+    def __init__(self, cp: ControlPlane, registries: RegistrySet, operator: Operator) -> None:
+        self.cp = cp
+        self.registries = registries
+        self.operator = operator
+        self.api: Any = cp.api_client()
+        self.apps: Any = client.AppsV1Api(self.api)
+        self.core: Any = client.CoreV1Api(self.api)
+        self.custom: Any = client.CustomObjectsApi(self.api)
+        self.endpoints = {region: registries[region].endpoint for region in registries}
+
+    def images(self) -> dict[str, str]:
+        return {
+            d.metadata.name: d.spec.template.spec.containers[0].image
+            for d in self.apps.list_namespaced_deployment("shop").items
+        }
+
+    def all_on(self, region: str) -> bool:
+        host = self.endpoints[region]
+        images = self.images()
+        return len(images) == len(APPS) and all(image.startswith(f"{host}/") for image in images.values())
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.custom.get_cluster_custom_object(
+            "geopin.io", "v1alpha1", "registrypolicies", POLICY
+        ).get("status", {})
+        return status
+
+    def show_images(self) -> None:
+        for name, image in sorted(self.images().items()):
+            print(f"      shop/{name:<7} {image}", flush=True)
+
+    def show_events(self, since: float) -> None:
+        events = self.core.list_namespaced_event("default").items + self.core.list_namespaced_event("shop").items
+        recent = [e for e in events if e.source and e.source.component == "geopin" and _stamp(e) >= since - 1]
+        for event in sorted(recent, key=_stamp)[-8:]:
+            kind = event.involved_object.kind
+            print(f"      Event {event.reason:<17} {kind}/{event.involved_object.name}: {event.message}", flush=True)
+
+    def show_metrics(self, *names: str) -> None:
+        for line in self.operator.metrics().splitlines():
+            if line.startswith(names) and 'policy="contoso"' in line and not line.startswith("#"):
+                print(f"      {line}", flush=True)
+
+
+def _stamp(event: Any) -> float:
+    moment = event.last_timestamp or event.event_time or event.metadata.creation_timestamp
+    return float(moment.timestamp()) if moment else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,65 +143,77 @@ def main(argv: list[str] | None = None) -> int:
         cp = stack.enter_context(ControlPlane(ca=ca, binaries=binaries))
         say(f"control plane ready in {cp.startup_seconds:.1f}s at {cp.url}")
         registries = stack.enter_context(RegistrySet(ca))
-        endpoints = {region: registries[region].endpoint for region in registries}
-        for region, endpoint in endpoints.items():
-            say(f"replica {region:<9} docker-registry over TLS at {endpoint}")
-        image = build_image({"index.html": b"hello from geopin\n"})
-        repository, tag = IMAGE_PATH.split(":")
-        for endpoint in endpoints.values():
-            push_image(endpoint, repository, tag, image, verify=ca.ssl_context())
-        say(f"pushed {IMAGE_PATH} ({image.digest[:19]}…) to every replica")
+        for region in registries:
+            say(f"replica {region:<9} docker-registry over TLS at {registries[region].endpoint}")
+        for app, image in APPS.items():
+            repository, tag = image.split(":")
+            built = build_image({"index.html": f"hello from {app}\n".encode()})
+            for region in registries:
+                push_image(registries[region].endpoint, repository, tag, built, verify=ca.ssl_context())
+        say(f"pushed {', '.join(APPS.values())} to every replica")
 
         install_crd(cp)
         say("installed the RegistryPolicy CRD (deploy/crds/)")
         operator = Operator(cp, workdir)
         stack.callback(operator.stop)
         operator.start()
-        say(f"geopin is running (log: {operator.log_path}, metrics: http://127.0.0.1:{operator.metrics_port}/metrics)")
+        say(f"geopin is running (log: {operator.log_path})")
+        tour = Tour(cp, registries, operator)
+        stack.callback(tour.api.close)
 
-        api: Any = cp.api_client()
-        stack.callback(api.close)
-        core: Any = client.CoreV1Api(api)
-        apps: Any = client.AppsV1Api(api)
-        custom: Any = client.CustomObjectsApi(api)
-        core.create_namespace({"metadata": {"name": "shop"}})
-        custom.create_cluster_custom_object(
-            "geopin.io", "v1alpha1", "registrypolicies", policy_manifest(endpoints, ca.cert_pem.decode())
-        )
-        say(f"applied RegistryPolicy contoso: {REGISTRY} with replicas {', '.join(endpoints)}")
-        apps.create_namespaced_deployment("shop", deployment_manifest())
-        say(f"applied Deployment shop/web with image {REGISTRY}/{IMAGE_PATH}")
-
-        def pinned() -> dict[str, Any] | None:
-            body: dict[str, Any] = api.sanitize_for_serialization(apps.read_namespaced_deployment("web", "shop"))
-            annotations = body["metadata"].get("annotations") or {}
-            return body if "geopin.io/pinned-region" in annotations else None
-
-        body = wait_until(pinned, timeout=60, what="shop/web pinned")
-        image_now = body["spec"]["template"]["spec"]["containers"][0]["image"]
-        annotations = body["metadata"]["annotations"]
-        say(f"geopin pinned shop/web to {annotations['geopin.io/pinned-region']}: image is now {image_now}")
-        say(f"original recorded in geopin.io/original-images: {json.loads(annotations['geopin.io/original-images'])}")
-
-        def ready() -> dict[str, Any] | None:
-            status = custom.get_cluster_custom_object("geopin.io", "v1alpha1", "registrypolicies", "contoso").get(
-                "status", {}
-            )
-            return status if any(c.get("status") == "True" for c in status.get("conditions", [])) else None
-
-        status = wait_until(ready, timeout=30, what="policy Ready")
+        tour.core.create_namespace({"metadata": {"name": "shop"}})
+        policy = policy_manifest(tour.endpoints, ca.cert_pem.decode())
+        tour.custom.create_cluster_custom_object("geopin.io", "v1alpha1", "registrypolicies", policy)
         say(
-            f"policy status: cluster region {status['clusterRegion']}, active {status['activeRegion']} "
-            f"({status['activeEndpoint']}), pinned workloads {status['workloads']['pinned']}"
+            f"applied RegistryPolicy {POLICY}: {REGISTRY} → replicas {', '.join(tour.endpoints)} "
+            f"(failback delay {FAILBACK_DELAY}s)"
         )
+        for app, image in APPS.items():
+            tour.apps.create_namespaced_deployment("shop", deployment_manifest(app, image))
+        say(f"applied Deployments shop/{', shop/'.join(APPS)} using {REGISTRY}")
+
+        # 1. Pinned to the home region.
+        mark = time.time()
+        wait_until(lambda: tour.all_on("eastus"), timeout=60, what="pinned to eastus")
+        status = wait_until(lambda: (s := tour.status()).get("activeRegion") and s, timeout=30, what="policy status")
+        say(f"1. pinned to the home region {status['clusterRegion']} (healthy {status['healthySummary']}):")
+        tour.show_images()
+
+        # 2. The home replica really stops.
+        registries["eastus"].stop()
+        outage = time.monotonic()
+        say(f"2. outage: the eastus replica (pid {registries['eastus'].pid}) is SIGKILLed")
+        wait_until(lambda: tour.all_on("westus"), timeout=60, interval=0.05, what="failover to westus")
+        failover_seconds = time.monotonic() - outage
+        say(f"   failover to westus in {failover_seconds:.1f}s (kill → last Deployment repointed):")
+        tour.show_images()
+        tour.show_events(mark)
+        tour.show_metrics("geopin_endpoint_switches_total", "geopin_replica_healthy")
+
+        # 3. Recovery, then failback only after the delay.
+        mark = time.time()
+        registries["eastus"].heal()
+        recovered = time.monotonic()
+        say(f"3. recovery: eastus is back; workloads return only after {FAILBACK_DELAY}s of uninterrupted health")
+        wait_until(lambda: tour.all_on("eastus"), timeout=FAILBACK_DELAY + 60, what="failback to eastus")
+        failback_seconds = time.monotonic() - recovered
+        say(f"   failback to eastus {failback_seconds:.1f}s after the replica came back:")
+        tour.show_images()
+        tour.show_events(mark)
+        tour.show_metrics("geopin_endpoint_switches_total")
+
         print(
             "\nTry it yourself:\n"
             f"  {kubectl} --kubeconfig {cp.kubeconfig} get registrypolicies\n"
-            f"  {kubectl} --kubeconfig {cp.kubeconfig} -n shop get deploy web -o yaml\n"
+            f"  {kubectl} --kubeconfig {cp.kubeconfig} -n shop get deploy -o wide\n"
+            f"  {sys.executable} -m geopin.cli status --kubeconfig {cp.kubeconfig}\n"
             f"  curl -s http://127.0.0.1:{operator.metrics_port}/metrics | grep ^geopin_\n",
             flush=True,
         )
-        say(f"tour done in {time.monotonic() - began:.0f}s")
+        say(
+            f"tour done in {time.monotonic() - began:.0f}s: "
+            f"failover {failover_seconds:.1f}s, failback {failback_seconds:.1f}s"
+        )
         if not args.once:
             say("everything stays up until Ctrl-C")
             stop = threading.Event()
