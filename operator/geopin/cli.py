@@ -1,7 +1,8 @@
-"""``geopin``: run the operator, or plan its rewrites offline.
+"""``geopin``: run the operator, plan its rewrites offline, probe endpoints, read policy status.
 
-Exit codes (api.md): 0 success, 1 a problem was found (invalid input, invalid image references),
-2 usage error. Errors are one line on stderr, never a traceback.
+Exit codes (api.md): 0 success, 1 a problem was found (invalid input, invalid image references,
+failed probes, a policy not Ready or Degraded, an unreachable cluster), 2 usage error. Errors are one
+line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -84,8 +85,136 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--active-region", help="plan as if only this replica (or 'global') were healthy")
     plan.add_argument("files", nargs="*", help="manifest files; '-' or none for stdin")
 
+    _add_probe(commands)
+    _add_status(commands)
     commands.add_parser("version", help="print the version")
     return parser
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0 < seconds <= 600:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 600 seconds, got {value!r}")
+    return seconds
+
+
+def _add_probe(commands: Any) -> None:
+    probe = commands.add_parser(
+        "probe",
+        help="probe a registry's regional endpoints once and print their health",
+        description="Probe each region's endpoint of REGISTRY once, concurrently, as the operator does "
+        "(GET /v2/, or a manifest HEAD of --canary), and print the outcome of each.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """
+            Each region's endpoint is <name>.<region>.geo.azurecr.io (same cloud suffix as REGISTRY) unless
+            --endpoint REGION=HOST[:PORT] names it; a registry that is not an Azure Container Registry needs
+            an --endpoint for every --region. --global probes REGISTRY itself too (region "global").
+
+            outcomes: ok, timeout, connect, tls, http_5xx, throttled, unauthorized, not_found
+            (a 401 with a WWW-Authenticate challenge is ok: the registry is up and asks for credentials).
+
+            -o json|yaml prints one object:
+              registry: REGISTRY
+              ok: true when every outcome is ok
+              probes: one per endpoint, in --region order (global last):
+                - {region, endpoint, outcome, status (HTTP status or null), latencyMilliseconds, message}
+
+            exit status: 0 every endpoint answered ok; 1 any outcome is not ok, or --ca cannot be read or
+            holds no PEM certificate (a problem with an input file); 2 usage error (a malformed flag value,
+            an --endpoint for a region not given with --region, a missing --endpoint for a non-ACR registry).
+
+            examples:
+              geopin probe contoso.azurecr.io --region eastus --region westus
+              geopin probe contoso.azurecr.io --region eastus --region westus --global -o json
+              geopin probe contoso.azurecr.io --region eastus --canary platform/canary:1 --timeout 5
+              geopin probe registry.example.com:5000 --region eastus --endpoint eastus=10.0.0.5:5000 \\
+                  --ca ca.pem
+              geopin probe localhost:5000 --region dev --endpoint dev=localhost:5000 --scheme http
+            """
+        ),
+    )
+    probe.add_argument("registry", metavar="REGISTRY", help="the global login server, e.g. contoso.azurecr.io")
+    probe.add_argument(
+        "--region", action="append", required=True, metavar="R", help="a replica region to probe (repeatable)"
+    )
+    probe.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="R=HOST",
+        help="explicit host[:port] of region R's replica (repeatable)",
+    )
+    probe.add_argument(
+        "--global", dest="include_global", action="store_true", help="also probe REGISTRY itself (region 'global')"
+    )
+    probe.add_argument("--ca", metavar="FILE", help="PEM bundle of extra CAs to trust (private registries)")
+    probe.add_argument("--scheme", choices=["https", "http"], default="https", help="default https")
+    probe.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=2.0,
+        metavar="S",
+        help="seconds per probe, authentication included (default 2, as spec.probe.timeoutSeconds)",
+    )
+    probe.add_argument(
+        "--canary", metavar="IMAGE", help="deep probe: HEAD this image's manifest (repo:tag) instead of GET /v2/"
+    )
+    probe.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table", help="default table")
+
+
+def _add_status(commands: Any) -> None:
+    status = commands.add_parser(
+        "status",
+        help="show the RegistryPolicies in the cluster: replica health, active endpoint, last switch",
+        description="Read RegistryPolicies (all, or POLICY) from the cluster and summarise their status.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """
+            The table output starts with one line per policy, then a block per policy: registry, cluster
+            region, active region and endpoint, healthy replicas, workload counts, the Ready, Degraded,
+            FailedOver and ControlPlaneUnavailable conditions ("-" when absent), the replicas and the last
+            switch of the active endpoint.
+
+            -o json|yaml prints one object:
+              ok: true when every listed policy is Ready=True and not Degraded=True
+              policies: one per policy, sorted by name:
+                - name, registry, mode, generation, observedGeneration,
+                  clusterRegion, activeRegion, activeEndpoint, healthy ("2/3"),
+                  workloads: {total, pinned, awaitingReplication, skipped, invalid},
+                  conditions: {Ready, Degraded, FailedOver, ControlPlaneUnavailable}: each null when absent,
+                    else {status, reason, message, lastTransitionTime},
+                  replicas: [{region, endpoint, state, consecutiveFailures, latencyMilliseconds,
+                              lastProbeTime, lastTransitionTime, message}],
+                  lastSwitch: null or {from, to, reason, time},
+                  ok: Ready=True and not Degraded=True
+            Fields the operator has not written yet are null.
+
+            exit status: 0 every listed policy is Ready and not Degraded (or there is none); 1 a policy is not
+            Ready or is Degraded, POLICY does not exist, the CRD is not installed, or the cluster cannot be
+            reached or refuses the request; 2 usage error.
+
+            examples:
+              geopin status                               # every policy, $KUBECONFIG or in-cluster
+              geopin status contoso --kubeconfig ~/.kube/config
+              geopin status -o json | jq '.policies[] | {name, activeRegion, ready: .conditions.Ready.status}'
+              geopin status contoso && echo "contoso is Ready and not Degraded"
+            """
+        ),
+    )
+    status.add_argument("policy", metavar="POLICY", nargs="?", help="one RegistryPolicy (default: all)")
+    status.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    status.add_argument(
+        "--request-timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds to connect to and to wait for the API server (default 10)",
+    )
+    status.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table", help="default table")
 
 
 def _load_yaml(path: str, stdin: TextIO) -> list[Any]:
@@ -141,6 +270,37 @@ def _plan(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextI
     return EXIT_PROBLEM if result.problems else EXIT_OK
 
 
+def _probe(args: argparse.Namespace, stdout: TextIO) -> int:
+    from geopin import cli_status
+
+    endpoints = cli_status.parse_endpoints(args.endpoint)
+    targets = cli_status.probe_targets(args.registry, args.region, endpoints, args.include_global)
+    cli_status.check_canary(args.canary)
+    ca_bundle = cli_status.read_ca(args.ca)
+    client = cli_status.make_client(args.scheme, args.timeout, ca_bundle)
+    rows = cli_status.run_probes(client, targets, args.canary)
+    document = cli_status.probe_document(args.registry, rows)
+    if args.output == "table":
+        stdout.write(cli_status.format_probe_table(rows))
+    else:
+        stdout.write(cli_status.render(document, args.output))
+    return EXIT_OK if document["ok"] else EXIT_PROBLEM
+
+
+def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
+    from geopin import cli_status
+
+    policies = cli_status.fetch_policies(args.kubeconfig, args.policy, args.request_timeout)
+    document = cli_status.status_document(policies)
+    if args.output == "table":
+        if not policies:
+            print("geopin: no RegistryPolicies found", file=stderr)
+        stdout.write(cli_status.format_status_table(document))
+    else:
+        stdout.write(cli_status.render(document, args.output))
+    return cli_status.status_exit_code(document)
+
+
 def _run(args: argparse.Namespace) -> int:
     from geopin.operator import run
 
@@ -172,6 +332,10 @@ def main(
             return EXIT_OK
         if args.command == "plan":
             return _plan(args, stdin, stdout, stderr)
+        if args.command == "probe":
+            return _probe(args, stdout)
+        if args.command == "status":
+            return _status(args, stdout, stderr)
         return _run(args)
     except CliError as e:
         print(f"geopin: {e}", file=stderr)

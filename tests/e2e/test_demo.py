@@ -1,4 +1,4 @@
-"""`make demo --once` runs end to end (so the newcomer's first command never rots)."""
+"""`make demo DEMO_ARGS=--once` runs the whole tour (so the newcomer's first command never rots)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.harness.controlplane import REPO_ROOT
 pytestmark = pytest.mark.e2e
 
 
-def test_demo_once_pins_the_sample_deployment() -> None:
+def test_demo_once_narrates_failover_and_failback() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "tests.harness.demo", "--once"],
         cwd=REPO_ROOT,
@@ -22,5 +22,12 @@ def test_demo_once_pins_the_sample_deployment() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "geopin pinned shop/web to eastus: image is now 127.0.0.1:" in result.stdout
-    assert "pinned workloads 1" in result.stdout
+    out = result.stdout
+    assert "1. pinned to the home region eastus" in out
+    assert "2. outage: the eastus replica" in out
+    assert "failover to westus in" in out
+    assert "failback to eastus" in out
+    assert "Event ReplicaUnhealthy" in out
+    assert "Event EndpointSwitched" in out
+    assert 'geopin_endpoint_switches_total{from_region="eastus"' in out
+    assert "tour done in" in out
