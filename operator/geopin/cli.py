@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port, 0 to disable")
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
     run.add_argument("--workers", type=int, default=8, help="concurrent workload writes (default 8)")
+    run.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="elect one active replica with a Lease in the operator namespace (the chart turns this on)",
+    )
+    run.add_argument("--lease-name", default="geopin", help="name of the leader-election Lease (default geopin)")
     run.add_argument("--arm-endpoint", help="Azure Resource Manager URL (default: the registry's cloud)")
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true")
@@ -87,7 +93,12 @@ def _parser() -> argparse.ArgumentParser:
 
     _add_probe(commands)
     _add_status(commands)
-    commands.add_parser("version", help="print the version")
+    commands.add_parser(
+        "version",
+        help="print the version",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  geopin version              # prints: geopin <version>\n",
+    )
     return parser
 
 
@@ -311,6 +322,8 @@ def _run(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         workers=args.workers,
         arm_endpoint=args.arm_endpoint,
+        leader_election=args.leader_election,
+        lease_name=args.lease_name,
         log_format=args.log_format,
         verbose=args.verbose,
         **({"operator_namespace": args.operator_namespace} if args.operator_namespace else {}),
@@ -346,4 +359,8 @@ def main(
 
 if __name__ == "__main__":
     logging.basicConfig()
-    sys.exit(main())
+    # `python -m geopin.cli` runs this file as __main__: call the importable module's main, so that the
+    # CliError raised by geopin.cli_status (which imports geopin.cli) is the class main catches.
+    from geopin.cli import main as _main
+
+    sys.exit(_main())

@@ -15,5 +15,7 @@ class RunConfig:
     health_port: int = 8081  # Kopf's liveness endpoint; 0 disables it
     workers: int = 8  # concurrent workload writes (and API connections)
     arm_endpoint: str | None = None  # Azure Resource Manager URL; None: the registry's cloud
+    leader_election: bool = False  # with several replicas: only the Lease holder probes and writes
+    lease_name: str = "geopin"  # coordination.k8s.io/v1 Lease in the operator's namespace
     log_format: str = "text"  # text | json
     verbose: bool = False

@@ -170,8 +170,9 @@ class Reconciler:
             return False
         if desired.unknown:
             return True
-        self._report_invalid(view, desired)
-        self._report_awaiting(view, desired)
+        if self.active:  # only the leader reports
+            self._report_invalid(view, desired)
+            self._report_awaiting(view, desired)
         return bool(json_patch(KINDS[view.kind], view, desired))
 
     def _report_awaiting(self, view: WorkloadView, desired: Desired) -> None:
@@ -214,6 +215,11 @@ class Reconciler:
                 self.enqueue(view.ref)
                 count += 1
         return count
+
+    @property
+    def active(self) -> bool:
+        """Workers are running: this replica writes (it leads, or runs alone)."""
+        return bool(self._tasks)
 
     def touch(self) -> None:
         """Something changed that may alter a policy's status or decisions."""

@@ -107,6 +107,10 @@ class Kube:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, call)
 
+    async def request(self, path: str, method: str, body: Any = None) -> Any:
+        """A JSON request to any API path (raises ApiException on a non-2xx answer)."""
+        return await self._call(path, method, body, "application/json" if body is not None else None)
+
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Mapping[str, Any] | None:
         try:
             result: Mapping[str, Any] = await self._call(_path(kind, namespace, name), "GET")

@@ -76,6 +76,11 @@ class Operator:
         self.log_path = workdir / f"{user}.log"
         self.process: procs.Process | None = None
 
+    @property
+    def identity(self) -> str:
+        """The pod-name part of its leader-election identity ($HOSTNAME, as in a Pod)."""
+        return self.env.get("HOSTNAME", "")
+
     def start(self, *extra: str) -> None:
         argv = [
             sys.executable, "-m", "geopin.cli", "run",

@@ -7,15 +7,11 @@ from typing import Any
 
 import kopf
 
-from geopin.endpoints import arm_endpoint
 from geopin.engine import PolicyEntry, records_policy
 from geopin.handlers.runtime import Runtime
-from geopin.health import ReplicaState, Transition
 from geopin.kube import POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION
-from geopin.monitor import PolicyMonitor
 from geopin.policy import InvalidPolicy, Policy, from_spec
-from geopin.probes import RegistryClient, credentials_from_dockerconfig
-from geopin.reporting import forget_metrics, policy_ref
+from geopin.reporting import forget_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +52,7 @@ async def policy_changed(name: str, body: kopf.Body, type: str | None, memo: kop
     if entry.error:
         kopf.warn(body, reason="InvalidSpec", message=entry.error)
     if entry.policy is not None:
-        await ensure_monitor(runtime, entry)
+        await runtime.ensure_monitor(entry)
     queued = runtime.reconciler.enqueue_if_needed(runtime.views())
     runtime.reconciler.touch()
     logger.info("policy %s applied: %d workloads queued", name, queued)
@@ -82,69 +78,3 @@ async def policy_deleted(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) 
         await monitor.stop()
     kopf.info(body, reason="Restored", message="every workload's original images are restored")
     forget_metrics(name)
-
-
-async def registry_client(runtime: Runtime, policy: Policy) -> RegistryClient:
-    """A probe client with the policy's TLS trust and credentials (read from the Secret each time)."""
-    credentials = None
-    ref = policy.credentials.secret_ref
-    if ref is not None:
-        data = await runtime.kube.get_secret_data(ref.namespace, ref.name)
-        if data is None:
-            logger.warning(
-                "policy %s: credentials secret %s/%s not found; probing anonymously",
-                policy.name,
-                ref.namespace,
-                ref.name,
-            )
-        else:
-            credentials = credentials_from_dockerconfig(data, policy.registry)
-    aad_credential = None
-    if policy.credentials.azure_workload_identity:
-        from azure.identity.aio import DefaultAzureCredential
-
-        aad_credential = DefaultAzureCredential()
-    return RegistryClient(
-        scheme=policy.probe.scheme,
-        timeout_seconds=policy.probe.timeout_seconds,
-        ca_bundle=policy.probe.ca_bundle,
-        credentials=credentials,
-        aad_credential=aad_credential,
-    )
-
-
-async def ensure_monitor(runtime: Runtime, entry: PolicyEntry) -> None:
-    """Start the policy's probe loop, or hand it the new spec (known replicas keep their health)."""
-    assert entry.policy is not None
-    client = await registry_client(runtime, entry.policy)
-    monitor = runtime.monitors.get(entry.name)
-    if monitor is None:
-
-        async def on_transition(transition: Transition) -> None:
-            if transition.previous is ReplicaState.UNKNOWN and transition.current is ReplicaState.HEALTHY:
-                return  # a first verdict (start-up, a new replica), not a recovery
-            unhealthy = transition.current in (ReplicaState.UNHEALTHY, ReplicaState.EXCLUDED)
-            await runtime.kube.post_event(
-                policy_ref(entry),
-                "Warning" if unhealthy else "Normal",
-                "ReplicaUnhealthy" if unhealthy else "ReplicaRecovered",
-                f"{transition.region}: {transition.previous} -> {transition.current}: {transition.message}"[:1024],
-            )
-
-        discovery = None
-        if entry.policy.azure is not None:
-            from geopin.azure import ArmDiscovery
-
-            base_url = runtime.config.arm_endpoint or arm_endpoint(entry.policy.registry)
-            discovery = ArmDiscovery(entry.policy.azure, entry.policy.registry, base_url=base_url)
-        monitor = PolicyMonitor(
-            entry.policy,
-            client,
-            on_change=lambda: runtime.usable_changed(entry.name),
-            on_transition=on_transition,
-            discovery=discovery,
-        )
-        runtime.monitors[entry.name] = monitor
-        monitor.start()
-    elif (old := monitor.update(entry.policy, client)) is not None:
-        await old.aclose()

@@ -12,13 +12,16 @@ import kopf
 from geopin import metrics
 from geopin.config import RunConfig
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES
-from geopin.engine import PolicyBook, Reconciler, WorkloadRef
-from geopin.health import preference_order
+from geopin.endpoints import arm_endpoint
+from geopin.engine import PolicyBook, PolicyEntry, Reconciler, WorkloadRef
+from geopin.health import ReplicaState, Transition, preference_order
 from geopin.images import ImageCache
 from geopin.kube import Kube, load_api_client, load_configuration
+from geopin.leader import LeaderElector
 from geopin.monitor import PolicyMonitor
 from geopin.policy import Policy
-from geopin.reporting import StatusReporter
+from geopin.probes import RegistryClient, credentials_from_dockerconfig
+from geopin.reporting import StatusReporter, policy_ref
 from geopin.workloads import WorkloadView
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ class Runtime:
     reconciler: Reconciler
     indices: dict[str, Any] = field(default_factory=dict)
     monitors: dict[str, PolicyMonitor] = field(default_factory=dict)
+    leading: bool = False
+    elector: LeaderElector | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def view(self, ref: WorkloadRef) -> WorkloadView | None:
@@ -84,6 +89,98 @@ class Runtime:
         self.reconciler.touch()
         usable = sorted(self.usable(policy) or ())
         logger.info("policy %s: usable replicas %s: %d workloads queued", policy, usable, queued)
+
+    # -- leadership: only the leader probes and writes ------------------------------------------
+
+    async def lead(self) -> None:
+        """Start probing and writing: this replica leads (or runs alone)."""
+        self.leading = True
+        await self.reconciler.start()
+        self.tasks.append(asyncio.create_task(StatusReporter(self).run(), name="geopin-status"))
+        for entry in list(self.book.entries.values()):
+            if entry.policy is not None:
+                await self.ensure_monitor(entry)
+        # Finish whatever a previous leader left half done (level-based: only divergent workloads).
+        queued = self.reconciler.enqueue_if_needed(self.views())
+        logger.info("leading: %d policies, %d workloads queued", len(self.monitors), queued)
+
+    async def unlead(self) -> None:
+        """Stop probing and writing (leadership lost, or shutting down)."""
+        self.leading = False
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        await self.reconciler.stop()
+        monitors, self.monitors = list(self.monitors.values()), {}
+        for monitor in monitors:
+            await monitor.stop()
+
+    async def registry_client(self, policy: Policy) -> RegistryClient:
+        """A probe client with the policy's TLS trust and credentials (read from the Secret each time)."""
+        credentials = None
+        ref = policy.credentials.secret_ref
+        if ref is not None:
+            data = await self.kube.get_secret_data(ref.namespace, ref.name)
+            if data is None:
+                logger.warning(
+                    "policy %s: credentials secret %s/%s not found; probing anonymously",
+                    policy.name,
+                    ref.namespace,
+                    ref.name,
+                )
+            else:
+                credentials = credentials_from_dockerconfig(data, policy.registry)
+        aad_credential = None
+        if policy.credentials.azure_workload_identity:
+            from azure.identity.aio import DefaultAzureCredential
+
+            aad_credential = DefaultAzureCredential()
+        return RegistryClient(
+            scheme=policy.probe.scheme,
+            timeout_seconds=policy.probe.timeout_seconds,
+            ca_bundle=policy.probe.ca_bundle,
+            credentials=credentials,
+            aad_credential=aad_credential,
+        )
+
+    async def ensure_monitor(self, entry: PolicyEntry) -> None:
+        """Start the policy's probe loop, or hand it the new spec (known replicas keep their health)."""
+        if entry.policy is None or not self.leading:
+            return
+        client = await self.registry_client(entry.policy)
+        monitor = self.monitors.get(entry.name)
+        if monitor is not None:
+            if (old := monitor.update(entry.policy, client)) is not None:
+                await old.aclose()
+            return
+
+        async def on_transition(transition: Transition) -> None:
+            if transition.previous is ReplicaState.UNKNOWN and transition.current is ReplicaState.HEALTHY:
+                return  # a first verdict (start-up, a new replica), not a recovery
+            unhealthy = transition.current in (ReplicaState.UNHEALTHY, ReplicaState.EXCLUDED)
+            await self.kube.post_event(
+                policy_ref(entry),
+                "Warning" if unhealthy else "Normal",
+                "ReplicaUnhealthy" if unhealthy else "ReplicaRecovered",
+                f"{transition.region}: {transition.previous} -> {transition.current}: {transition.message}"[:1024],
+            )
+
+        discovery = None
+        if entry.policy.azure is not None:
+            from geopin.azure import ArmDiscovery
+
+            base_url = self.config.arm_endpoint or arm_endpoint(entry.policy.registry)
+            discovery = ArmDiscovery(entry.policy.azure, entry.policy.registry, base_url=base_url)
+        monitor = PolicyMonitor(
+            entry.policy,
+            client,
+            on_change=lambda: self.usable_changed(entry.name),
+            on_transition=on_transition,
+            discovery=discovery,
+        )
+        self.monitors[entry.name] = monitor
+        monitor.start()
 
     def node_regions(self) -> list[str | None]:
         index = self.indices["node_regions"]
@@ -136,9 +233,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     runtime.reconciler = Reconciler(
         kube, book, runtime.view, runtime.namespace_labels, resolve=runtime.resolve_images, workers=config.workers
     )
-    await runtime.reconciler.start()
     memo.runtime = runtime
-    runtime.tasks.append(asyncio.create_task(StatusReporter(runtime).run(), name="geopin-status"))
+    if config.leader_election:
+        runtime.elector = LeaderElector(
+            kube,
+            config.operator_namespace,
+            config.lease_name,
+            on_started_leading=runtime.lead,
+            on_stopped_leading=runtime.unlead,
+        )
+        runtime.elector.start()
+    else:
+        await runtime.lead()
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     logger.info("geopin started: %d workers, metrics on :%s", config.workers, config.metrics_port or "off")
@@ -148,10 +254,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
-        for task in runtime.tasks:
-            task.cancel()
-        await asyncio.gather(*runtime.tasks, return_exceptions=True)
-        await runtime.reconciler.stop()
-        for monitor in runtime.monitors.values():
-            await monitor.stop()
+        if runtime.elector is not None:
+            await runtime.elector.stop()  # steps down and releases the Lease for a fast take-over
+        if runtime.leading:
+            await runtime.unlead()
         runtime.kube.close()
