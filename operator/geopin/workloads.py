@@ -62,8 +62,8 @@ KINDS: dict[str, Kind] = {
 }
 
 
-# The kinds whose pod templates the operator rewrites in Patch mode today.
-PATCH_KINDS = ("Deployment",)
+# The kinds whose pod templates the operator rewrites in Patch mode (bare Pods: Admission mode only).
+PATCH_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "CronJob", "ReplicaSet")
 
 
 @dataclass(frozen=True, slots=True)

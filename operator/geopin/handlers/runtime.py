@@ -14,6 +14,7 @@ from geopin.config import RunConfig
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES
 from geopin.endpoints import arm_endpoint
 from geopin.engine import PolicyBook, PolicyEntry, Reconciler, WorkloadRef
+from geopin.handlers.workloads import INDEX_NAMES, index_name
 from geopin.health import ReplicaState, Transition, preference_order
 from geopin.images import ImageCache
 from geopin.kube import Kube, load_api_client, load_configuration
@@ -22,7 +23,7 @@ from geopin.monitor import PolicyMonitor
 from geopin.policy import Policy
 from geopin.probes import RegistryClient, credentials_from_dockerconfig
 from geopin.reporting import StatusReporter, policy_ref
-from geopin.workloads import WorkloadView
+from geopin.workloads import KINDS, WorkloadView
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +45,15 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def view(self, ref: WorkloadRef) -> WorkloadView | None:
-        store = self.indices["workload_views"].get(ref)
+        store = self.indices[index_name(KINDS[ref[0]])].get(ref)
         return next(iter(store), None) if store is not None else None
 
     def views(self) -> list[WorkloadView]:
-        index = self.indices["workload_views"]
-        return [view for key in list(index) for view in index.get(key, ())]
+        views: list[WorkloadView] = []
+        for name in INDEX_NAMES:
+            index = self.indices[name]
+            views.extend(view for key in list(index) for view in index.get(key, ()))
+        return views
 
     def namespace_labels(self, namespace: str) -> dict[str, str] | None:
         store = self.indices["namespace_labels"].get(namespace)
@@ -225,7 +229,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     kube = Kube(load_api_client(config.kubeconfig, pool_size=config.workers), concurrency=config.workers)
     book = PolicyBook(excluded_namespaces=DEFAULT_EXCLUDED_NAMESPACES | {config.operator_namespace})
     runtime = Runtime(config=config, kube=kube, book=book, reconciler=None)  # type: ignore[arg-type]
-    runtime.indices = {name: kwargs[name] for name in ("workload_views", "namespace_labels", "node_regions")}
+    runtime.indices = {name: kwargs[name] for name in (*INDEX_NAMES, "namespace_labels", "node_regions")}
     book.node_regions = runtime.node_regions
     book.usable = runtime.usable
     book.images = runtime.image_cache
