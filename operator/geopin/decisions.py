@@ -13,7 +13,15 @@ from dataclasses import dataclass, replace
 
 from geopin.health import Target, choose, preference_order
 from geopin.policy import Mode, Policy
-from geopin.rewrite import Desired, InvalidImage, desired_state, encode_record, managed_intents, pinned_digest
+from geopin.rewrite import (
+    Desired,
+    InvalidImage,
+    changed_containers,
+    desired_state,
+    encode_record,
+    managed_intents,
+    pinned_digest,
+)
 from geopin.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
     ANNOTATION_PINNED_REGION,
@@ -170,3 +178,14 @@ def plan_workload(
     if result is None:
         return None
     return replace(result, invalid=tuple(invalid), awaiting=tuple(awaiting))
+
+
+def audit_changes(
+    snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mapping[str, str] | None
+) -> list[tuple[str, str, str]]:
+    """Audit mode: (container key, current image, image Patch mode would write), nothing written."""
+    choice = decide(snapshot, view, namespace_labels)
+    if choice.unknown:
+        return []
+    desired = desired_state(view, snapshot.policy, choice.target, choice.digests)
+    return [(c.key, c.image, desired.images[c.key]) for c in changed_containers(view, desired)]

@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from geopin import metrics
-from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot, plan_workload
+from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot, audit_changes, plan_workload
 from geopin.health import Target
 from geopin.images import ImageCache
 from geopin.kube import Kube, cluster_region_of
-from geopin.policy import AUTO_REGION, Policy
+from geopin.policy import AUTO_REGION, Mode, Policy
 from geopin.references import split_host
 from geopin.rewrite import Desired, changed_containers, json_patch, read_record
 from geopin.workloads import KINDS, WorkloadView, view_of
@@ -165,6 +165,8 @@ class Reconciler:
 
     def needs_write(self, view: WorkloadView) -> bool:
         """Would a worker write this workload? (True too when a registry lookup must decide.)"""
+        if self.active:
+            self.report_audit(view)
         desired = self.desired(view)
         if desired is None:
             return False
@@ -174,6 +176,23 @@ class Reconciler:
             self._report_invalid(view, desired)
             self._report_awaiting(view, desired)
         return bool(json_patch(KINDS[view.kind], view, desired))
+
+    def report_audit(self, view: WorkloadView) -> None:
+        """Audit mode: an Event and a metric for what Patch mode would write; nothing is written."""
+        if not self.active:
+            return
+        labels = self.namespace_labels(view.namespace)
+        for snapshot in self.book.snapshots():
+            if snapshot.policy.mode is not Mode.AUDIT:
+                continue
+            changes = audit_changes(snapshot, view, labels)
+            key = (view.uid, "audit:" + ";".join(f"{k}={new}" for k, _, new in changes))
+            if not changes or key in self._reported_invalid:
+                continue
+            self._reported_invalid.add(key)
+            metrics.WORKLOAD_REWRITES.labels(snapshot.policy.name, view.kind, "audit").inc()
+            moves = ", ".join(f"{k}: {old} -> {new}" for k, old, new in changes)
+            self.post_event(view, "Normal", "AuditWouldRewrite", f"policy {snapshot.policy.name} (Audit): {moves}")
 
     def _report_awaiting(self, view: WorkloadView, desired: Desired) -> None:
         for policy, region in desired.awaiting:

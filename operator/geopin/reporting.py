@@ -200,6 +200,8 @@ def report(runtime: Runtime, entry: PolicyEntry, last_status: dict[str, Any]) ->
 
     if entry.error:
         ready = (False, "InvalidSpec", f"keeping the last valid spec: {entry.error}")
+    elif policy.mode is Mode.AUDIT:
+        ready = (True, "Audit", f"{counts.would_rewrite} workloads would be rewritten; nothing is written")
     elif policy.mode is Mode.ADMISSION:
         ready = (False, "ModeNotImplemented", "Admission mode is not available yet; nothing is rewritten")
     elif snapshot.cluster_region is None:

@@ -6,8 +6,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from geopin.decisions import PolicySnapshot, decide, is_selected
-from geopin.policy import GLOBAL_REGION, Policy
+from geopin.decisions import PolicySnapshot, audit_changes, decide, is_selected
+from geopin.policy import GLOBAL_REGION, Mode, Policy
 from geopin.references import InvalidReference, parse, same_host
 from geopin.rewrite import read_record
 from geopin.workloads import ANNOTATION_PINNED_REGION, WorkloadView
@@ -22,6 +22,8 @@ class WorkloadCounts:
     skipped: int = 0
     invalid: int = 0
     awaiting_replication: int = 0
+    would_rewrite: int = 0  # Audit mode
+    audit: bool = False
     by_region: Counter[str] = field(default_factory=Counter)
     awaiting_by_region: Counter[str] = field(default_factory=Counter)
 
@@ -32,6 +34,7 @@ class WorkloadCounts:
             "skipped": self.skipped,
             "invalid": self.invalid,
             "awaitingReplication": self.awaiting_replication,
+            **({"wouldRewrite": self.would_rewrite} if self.audit else {}),
         }
 
 
@@ -65,7 +68,8 @@ def count_workloads(
     snapshot: PolicySnapshot,
     namespace_labels: Mapping[str, Mapping[str, str]],
 ) -> WorkloadCounts:
-    counts = WorkloadCounts()
+    audit = snapshot.policy.mode is Mode.AUDIT
+    counts = WorkloadCounts(audit=audit)
     for view in views:
         uses, invalid = uses_registry(view, snapshot.policy)
         if not uses:
@@ -79,7 +83,10 @@ def count_workloads(
         elif not is_selected(snapshot, view, namespace_labels.get(view.namespace)):
             counts.skipped += 1
             continue
-        awaiting = decide(snapshot, view, namespace_labels.get(view.namespace)).awaiting
+        labels = namespace_labels.get(view.namespace)
+        if audit and audit_changes(snapshot, view, labels):
+            counts.would_rewrite += 1
+        awaiting = decide(snapshot, view, labels).awaiting
         if awaiting is not None:
             counts.awaiting_replication += 1
             counts.awaiting_by_region[awaiting] += 1
