@@ -82,7 +82,8 @@ def test_audit_mode_reports_and_writes_nothing(
         def events() -> list[Any]:
             return [e for e in core.list_namespaced_event("audit").items if e.reason == "AuditWouldRewrite"]
 
-        found = wait_until(lambda: len(events()) == 3 and events(), timeout=30, what="three AuditWouldRewrite Events")
+        wait_until(lambda: len(events()) == 3, timeout=30, what="three AuditWouldRewrite Events")
+        found = events()
         assert all(f"-> {east}/team/" in e.message for e in found)
         assert (
             operator.metric("geopin_workload_rewrites_total", policy="audit", kind="Deployment", result="audit") or 0
