@@ -47,7 +47,7 @@ demo: $(STAMP) controlplane ## the guided tour: environment, operator, policy, a
 	$(BIN)/python -m tests.harness.demo $(DEMO_ARGS)
 
 lock: ## re-resolve requirements/*.lock from pyproject.toml
-	$(BIN)/uv pip compile --quiet pyproject.toml -o requirements/runtime.lock
+	$(BIN)/uv pip compile --quiet --generate-hashes pyproject.toml -o requirements/runtime.lock
 	$(BIN)/uv pip compile --quiet pyproject.toml --extra dev -o requirements/dev.lock
 
 clean: ## remove the venv and local state (build cache stays in ~/.cache/geopin)

@@ -60,6 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port, 0 to disable")
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
     run.add_argument("--workers", type=int, default=8, help="concurrent workload writes (default 8)")
+    run.add_argument("--webhook-port", type=int, default=0, help="serve the admission webhook on this port (0: off)")
+    run.add_argument(
+        "--webhook-cert-dir", help="directory with tls.crt/tls.key (re-read on change); default self-signed"
+    )
+    run.add_argument("--webhook-config", help="keep this MutatingWebhookConfiguration and its caBundle up to date")
+    run.add_argument("--webhook-url", help="URL the API server calls (default: the --webhook-service Service)")
+    run.add_argument("--webhook-service", default="geopin-system/geopin:443", help="NAMESPACE/NAME:PORT of the webhook")
     run.add_argument(
         "--leader-election",
         action="store_true",
@@ -323,6 +330,11 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         arm_endpoint=args.arm_endpoint,
         leader_election=args.leader_election,
+        webhook_port=args.webhook_port,
+        webhook_cert_dir=args.webhook_cert_dir,
+        webhook_config=args.webhook_config,
+        webhook_url=args.webhook_url,
+        webhook_service=args.webhook_service,
         lease_name=args.lease_name,
         log_format=args.log_format,
         verbose=args.verbose,

@@ -15,6 +15,11 @@ class RunConfig:
     health_port: int = 8081  # Kopf's liveness endpoint; 0 disables it
     workers: int = 8  # concurrent workload writes (and API connections)
     arm_endpoint: str | None = None  # Azure Resource Manager URL; None: the registry's cloud
+    webhook_port: int = 0  # admission webhook (Admission mode) HTTPS port; 0: not served
+    webhook_cert_dir: str | None = None  # tls.crt/tls.key (and ca.crt) mounted; None: self-signed at start-up
+    webhook_config: str | None = None  # keep this MutatingWebhookConfiguration (and its caBundle) in step
+    webhook_url: str | None = None  # how the API server reaches the webhook (else webhook_service)
+    webhook_service: str = "geopin-system/geopin:443"  # namespace/name:port of the webhook Service
     leader_election: bool = False  # with several replicas: only the Lease holder probes and writes
     lease_name: str = "geopin"  # coordination.k8s.io/v1 Lease in the operator's namespace
     log_format: str = "text"  # text | json

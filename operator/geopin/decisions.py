@@ -50,8 +50,9 @@ class PolicySnapshot:
 
     @property
     def writes(self) -> bool:
-        """Audit mode computes everything and writes nothing."""
-        return self.policy.mode is Mode.PATCH
+        """Does the policy write workload templates? Patch mode pins them; Admission mode restores
+        them (it rewrites Pods at creation instead); Audit mode writes nothing."""
+        return self.policy.mode in (Mode.PATCH, Mode.ADMISSION)
 
     def home(self) -> Target:
         return choose(self.policy, self.cluster_region, self.healthy)
@@ -148,16 +149,29 @@ def _applied(view: WorkloadView, desired: Desired) -> WorkloadView:
 
 
 def plan_workload(
-    view: WorkloadView, snapshots: Iterable[PolicySnapshot], namespace_labels: Mapping[str, str] | None
+    view: WorkloadView,
+    snapshots: Iterable[PolicySnapshot],
+    namespace_labels: Mapping[str, str] | None,
+    *,
+    admission: bool = False,
 ) -> Desired | None:
-    """The workload's desired state under every writing policy; None when no policy writes."""
+    """The workload's desired state under every writing policy; None when no policy writes.
+
+    For a workload template (``admission=False``) Patch-mode policies pin and Admission-mode ones
+    restore; for a Pod at creation (``admission=True``) only Admission-mode policies act, and pin.
+    """
     current = view
     result: Desired | None = None
     invalid: list[InvalidImage] = []
     awaiting: list[tuple[str, str]] = []
     unknown: list[tuple[str, str, str]] = []
     for snapshot in snapshots:
-        choice = decide(snapshot, current, namespace_labels)
+        mode = snapshot.policy.mode
+        if admission and mode is not Mode.ADMISSION:
+            continue
+        choice = (
+            Choice(None) if mode is Mode.ADMISSION and not admission else decide(snapshot, current, namespace_labels)
+        )
         if choice.unknown:
             unknown.extend((snapshot.policy.name, image, region) for image, region in choice.unknown)
             continue

@@ -184,6 +184,8 @@ def report(runtime: Runtime, entry: PolicyEntry, last_status: dict[str, Any]) ->
         activeRegion=target.region,
         activeEndpoint=target.endpoint,
         healthySummary=f"{healthy}/{len(replicas)}",
+        # What every replica's admission webhook uses; only the leader probes.
+        usableRegions=sorted(snapshot.healthy),
         replicas=replicas,
         workloads=counts.as_status(),
     )
@@ -203,7 +205,7 @@ def report(runtime: Runtime, entry: PolicyEntry, last_status: dict[str, Any]) ->
     elif policy.mode is Mode.AUDIT:
         ready = (True, "Audit", f"{counts.would_rewrite} workloads would be rewritten; nothing is written")
     elif policy.mode is Mode.ADMISSION:
-        ready = (False, "ModeNotImplemented", "Admission mode is not available yet; nothing is rewritten")
+        ready = (True, "Admission", f"new Pods point to {target.region}; workload templates stay as written")
     elif snapshot.cluster_region is None:
         ready = (False, "ClusterRegionUnknown", "no node carries topology.kubernetes.io/region; set spec.region")
     elif queued or not reconciler.idle:

@@ -47,6 +47,7 @@ async def policy_changed(name: str, body: kopf.Body, type: str | None, memo: kop
         return  # policy_deleted restores and forgets it
     entry = entry_from(body, previous)
     if previous is not None and (previous.generation, previous.uid) == (entry.generation, entry.uid):
+        previous.observed_status = entry.observed_status  # a status update (the leader's verdicts)
         return
     runtime.book.upsert(entry)
     if entry.error:

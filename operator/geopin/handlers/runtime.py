@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from geopin import metrics
 from geopin.config import RunConfig
@@ -23,6 +24,7 @@ from geopin.monitor import PolicyMonitor
 from geopin.policy import Policy
 from geopin.probes import RegistryClient, credentials_from_dockerconfig
 from geopin.reporting import StatusReporter, policy_ref
+from geopin.webhook import WebhookServer, webhook_configuration
 from geopin.workloads import KINDS, WorkloadView
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Runtime:
     monitors: dict[str, PolicyMonitor] = field(default_factory=dict)
     leading: bool = False
     elector: LeaderElector | None = None
+    webhook: WebhookServer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def view(self, ref: WorkloadRef) -> WorkloadView | None:
@@ -64,8 +67,13 @@ class Runtime:
         return {key: labels for key in list(index) for labels in index.get(key, ())}
 
     def usable(self, policy: str) -> frozenset[str] | None:
-        monitor = self.monitors.get(policy)
-        return monitor.eligible if monitor is not None else None
+        """The leader's own verdict; a standby reads the leader's from the status (for admission)."""
+        if self.leading:
+            monitor = self.monitors.get(policy)
+            return monitor.eligible if monitor is not None else None
+        entry = self.book.entries.get(policy)
+        published = entry.observed_status.get("usableRegions") if entry is not None else None
+        return frozenset(published) if isinstance(published, list) else None
 
     def effective(self, name: str, policy: Policy) -> Policy:
         monitor = self.monitors.get(name)
@@ -249,6 +257,17 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         runtime.elector.start()
     else:
         await runtime.lead()
+    if config.webhook_port:
+        runtime.webhook = WebhookServer(
+            config.webhook_port,
+            book.snapshots,
+            runtime.namespace_labels,
+            cert_dir=config.webhook_cert_dir,
+            hosts=webhook_hosts(config),
+        )
+        await runtime.webhook.start()
+        if config.webhook_config:
+            await ensure_webhook_configuration(kube, config, runtime.webhook.ca_pem)
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     logger.info("geopin started: %d workers, metrics on :%s", config.workers, config.metrics_port or "off")
@@ -262,4 +281,45 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
             await runtime.elector.stop()  # steps down and releases the Lease for a fast take-over
         if runtime.leading:
             await runtime.unlead()
+        if runtime.webhook is not None:
+            await runtime.webhook.stop()
         runtime.kube.close()
+
+
+def webhook_hosts(config: RunConfig) -> tuple[str, ...]:
+    """The names the serving certificate must carry: the Service's DNS names, or the URL's host."""
+    if config.webhook_url:
+        host = config.webhook_url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+        return (host, "localhost", "127.0.0.1")
+    namespace, _, rest = config.webhook_service.partition("/")
+    name = rest.split(":", 1)[0]
+    return (f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local", f"{name}.{namespace}")
+
+
+async def ensure_webhook_configuration(kube: Kube, config: RunConfig, ca_pem: bytes) -> None:
+    """Create or update the MutatingWebhookConfiguration so the API server trusts this certificate."""
+    assert config.webhook_config is not None
+    service = None
+    if not config.webhook_url:
+        namespace, _, rest = config.webhook_service.partition("/")
+        name, _, port = rest.partition(":")
+        service = (namespace, name, int(port or 443))
+    body = webhook_configuration(
+        config.webhook_config,
+        ca_pem,
+        url=config.webhook_url,
+        service=service,
+        operator_namespace=config.operator_namespace,
+    )
+    path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{config.webhook_config}"
+    try:
+        current = await kube.request(path, "GET")
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        await kube.request(path.rsplit("/", 1)[0], "POST", body)
+        logger.info("webhook: created MutatingWebhookConfiguration %s", config.webhook_config)
+        return
+    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    await kube.request(path, "PUT", body)
+    logger.info("webhook: updated MutatingWebhookConfiguration %s", config.webhook_config)
