@@ -52,3 +52,28 @@ lock: ## re-resolve requirements/*.lock from pyproject.toml
 
 clean: ## remove the venv and local state (build cache stays in ~/.cache/geopin)
 	rm -rf $(VENV) .dev .pytest_cache .mypy_cache .ruff_cache
+
+# -- shipping artifacts: chart, plain manifests, image lint (charts/geopin, deploy/, Dockerfile) --------
+CHART := charts/geopin
+CRD := registrypolicies.geopin.io.yaml
+CHART_ALL_FEATURES := --set serviceMonitor.enabled=true --set prometheusRule.enabled=true \
+	--set grafanaDashboard.enabled=true --set samplePolicy.enabled=true --set rbac.secrets.enabled=true \
+	--set azureWorkloadIdentity.enabled=true --set azureWorkloadIdentity.clientId=11111111-2222-3333-4444-555555555555 \
+	--set service.webhook.enabled=true
+
+.PHONY: tools chart-lint deploy-render deploy-check
+
+tools: ## build (or find cached) helm and kubeconform; prints their directory
+	@hack/tools/build.sh
+
+chart-lint: $(STAMP) ## helm lint --strict (defaults and every optional feature) and hadolint the Dockerfile
+	bin=$$(hack/tools/build.sh) && $$bin/helm lint --strict $(CHART) && $$bin/helm lint --strict $(CHART) $(CHART_ALL_FEATURES)
+	$(BIN)/hadolint Dockerfile
+
+deploy-render: ## copy deploy/crds into the chart and render deploy/geopin.yaml from it
+	cp deploy/crds/$(CRD) $(CHART)/crds/$(CRD)
+	hack/render-deploy.sh
+
+deploy-check: ## fail when the chart's CRD or deploy/geopin.yaml is out of date
+	@cmp -s deploy/crds/$(CRD) $(CHART)/crds/$(CRD) || { echo "$(CHART)/crds/$(CRD) differs from deploy/crds/: make deploy-render" >&2; exit 1; }
+	hack/render-deploy.sh --check

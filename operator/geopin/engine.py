@@ -309,6 +309,7 @@ class Reconciler:
                 view = view_of(kind, body) if body is not None else None
                 continue
             self._announce(view, desired, policy)
+            self._warn_gitops(view, desired)
             self.touch()
             return
         logger.error(
@@ -324,6 +325,21 @@ class Reconciler:
         for policy, image, region in unknown:
             by_policy.setdefault(policy, []).append((image, region))
         await asyncio.gather(*(self.resolve(policy, pairs) for policy, pairs in by_policy.items()))
+
+    def _warn_gitops(self, view: WorkloadView, desired: Desired) -> None:
+        """A GitOps tool sees geopin's template edit as drift: say so once per workload."""
+        key = (view.uid, "gitops")
+        if view.gitops is None or not desired.originals or key in self._reported_invalid:
+            return
+        self._reported_invalid.add(key)
+        self.post_event(
+            view,
+            "Warning",
+            "GitOpsDriftRisk",
+            f"managed by {view.gitops}: geopin's image rewrite (field manager geopin) will show as drift; "
+            "ignore it (Argo CD ignoreDifferences managedFieldsManagers: [geopin]) or use mode: Admission",
+            once=True,
+        )
 
     def _policy_label(self, view: WorkloadView, desired: Desired) -> str:
         for snapshot in self.book.snapshots():

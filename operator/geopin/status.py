@@ -23,6 +23,7 @@ class WorkloadCounts:
     invalid: int = 0
     awaiting_replication: int = 0
     would_rewrite: int = 0  # Audit mode
+    gitops_managed: int = 0  # pinned in Patch mode while a GitOps tool manages them
     audit: bool = False
     by_region: Counter[str] = field(default_factory=Counter)
     awaiting_by_region: Counter[str] = field(default_factory=Counter)
@@ -34,6 +35,7 @@ class WorkloadCounts:
             "skipped": self.skipped,
             "invalid": self.invalid,
             "awaitingReplication": self.awaiting_replication,
+            "gitOpsManaged": self.gitops_managed,
             **({"wouldRewrite": self.would_rewrite} if self.audit else {}),
         }
 
@@ -79,6 +81,7 @@ def count_workloads(
         record, _ = read_record(view.annotations)
         if any(snapshot.policy.manages_host(_host_of(v)) for v in record.values()):
             counts.pinned += 1
+            counts.gitops_managed += view.gitops is not None and snapshot.policy.mode is Mode.PATCH
             counts.by_region[view.annotations.get(ANNOTATION_PINNED_REGION, GLOBAL_REGION)] += 1
         elif not is_selected(snapshot, view, namespace_labels.get(view.namespace)):
             counts.skipped += 1

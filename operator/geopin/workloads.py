@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from geopin.gitops import managed_by
+
 __all__ = [
     "ANNOTATION_ORIGINAL_IMAGES",
     "ANNOTATION_PINNED_REGION",
@@ -89,6 +91,7 @@ class WorkloadView:
     annotations: Mapping[str, str]  # only geopin.io/* ones
     containers: tuple[Container, ...]
     has_annotations: bool  # whether metadata.annotations exists at all (JSON patch needs to know)
+    gitops: str | None = None  # "Argo CD" / "Flux" when a GitOps tool manages the object
 
     @property
     def ref(self) -> tuple[str, str, str]:
@@ -128,4 +131,5 @@ def view_of(kind: Kind, body: Mapping[str, Any]) -> WorkloadView:
         annotations={k: v for k, v in (annotations or {}).items() if k in _OWN_ANNOTATIONS},
         containers=containers,
         has_annotations=annotations is not None,
+        gitops=managed_by(metadata) if kind.kind != "Pod" else None,
     )

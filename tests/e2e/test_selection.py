@@ -158,3 +158,37 @@ def test_selectors_policies_side_by_side_and_a_conflict(env: Env) -> None:
     annotations = env.apps.read_namespaced_deployment("picked", "sel-on").metadata.annotations
     assert json.loads(annotations["geopin.io/original-images"]) == {"containers/c1": f"{BETA}/b:1"}
     assert annotations["geopin.io/pinned-region"] == "eastus"
+
+
+def test_gitops_managed_workloads_get_a_drift_warning(env: Env) -> None:
+    east = env.registries["eastus"].endpoint
+    env.apps.create_namespaced_deployment(
+        "sel-on",
+        {
+            "metadata": {
+                "name": "argo-app",
+                "annotations": {"argocd.argoproj.io/tracking-id": "shop:apps/Deployment:sel-on/argo-app"},
+            },
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "argo-app"}},
+                "template": {
+                    "metadata": {"labels": {"app": "argo-app"}},
+                    "spec": {"containers": [{"name": "c0", "image": f"{BETA}/argo:1"}]},
+                },
+            },
+        },
+    )
+    wait_until(lambda: env.images("sel-on", "argo-app") == [f"{east}/argo:1"], timeout=60, what="pinned")
+
+    def warned() -> list[Any]:
+        events = env.core.list_namespaced_event("sel-on", field_selector="involvedObject.name=argo-app").items
+        return [e for e in events if e.reason == "GitOpsDriftRisk"]
+
+    event = wait_until(lambda: warned(), timeout=30, what="GitOpsDriftRisk Event")[0]
+    assert event.type == "Warning"
+    assert "Argo CD" in event.message
+    assert "managedFieldsManagers" in event.message
+    wait_until(
+        lambda: env.status("beta").get("workloads", {}).get("gitOpsManaged") == 1, timeout=30, what="status count"
+    )

@@ -100,7 +100,14 @@ def test_count_workloads_over_a_mix() -> None:
     assert counts.invalid == 2
     assert counts.awaiting_replication == 0
     assert counts.by_region == Counter({"eastus": 3, "westus": 1, "global": 2})
-    assert counts.as_status() == {"total": 12, "pinned": 6, "skipped": 3, "invalid": 2, "awaitingReplication": 0}
+    assert counts.as_status() == {
+        "total": 12,
+        "pinned": 6,
+        "skipped": 3,
+        "invalid": 2,
+        "awaitingReplication": 0,
+        "gitOpsManaged": 0,
+    }
 
 
 def test_no_workloads_count_zero() -> None:
