@@ -22,7 +22,7 @@ from geopin import metrics
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot, audit_changes, plan_workload
 from geopin.health import Target
 from geopin.images import ImageCache
-from geopin.kube import Kube, cluster_region_of
+from geopin.kube import ApiError, Kube, cluster_region_of
 from geopin.policy import AUTO_REGION, Mode, Policy
 from geopin.references import split_host
 from geopin.rewrite import Desired, changed_containers, json_patch, read_record
@@ -295,6 +295,15 @@ class Reconciler:
             policy = self._policy_label(view, desired)
             try:
                 outcome = await self.kube.patch(kind, view.namespace, view.name, ops)
+            except ApiError as e:
+                metrics.WORKLOAD_REWRITES.labels(policy, kind.kind, "error").inc()
+                if e.status == 403:
+                    logger.error("patching %s %s/%s is forbidden (check geopin's RBAC): %s", kind.kind, *ref[1:], e)
+                    return  # retrying cannot help; the next resync tries again
+                logger.warning("patching %s %s/%s failed (attempt %d): %s", kind.kind, *ref[1:], attempt + 1, e)
+                await asyncio.sleep(delay)  # backoff between retries of a failed API call, not a sync point
+                delay = min(delay * 2, 5.0)
+                continue
             except Exception as e:
                 metrics.WORKLOAD_REWRITES.labels(policy, kind.kind, "error").inc()
                 logger.warning("patching %s %s/%s failed (attempt %d): %s", kind.kind, *ref[1:], attempt + 1, e)

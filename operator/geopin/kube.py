@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import os
 from collections import Counter
@@ -105,7 +106,10 @@ class Kube:
             return self.api_client.response_deserialize(response, {"2XX": "object"}).data
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, call)
+        try:
+            return await loop.run_in_executor(self._pool, call)
+        except ApiException as e:
+            raise ApiError(e.status, _reason(e)) from None
 
     async def request(self, path: str, method: str, body: Any = None) -> Any:
         """A JSON request to any API path (raises ApiException on a non-2xx answer)."""
@@ -138,7 +142,7 @@ class Kube:
             if e.status == 404:
                 return PatchOutcome("gone")
             if e.status in (409, 422):
-                return PatchOutcome("conflict", message=_reason(e))
+                return PatchOutcome("conflict", message=str(e))
             raise
         return PatchOutcome("applied", body=body)
 
@@ -199,7 +203,23 @@ class Kube:
 
 
 def _reason(error: ApiException) -> str:
-    return str(getattr(error, "reason", "") or error.status)
+    """The API server's own one-line message (a Status body), else the HTTP reason."""
+    try:
+        message = json.loads(error.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or getattr(error, "reason", "") or error.status)
+
+
+class ApiError(ApiException):
+    """A failed API call that prints as the server's one-line message (no headers, no body dump)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status=status, reason=message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status}: {self.message}"
 
 
 def kind_of(name: str) -> Kind:

@@ -27,9 +27,11 @@ Docker Hub name); it must equal the registry case-insensitively, port included; 
 digest) must match the distribution grammar or the image is left alone (the webhook reports invalid
 references; a policy cannot emit Events). Only the host changes: the rest is copied byte for byte.
 
-What the webhook does and a MAP does not (see the module's report in docs when wired): per-workload
-``geopin.io/region`` preferences and replication awareness (the API server cannot ask a registry),
-``pods/ephemeralcontainers``, and metrics/Events for admissions.
+What the webhook does and a MAP does not: per-workload ``geopin.io/region`` preferences and replication
+awareness (the API server cannot ask a registry), ``pods/ephemeralContainers``, the 255-character name
+limit of a reference, and metrics/Events for admissions (``InvalidImageReference`` is not reported).
+CEL cannot parse JSON, so an existing ``geopin.io/original-images`` record (another policy's, bound
+earlier in the same admission) is extended by string splicing, not merged.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "API_VERSION",
     "BINDING_RESOURCE",
     "POLICY_RESOURCE",
+    "REMAINDER_PATTERN",
     "mutation_expression",
     "object_names",
     "params_configmap",
@@ -68,6 +71,9 @@ _COMPONENT = "[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
 _TAG = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 REMAINDER_PATTERN = f"^{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?$"
+# Registered algorithms have a fixed, lower-case hex length (RE2 has no look-ahead: a second test).
+REGISTERED_DIGEST_PATTERN = "@sha(?:256|384|512):"
+VALID_REGISTERED_DIGEST_PATTERN = "@(?:sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})$"
 
 
 def _managed(image: str, registry: str) -> str:
@@ -78,7 +84,9 @@ def _managed(image: str, registry: str) -> str:
         f" && {first}.lowerAscii() == {registry}"
         f" && ({first}.contains('.') || {first}.contains(':') || {first} == 'localhost'"
         f" || {first} != {first}.lowerAscii())"
-        f" && {image}.substring({image}.indexOf('/') + 1).matches('{REMAINDER_PATTERN}'))"
+        f" && {image}.substring({image}.indexOf('/') + 1).matches('{REMAINDER_PATTERN}')"
+        f" && (!{image}.matches('{REGISTERED_DIGEST_PATTERN}')"
+        f" || {image}.matches('{VALID_REGISTERED_DIGEST_PATTERN}')))"
     )
 
 

@@ -14,6 +14,7 @@ are checked structurally by the same API server; PromQL itself is not parsed her
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 from pathlib import Path
@@ -406,8 +407,8 @@ def test_the_operator_pins_and_restores_with_only_the_charts_rbac(
     tmp_path: Path,
 ) -> None:
     """`geopin run` with the chart's arguments, authenticated as the chart's ServiceAccount (a real token):
-    it takes the Lease, pins a Deployment, writes the policy status, restores on deletion and removes its
-    finalizer, and the API server never answers 403."""
+    it takes the Lease, pins a Deployment, writes the policy status, fails over when the home replica is
+    killed, restores on deletion and removes its finalizer, and the API server never answers 403."""
     deployment_args = next(d for d in tools.render(RBAC_RELEASE, OPERATOR_NAMESPACE, ()) if d["kind"] == "Deployment")[
         "spec"
     ]["template"]["spec"]["containers"][0]["args"]
@@ -484,6 +485,9 @@ def test_the_operator_pins_and_restores_with_only_the_charts_rbac(
                 return (policy.get("status") or {}).get("activeRegion") == "eastus"
 
             wait_until(status_written, timeout=30, what="policy status written by the ServiceAccount")
+            registries["eastus"].stop()
+            west = registries["westus"].endpoint
+            wait_until(lambda: image() == f"{west}/chart/app:1", timeout=60, what="failover to westus")
             custom.delete_cluster_custom_object("geopin.io", "v1alpha1", "registrypolicies", POLICY)
             wait_until(lambda: image() == original, timeout=60, what="Deployment restored")
             wait_until(policy_gone, timeout=30, what="finalizer geopin.io/restore removed, policy gone")
@@ -511,3 +515,80 @@ def test_the_operator_pins_and_restores_with_only_the_charts_rbac(
     assert ("patch", "registrypolicies", None) in writes  # Kopf's finalizer
     assert ("create", "leases", None) in writes
     assert "forbidden" not in operator.log().lower()
+
+
+def test_a_missing_verb_fails_with_a_clear_error(
+    control_plane: ControlPlane,
+    ca: CA,
+    tools: Tools,
+    rbac_docs: list[dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    """Take `patch` on deployments away from the chart's ClusterRole: the operator says exactly what is
+    forbidden (in its log, with the API server's message) and writes nothing; the role is put back after."""
+    role = copy.deepcopy(next(d for d in rbac_docs if d["kind"] == "ClusterRole"))
+    for rule in role["rules"]:
+        if "deployments" in rule.get("resources", []):
+            rule["verbs"] = [v for v in rule["verbs"] if v != "patch"]
+    tools.kubectl("apply", "-f", "-", stdin=json.dumps(role))
+    api: Any = control_plane.api_client()
+    apps: Any = client.AppsV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
+    _ensure_namespace(tools, WORKLOAD_NAMESPACE)
+    original = f"{REGISTRY}/chart/denied:1"
+    apps.create_namespaced_deployment(
+        WORKLOAD_NAMESPACE,
+        {
+            "metadata": {"name": "denied"},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "denied"}},
+                "template": {
+                    "metadata": {"labels": {"app": "denied"}},
+                    "spec": {"containers": [{"name": "app", "image": original}]},
+                },
+            },
+        },
+    )
+    operator = Operator(control_plane, tmp_path, user=RBAC_RELEASE, env={"HOSTNAME": f"{RBAC_RELEASE}-denied"})
+    operator.kubeconfig = _token_kubeconfig(control_plane, tools, tmp_path / "sa.kubeconfig")
+    try:
+        with RegistrySet(ca) as registries:
+            custom.create_cluster_custom_object(
+                "geopin.io",
+                "v1alpha1",
+                "registrypolicies",
+                {
+                    "apiVersion": "geopin.io/v1alpha1",
+                    "kind": "RegistryPolicy",
+                    "metadata": {"name": "chart-denied"},
+                    "spec": {
+                        "registry": REGISTRY,
+                        "region": "eastus",
+                        "replicas": [{"region": r, "endpoint": registries[r].endpoint} for r in ("eastus", "westus")],
+                        "probe": {"caBundle": ca.cert_pem.decode()},
+                        "replicationCheck": False,
+                    },
+                },
+            )
+            operator.start("--leader-election", f"--lease-name={RBAC_RELEASE}")
+            expected = 'cannot patch resource "deployments"'
+            wait_until(lambda: expected in operator.log(), timeout=60, what="a clear forbidden error in the log")
+            line = next(line for line in operator.log().splitlines() if expected in line)
+            assert "is forbidden (check geopin's RBAC)" in line
+            assert "Deployment chart-rbac/denied" in line
+            assert (
+                apps.read_namespaced_deployment("denied", WORKLOAD_NAMESPACE).spec.template.spec.containers[0].image
+                == original
+            )
+            operator.stop()
+            custom.patch_cluster_custom_object(
+                "geopin.io", "v1alpha1", "registrypolicies", "chart-denied", {"metadata": {"finalizers": None}}
+            )
+            custom.delete_cluster_custom_object("geopin.io", "v1alpha1", "registrypolicies", "chart-denied")
+    finally:
+        operator.stop()
+        full = next(d for d in rbac_docs if d["kind"] == "ClusterRole")
+        tools.kubectl("apply", "-f", "-", stdin=json.dumps(full))
+        apps.delete_namespaced_deployment("denied", WORKLOAD_NAMESPACE)
+        api.close()

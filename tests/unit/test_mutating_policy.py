@@ -1,0 +1,292 @@
+"""The MutatingAdmissionPolicy objects for Admission mode: their shape, scope and params (pure).
+
+The CEL itself is proven on a real API server in tests/e2e/test_mutating_policy.py; here the
+reference grammar it embeds is checked against geopin.references, the operator's own parser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from geopin import mutating_policy
+from geopin.health import Target
+from geopin.mutating_policy import (
+    REMAINDER_PATTERN,
+    mutation_expression,
+    object_names,
+    params_configmap,
+    policy_objects,
+    served,
+)
+from geopin.policy import GLOBAL_REGION, Policy, from_spec
+from geopin.references import InvalidReference, parse, same_host
+
+OPERATOR_NAMESPACE = "geopin-system"
+EAST = Target("eastus", "contoso.eastus.geo.azurecr.io")
+
+
+def policy(**spec: Any) -> Policy:
+    return from_spec(
+        "contoso",
+        {
+            "registry": "contoso.azurecr.io",
+            "region": "eastus",
+            "mode": "Admission",
+            "replicas": [{"region": "eastus"}, {"region": "westus"}],
+            **spec,
+        },
+    )
+
+
+def objects(p: Policy | None = None, target: Target = EAST, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    found = policy_objects(p or policy(), target, OPERATOR_NAMESPACE, **kwargs)
+    assert [o["kind"] for o in found] == ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding", "ConfigMap"]
+    return {o["kind"]: o for o in found}
+
+
+def test_names_and_references_between_the_three_objects() -> None:
+    found = objects()
+    map_object, binding, params = (
+        found["MutatingAdmissionPolicy"],
+        found["MutatingAdmissionPolicyBinding"],
+        found["ConfigMap"],
+    )
+    assert map_object["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1beta1"
+    assert map_object["metadata"]["name"] == binding["metadata"]["name"] == params["metadata"]["name"]
+    assert map_object["metadata"]["name"] == "geopin-contoso" == object_names(policy())
+    assert "namespace" not in map_object["metadata"]  # cluster-scoped
+    assert "namespace" not in binding["metadata"]
+    assert params["metadata"]["namespace"] == OPERATOR_NAMESPACE
+    assert binding["spec"]["policyName"] == map_object["metadata"]["name"]
+    assert map_object["spec"]["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    assert binding["spec"]["paramRef"] == {
+        "name": params["metadata"]["name"],
+        "namespace": OPERATOR_NAMESPACE,
+        "parameterNotFoundAction": "Allow",
+    }
+    for obj in found.values():
+        assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "geopin"
+        assert obj["metadata"]["labels"]["geopin.io/policy"] == "contoso"
+
+
+def test_name_prefix() -> None:
+    found = objects(name_prefix="acme")
+    assert {o["metadata"]["name"] for o in found.values()} == {"acme-contoso"}
+    assert found["MutatingAdmissionPolicyBinding"]["spec"]["policyName"] == "acme-contoso"
+
+
+def test_fails_open_once_for_pod_create_only() -> None:
+    spec = objects()["MutatingAdmissionPolicy"]["spec"]
+    assert spec["failurePolicy"] == "Ignore"
+    assert spec["reinvocationPolicy"] == "Never"
+    rules = [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]
+    assert spec["matchConstraints"]["resourceRules"] == rules
+    assert objects()["MutatingAdmissionPolicyBinding"]["spec"]["matchResources"]["resourceRules"] == rules
+    assert [m["patchType"] for m in spec["mutations"]] == ["ApplyConfiguration"]
+    assert spec["mutations"][0]["applyConfiguration"]["expression"] == mutation_expression()
+
+
+def test_match_conditions_skip_annotated_global_and_foreign_pods() -> None:
+    conditions = {c["name"]: c["expression"] for c in objects()["MutatingAdmissionPolicy"]["spec"]["matchConditions"]}
+    assert set(conditions) == {"not-skipped", "not-global", "on-registry"}
+    assert "geopin.io/skip" in conditions["not-skipped"]
+    assert "lowerAscii()" in conditions["not-skipped"]
+    assert conditions["not-global"] == "params.data.region != 'global'"
+    assert "object.spec.containers" in conditions["on-registry"]
+    assert "initContainers" in conditions["on-registry"]
+
+
+def test_mutation_sets_both_annotations_and_both_container_lists() -> None:
+    expression = mutation_expression()
+    for needle in ("geopin.io/pinned-region", "geopin.io/original-images", "?containers:", "?initContainers:"):
+        assert needle in expression
+    variables = {v["name"]: v["expression"] for v in objects()["MutatingAdmissionPolicy"]["spec"]["variables"]}
+    assert "'\"containers/'" in variables["entries"]
+    assert "'\"initContainers/'" in variables["entries"]
+
+
+def exclusions(selector: dict[str, Any]) -> dict[str, Any]:
+    first: dict[str, Any] = selector["matchExpressions"][0]
+    return first
+
+
+def test_system_and_operator_namespaces_are_excluded() -> None:
+    found = objects()
+    expected = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["geopin-system", "kube-system"]}
+    binding_selector = found["MutatingAdmissionPolicyBinding"]["spec"]["matchResources"]["namespaceSelector"]
+    assert binding_selector == {"matchExpressions": [expected]}
+    assert found["MutatingAdmissionPolicy"]["spec"]["matchConstraints"]["namespaceSelector"] == {
+        "matchExpressions": [expected]
+    }
+    assert "objectSelector" not in found["MutatingAdmissionPolicyBinding"]["spec"]["matchResources"]
+
+
+def test_operator_namespace_kube_system_is_listed_once() -> None:
+    binding = policy_objects(policy(), EAST, "kube-system")[1]
+    assert exclusions(binding["spec"]["matchResources"]["namespaceSelector"])["values"] == ["kube-system"]
+
+
+def test_policy_selectors_are_added_to_the_exclusions() -> None:
+    p = policy(
+        namespaceSelector={
+            "matchLabels": {"team": "shop"},
+            "matchExpressions": [
+                {"key": "env", "operator": "NotIn", "values": ["prod", "dev"]},
+                {"key": "geopin.io/opt-out", "operator": "DoesNotExist"},
+            ],
+        },
+        workloadSelector={"matchExpressions": [{"key": "app", "operator": "Exists"}]},
+    )
+    match = objects(p)["MutatingAdmissionPolicyBinding"]["spec"]["matchResources"]
+    assert match["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["geopin-system", "kube-system"]},
+        {"key": "team", "operator": "In", "values": ["shop"]},
+        {"key": "env", "operator": "NotIn", "values": ["dev", "prod"]},
+        {"key": "geopin.io/opt-out", "operator": "DoesNotExist"},
+    ]
+    assert match["objectSelector"] == {"matchExpressions": [{"key": "app", "operator": "Exists"}]}
+
+
+def test_params_carry_the_pin() -> None:
+    p = policy(registry="Contoso.AzureCR.io")
+    params = objects(p)["ConfigMap"]
+    assert params["data"] == {
+        "registry": "contoso.azurecr.io",
+        "endpoint": "contoso.eastus.geo.azurecr.io",
+        "region": "eastus",
+        "policy": "contoso",
+    }
+    assert params == params_configmap(p, EAST, OPERATOR_NAMESPACE)
+
+
+def test_failover_changes_only_the_configmap() -> None:
+    west = Target("westus", "contoso.westus.geo.azurecr.io")
+    before, after = objects(), objects(target=west)
+    assert before["MutatingAdmissionPolicy"] == after["MutatingAdmissionPolicy"]
+    assert before["MutatingAdmissionPolicyBinding"] == after["MutatingAdmissionPolicyBinding"]
+    assert after["ConfigMap"]["data"]["endpoint"] == "contoso.westus.geo.azurecr.io"
+    assert after["ConfigMap"]["data"]["region"] == "westus"
+
+
+def test_global_target_is_a_configmap_the_policy_skips() -> None:
+    target = Target(GLOBAL_REGION, "contoso.azurecr.io")
+    assert target.is_global
+    found = objects(target=target)
+    assert found["ConfigMap"]["data"]["region"] == "global"
+    assert found["ConfigMap"]["data"]["endpoint"] == "contoso.azurecr.io"
+    assert found["MutatingAdmissionPolicy"] == objects()["MutatingAdmissionPolicy"]
+
+
+def test_objects_are_json() -> None:
+    for obj in policy_objects(policy(), EAST, OPERATOR_NAMESPACE):
+        assert json.loads(json.dumps(obj)) == obj
+
+
+# -- served() -------------------------------------------------------------------------------------
+
+
+def discovery(*names: str) -> dict[str, Any]:
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": "admissionregistration.k8s.io/v1beta1",
+        "resources": [{"name": n, "namespaced": False, "kind": "X", "verbs": ["create", "get"]} for n in names],
+    }
+
+
+def test_served_when_both_resources_are_listed() -> None:
+    document = discovery(
+        "mutatingadmissionpolicies",
+        "mutatingadmissionpolicies/status",
+        "mutatingadmissionpolicybindings",
+        "validatingadmissionpolicies",
+    )
+    assert served(document)
+    assert served(json.dumps(document))
+    assert served(json.dumps(document).encode())
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        discovery("validatingadmissionpolicies", "validatingadmissionpolicybindings"),
+        discovery("mutatingadmissionpolicies"),
+        discovery(),
+        {**discovery("mutatingadmissionpolicies", "mutatingadmissionpolicybindings"), "groupVersion": "other/v1"},
+        {"kind": "Status", "status": "Failure", "code": 404},
+        "404 page not found",
+        "[]",
+    ],
+)
+def test_not_served(document: Any) -> None:
+    assert not served(document)
+
+
+# -- the reference grammar inside the CEL -----------------------------------------------------------
+
+
+def cel_managed(image: str, registry: str) -> bool:
+    """The CEL predicate of mutating_policy._managed, in Python (same regular expressions)."""
+    slash = image.find("/")
+    if slash <= 0:
+        return False
+    first = image[:slash]
+    if first.lower() != registry.lower():
+        return False
+    if not ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        return False
+    if not re.search(REMAINDER_PATTERN, image[slash + 1 :]):
+        return False
+    return not re.search(mutating_policy.REGISTERED_DIGEST_PATTERN, image) or bool(
+        re.search(mutating_policy.VALID_REGISTERED_DIGEST_PATTERN, image)
+    )
+
+
+def python_managed(image: str, registry: str) -> bool:
+    try:
+        ref = parse(image)
+    except InvalidReference:
+        return False
+    return ref.host is not None and same_host(ref.host, registry)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "contoso.azurecr.io/shop/web:1",
+        "Contoso.AzureCR.io/shop/web:1",
+        "contoso.azurecr.io/shop/web",
+        "contoso.azurecr.io/a/b/c-d__e.f:v1.2.3_rc-1",
+        f"contoso.azurecr.io/web@sha256:{'a' * 64}",
+        f"contoso.azurecr.io/web:1@sha256:{'a' * 64}",
+        f"contoso.azurecr.io/web@sha256:{'a' * 63}",
+        f"contoso.azurecr.io/web@sha256:{'A' * 64}",
+        f"contoso.azurecr.io/web@sha512:{'b' * 128}",
+        f"contoso.azurecr.io/web@custom:{'c' * 32}",
+        "contoso.azurecr.io/Shop/web:1",
+        "contoso.azurecr.io/shop/web:",
+        "contoso.azurecr.io/shop//web:1",
+        "contoso.azurecr.io/",
+        "contoso.azurecr.io",
+        "contoso.azurecr.io:5000/x:1",
+        "contoso.azurecr.io:443/x:1",
+        "contoso.azurecr.io.evil.com/x:1",
+        "xcontoso.azurecr.io/x:1",
+        "contoso.eastus.geo.azurecr.io/x:1",
+        "nginx:1.27",
+        "library/nginx:1.27",
+        'contoso.azurecr.io/x:1"',
+    ],
+)
+def test_cel_grammar_agrees_with_the_parser(image: str) -> None:
+    assert cel_managed(image, "contoso.azurecr.io") == python_managed(image, "contoso.azurecr.io")
+
+
+@pytest.mark.parametrize("image", ["myregistry/x:1", "MyRegistry/x:1", "localhost/x:1", "localhost:5000/x:1"])
+@pytest.mark.parametrize("registry", ["myregistry", "localhost", "localhost:5000"])
+def test_cel_host_rule_agrees_with_the_parser(image: str, registry: str) -> None:
+    assert cel_managed(image, registry) == python_managed(image, registry)
