@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port, 0 to disable")
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
     run.add_argument("--workers", type=int, default=8, help="concurrent workload writes (default 8)")
+    run.add_argument(
+        "--admission-mechanism",
+        choices=["auto", "policy", "webhook"],
+        default="auto",
+        help="Admission mode through MutatingAdmissionPolicy (auto: where the API server serves it) or the webhook",
+    )
     run.add_argument("--webhook-port", type=int, default=0, help="serve the admission webhook on this port (0: off)")
     run.add_argument(
         "--webhook-cert-dir", help="directory with tls.crt/tls.key (re-read on change); default self-signed"
@@ -330,6 +336,7 @@ def _run(args: argparse.Namespace) -> int:
         workers=args.workers,
         arm_endpoint=args.arm_endpoint,
         leader_election=args.leader_election,
+        admission_mechanism=args.admission_mechanism,
         webhook_port=args.webhook_port,
         webhook_cert_dir=args.webhook_cert_dir,
         webhook_config=args.webhook_config,

@@ -15,6 +15,7 @@ class RunConfig:
     health_port: int = 8081  # Kopf's liveness endpoint; 0 disables it
     workers: int = 8  # concurrent workload writes (and API connections)
     arm_endpoint: str | None = None  # Azure Resource Manager URL; None: the registry's cloud
+    admission_mechanism: str = "auto"  # auto (MutatingAdmissionPolicy where served) | policy | webhook
     webhook_port: int = 0  # admission webhook (Admission mode) HTTPS port; 0: not served
     webhook_cert_dir: str | None = None  # tls.crt/tls.key (and ca.crt) mounted; None: self-signed at start-up
     webhook_config: str | None = None  # keep this MutatingWebhookConfiguration (and its caBundle) in step

@@ -56,10 +56,22 @@ class StatusReporter:
             await asyncio.sleep(DEBOUNCE_SECONDS)  # the loop's period, not synchronisation
             idle_for += DEBOUNCE_SECONDS
 
+    async def sync_mutating_policy(self, entry: PolicyEntry, status: dict[str, Any]) -> None:
+        """Admission mode through MutatingAdmissionPolicy: its params follow the active endpoint."""
+        sync = self.runtime.mutating_policies
+        if sync is None or entry.policy is None or "activeRegion" not in status:
+            return
+        if entry.policy.mode is Mode.ADMISSION and not entry.error and not entry.conflict_with:
+            target = Target(status["activeRegion"], status["activeEndpoint"])
+            await sync.sync(self.runtime.effective(entry.name, entry.policy), target)
+        elif sync.applied(entry.name):
+            await sync.remove(entry.policy)
+
     async def report(self, entry: PolicyEntry) -> None:
         try:
             last = self.written.setdefault(entry.uid, dict(entry.observed_status))
             status, switch = report(self.runtime, entry, last)
+            await self.sync_mutating_policy(entry, status)
             if switch:
                 await self.runtime.kube.post_event(policy_ref(entry), "Normal", "EndpointSwitched", switch)
             if _differs(status, last):

@@ -74,6 +74,8 @@ async def policy_deleted(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) 
     remaining = sum(records_policy(view, entry.policy) for view in runtime.views())
     if remaining:
         raise kopf.TemporaryError(f"restoring {remaining} workloads", delay=1)
+    if runtime.mutating_policies is not None and runtime.leading:
+        await runtime.mutating_policies.remove(entry.policy)
     runtime.book.remove(name)
     if (monitor := runtime.monitors.pop(name, None)) is not None:
         await monitor.stop()

@@ -11,6 +11,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from geopin import metrics
+from geopin.admission_policies import MutatingPolicySync, mutating_policies_served
 from geopin.config import RunConfig
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES
 from geopin.endpoints import arm_endpoint
@@ -45,6 +46,7 @@ class Runtime:
     leading: bool = False
     elector: LeaderElector | None = None
     webhook: WebhookServer | None = None
+    mutating_policies: MutatingPolicySync | None = None  # Admission mode through MutatingAdmissionPolicy
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def view(self, ref: WorkloadRef) -> WorkloadView | None:
@@ -257,6 +259,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         runtime.elector.start()
     else:
         await runtime.lead()
+    if config.admission_mechanism != "webhook":
+        if await mutating_policies_served(kube):
+            runtime.mutating_policies = MutatingPolicySync(kube, config.operator_namespace)
+            logger.info("Admission mode through MutatingAdmissionPolicy (the API server serves it)")
+        elif config.admission_mechanism == "policy":
+            logger.error("MutatingAdmissionPolicy is not served by this API server; using the webhook")
     if config.webhook_port:
         runtime.webhook = WebhookServer(
             config.webhook_port,
@@ -266,7 +274,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
             hosts=webhook_hosts(config),
         )
         await runtime.webhook.start()
-        if config.webhook_config:
+        if config.webhook_config and runtime.mutating_policies is None:
             await ensure_webhook_configuration(kube, config, runtime.webhook.ca_pem)
     if config.metrics_port:
         metrics.serve(config.metrics_port)

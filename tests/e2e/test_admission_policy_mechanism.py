@@ -1,0 +1,150 @@
+"""Admission mode through MutatingAdmissionPolicy, chosen automatically where the API server serves it.
+
+On an API server with the MutatingAdmissionPolicy feature on, `geopin run` (default
+--admission-mechanism auto) keeps a policy, a binding and a params ConfigMap; the API server pins
+Pods itself. A failover rewrites only the ConfigMap, and with the operator stopped new Pods are
+still pinned: Pod creation does not depend on the operator at all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from kubernetes import client
+
+from tests.harness.controlplane import ControlPlane
+from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.registries import RegistrySet
+from tests.harness.waiting import wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tests.harness.pki import CA
+
+pytestmark = pytest.mark.e2e
+
+REGISTRY = "mapolicy.azurecr.io"
+GROUP, VERSION, PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
+MAP_FLAGS = (
+    "--feature-gates=MutatingAdmissionPolicy=true",
+    "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(ca: CA) -> Iterator[ControlPlane]:
+    with ControlPlane(ca=ca, extra_apiserver_args=MAP_FLAGS) as cp:
+        yield cp
+
+
+def test_the_api_server_pins_pods_even_with_the_operator_down(
+    cluster: ControlPlane, ca: CA, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    install_crd(cluster)
+    api: Any = cluster.api_client()
+    core: Any = client.CoreV1Api(api)
+    apps: Any = client.AppsV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
+    admission: Any = client.CustomObjectsApi(api)
+    for namespace in ("geopin-system", "shop"):
+        core.create_namespace({"metadata": {"name": namespace}})
+    with RegistrySet(ca) as registries:
+        east, west = registries["eastus"].endpoint, registries["westus"].endpoint
+        operator = Operator(cluster, tmp_path_factory.mktemp("map-operator"))
+        operator.start()
+        assert "Admission mode through MutatingAdmissionPolicy" in operator.log()
+        custom.create_cluster_custom_object(
+            GROUP,
+            VERSION,
+            PLURAL,
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "RegistryPolicy",
+                "metadata": {"name": "mapolicy"},
+                "spec": {
+                    "registry": REGISTRY,
+                    "region": "eastus",
+                    "mode": "Admission",
+                    "replicas": [{"region": r, "endpoint": registries[r].endpoint} for r in ("eastus", "westus")],
+                    "probe": {"caBundle": ca.cert_pem.decode()},
+                    "replicationCheck": False,
+                },
+            },
+        )
+
+        def params() -> dict[str, str]:
+            try:
+                data: dict[str, str] = core.read_namespaced_config_map("geopin-mapolicy", "geopin-system").data
+            except client.ApiException:
+                return {}
+            return data
+
+        wait_until(lambda: params().get("endpoint") == east, timeout=60, what="params point to eastus")
+        # The API server picks new admission policies up through informers: wait until one acts.
+        probe_number = iter(range(1000))
+
+        def a_probe_pod_is_pinned() -> bool:
+            name = f"probe-{next(probe_number)}"
+            pod = core.create_namespaced_pod(
+                "shop",
+                {"metadata": {"name": name}, "spec": {"containers": [{"name": "p", "image": f"{REGISTRY}/p:1"}]}},
+            )
+            core.delete_namespaced_pod(name, "shop", grace_period_seconds=0)
+            return bool(pod.spec.containers[0].image == f"{east}/p:1")
+
+        wait_until(a_probe_pod_is_pinned, timeout=60, interval=0.5, what="the admission policy in effect")
+        objects = admission.list_cluster_custom_object(
+            "admissionregistration.k8s.io", "v1beta1", "mutatingadmissionpolicies"
+        )["items"]
+        assert [o["metadata"]["name"] for o in objects] == ["geopin-mapolicy"]
+
+        apps.create_namespaced_deployment(
+            "shop",
+            {
+                "metadata": {"name": "web"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": "web"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "web"}},
+                        "spec": {"containers": [{"name": "web", "image": f"{REGISTRY}/shop/web:1"}]},
+                    },
+                },
+            },
+        )
+
+        def images() -> list[str]:
+            pods = core.list_namespaced_pod("shop", label_selector="app=web").items
+            return sorted(p.spec.containers[0].image for p in pods)
+
+        wait_until(lambda: images() == [f"{east}/shop/web:1"], timeout=60, what="the Pod pinned to eastus")
+        template = apps.read_namespaced_deployment("web", "shop").spec.template.spec.containers[0].image
+        assert template == f"{REGISTRY}/shop/web:1"
+
+        # A failover is one ConfigMap write; new Pods follow.
+        registries["eastus"].stop()
+        wait_until(lambda: params().get("endpoint") == west, timeout=60, what="params point to westus")
+        apps.patch_namespaced_deployment_scale("web", "shop", {"spec": {"replicas": 2}})
+        wait_until(
+            lambda: images() == sorted([f"{east}/shop/web:1", f"{west}/shop/web:1"]),
+            timeout=60,
+            what="the new Pod on westus, the old one untouched",
+        )
+
+        # The operator is gone: the API server still pins.
+        operator.stop()
+        apps.patch_namespaced_deployment_scale("web", "shop", {"spec": {"replicas": 3}})
+        wait_until(lambda: len(images()) == 3, timeout=60, what="a third Pod")
+        assert images().count(f"{west}/shop/web:1") == 2
+
+        operator.start()
+        custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "mapolicy")
+        wait_until(lambda: not params(), timeout=60, what="the params ConfigMap removed with the policy")
+        remaining = admission.list_cluster_custom_object(
+            "admissionregistration.k8s.io", "v1beta1", "mutatingadmissionpolicies"
+        )["items"]
+        assert remaining == []
+        operator.stop()
+    api.close()
