@@ -309,6 +309,7 @@ def test_probes_ports_env_and_args_follow_the_values() -> None:
         "--log-format=text",
         "--leader-election",
         "--lease-name=geopin",
+        "--admission-mechanism=webhook",
         "--arm-endpoint=https://management.chinacloudapi.cn",
         "--namespace=shop",
         "--namespace=billing",
@@ -686,3 +687,22 @@ def test_dockerignore_keeps_the_context_small() -> None:
     copied = set(re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.MULTILINE))
     sources = {s for line in copied for s in line.split()}
     assert sources <= allowed, sources - allowed
+
+
+def test_admission_policy_rbac_only_when_enabled() -> None:
+    off = render()
+    assert "mutatingadmissionpolicies" not in json.dumps(only(off, "ClusterRole"))
+    assert "--admission-mechanism=webhook" in container(off)["args"]
+    on = render("admissionPolicy.enabled=true")
+    assert "--admission-mechanism=auto" in container(on)["args"]
+    rules = only(on, "ClusterRole")["rules"]
+    assert {
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["mutatingadmissionpolicies", "mutatingadmissionpolicybindings"],
+        "verbs": ["get", "create", "update", "delete"],
+    } in rules
+    params = [d for d in on if d["kind"] == "Role" and d["metadata"]["name"].endswith("-admission-params")]
+    assert len(params) == 1
+    assert params[0]["rules"] == [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update", "delete"]}
+    ]
