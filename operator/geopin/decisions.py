@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from geopin.health import Target, choose, preference_order
-from geopin.policy import Mode, Policy
+from geopin.policy import GLOBAL_REGION, Mode, Policy, PullSecrets
 from geopin.rewrite import (
     Desired,
     InvalidImage,
     changed_containers,
     desired_state,
     encode_record,
+    extended_pull_secrets,
     managed_intents,
     pinned_digest,
 )
@@ -145,7 +146,8 @@ def _applied(view: WorkloadView, desired: Desired) -> WorkloadView:
             annotations[ANNOTATION_PINNED_REGION] = desired.pinned_region
         elif ANNOTATION_PINNED_REGION in view.annotations:
             annotations[ANNOTATION_PINNED_REGION] = view.annotations[ANNOTATION_PINNED_REGION]
-    return replace(view, containers=containers, annotations=annotations)
+    pull_secrets = desired.pull_secrets if desired.pull_secrets is not None else view.pull_secrets
+    return replace(view, containers=containers, annotations=annotations, pull_secrets=pull_secrets)
 
 
 def plan_workload(
@@ -169,15 +171,18 @@ def plan_workload(
         mode = snapshot.policy.mode
         if admission and mode is not Mode.ADMISSION:
             continue
-        choice = (
-            Choice(None) if mode is Mode.ADMISSION and not admission else decide(snapshot, current, namespace_labels)
-        )
+        restore_template = mode is Mode.ADMISSION and not admission
+        choice = Choice(None) if restore_template else decide(snapshot, current, namespace_labels)
         if choice.unknown:
             unknown.extend((snapshot.policy.name, image, region) for image, region in choice.unknown)
             continue
         if choice.awaiting is not None:
             awaiting.append((snapshot.policy.name, choice.awaiting))
         desired = desired_state(current, snapshot.policy, choice.target, choice.digests)
+        if mode is Mode.PATCH or restore_template:
+            extend = snapshot.policy.pull_secrets is PullSecrets.EXTEND and not restore_template
+            regional = extend and desired.pinned_region not in (None, GLOBAL_REGION) and bool(desired.originals)
+            desired = replace(desired, pull_secrets=extended_pull_secrets(current, regional))
         invalid.extend(i for i in desired.invalid if i not in invalid)
         if not snapshot.writes:
             continue

@@ -24,6 +24,7 @@ from geopin.health import Target
 from geopin.images import ImageCache
 from geopin.kube import ApiError, Kube, cluster_region_of
 from geopin.policy import AUTO_REGION, Mode, Policy
+from geopin.pull_secret_sync import PullSecretSync
 from geopin.references import split_host
 from geopin.rewrite import Desired, changed_containers, json_patch, read_record
 from geopin.workloads import KINDS, WorkloadView, view_of
@@ -140,6 +141,7 @@ class Reconciler:
         views: Callable[[WorkloadRef], WorkloadView | None],
         namespace_labels: Callable[[str], Mapping[str, str] | None],
         resolve: Callable[[str, list[tuple[str, str]]], Awaitable[None]] | None = None,
+        all_views: Callable[[], list[WorkloadView]] = list,
         workers: int = 8,
         retries: int = 5,
     ) -> None:
@@ -148,6 +150,8 @@ class Reconciler:
         self.views = views
         self.namespace_labels = namespace_labels
         self.resolve = resolve
+        self.all_views = all_views
+        self.pull_secrets = PullSecretSync(kube, self.post_event)
         self.workers = workers
         self.retries = retries
         self._queue: asyncio.Queue[WorkloadRef] = asyncio.Queue()
@@ -289,6 +293,7 @@ class Reconciler:
             if desired is None or desired.unknown:
                 return  # still undecidable (the registry did not answer): the next resync retries
             self._report_awaiting(view, desired)
+            desired = await self.pull_secrets.prepare(view, desired, self._managing(view, desired))
             ops = json_patch(kind, view, desired)
             if not ops:
                 return
@@ -319,6 +324,8 @@ class Reconciler:
                 continue
             self._announce(view, desired, policy)
             self._warn_gitops(view, desired)
+            if desired.pull_secrets is not None and set(view.pull_secrets) - set(desired.pull_secrets):
+                await self.pull_secrets.collect(view.namespace, self._referenced_elsewhere(view))
             self.touch()
             return
         logger.error(
@@ -349,6 +356,18 @@ class Reconciler:
             "ignore it (Argo CD ignoreDifferences managedFieldsManagers: [geopin]) or use mode: Admission",
             once=True,
         )
+
+    def _managing(self, view: WorkloadView, desired: Desired) -> PolicySnapshot | None:
+        """The policy whose images the workload's record holds (the one whose pull secrets matter)."""
+        for snapshot in self.book.snapshots():
+            if any(snapshot.policy.manages_host(v.split("/", 1)[0]) for v in desired.originals.values()):
+                return snapshot
+        return None
+
+    def _referenced_elsewhere(self, written: WorkloadView) -> Callable[[str], bool]:
+        """Is a Secret name still in some workload's imagePullSecrets (the one just written excluded)?"""
+        others = [v for v in self.all_views() if v.namespace == written.namespace and v.ref != written.ref]
+        return lambda name: any(name in v.pull_secrets for v in others)
 
     def _policy_label(self, view: WorkloadView, desired: Desired) -> str:
         for snapshot in self.book.snapshots():

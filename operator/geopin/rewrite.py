@@ -56,6 +56,8 @@ class Desired:
     invalid: tuple[InvalidImage, ...] = ()
     record_was_malformed: bool = False
     awaiting: tuple[tuple[str, str], ...] = ()  # (policy, region) held back by replication
+    # pullSecrets: Extend — the imagePullSecrets the pod spec should list (None: leave them as they are)
+    pull_secrets: tuple[str, ...] | None = None
     unknown: tuple[tuple[str, str, str], ...] = ()  # (policy, image, region) to look up first; nothing else set
 
     @property
@@ -223,6 +225,15 @@ def json_patch(kind: Kind, view: WorkloadView, desired: Desired) -> JsonPatch:
         ops.append({"op": "test", "path": f"{pointer}/image", "value": container.image})
         ops.append({"op": "replace", "path": f"{pointer}/image", "value": new_image})
 
+    if desired.pull_secrets is not None and desired.pull_secrets != view.pull_secrets:
+        pointer = f"{base}/imagePullSecrets"
+        if view.pull_secrets:
+            for index, name in enumerate(view.pull_secrets):
+                ops.append({"op": "test", "path": f"{pointer}/{index}/name", "value": name})
+            ops.append({"op": "replace", "path": pointer, "value": [{"name": n} for n in desired.pull_secrets]})
+        else:
+            ops.append({"op": "add", "path": pointer, "value": [{"name": n} for n in desired.pull_secrets]})
+
     wanted = {
         ANNOTATION_ORIGINAL_IMAGES: encode_record(desired.originals) if desired.originals else None,
         ANNOTATION_PINNED_REGION: desired.pinned_region if desired.originals else None,
@@ -249,3 +260,20 @@ def json_patch(kind: Kind, view: WorkloadView, desired: Desired) -> JsonPatch:
 
 def changed_containers(view: WorkloadView, desired: Desired) -> list[Container]:
     return [c for c in view.containers if desired.images.get(c.key, c.image) != c.image]
+
+
+SIBLING_SUFFIX = "-geopin-regional"
+
+
+def sibling_secret_name(source: str) -> str:
+    """The geopin-owned pull secret that extends ``source`` to the regional hosts (pullSecrets: Extend)."""
+    return f"{source[: 253 - len(SIBLING_SUFFIX)]}{SIBLING_SUFFIX}"
+
+
+def extended_pull_secrets(view: WorkloadView, pinned: bool) -> tuple[str, ...]:
+    """The imagePullSecrets with geopin's sibling after the first secret it extends (pinned), or without
+    any geopin sibling (restored). The user's own entries keep their order."""
+    own = tuple(n for n in view.pull_secrets if not n.endswith(SIBLING_SUFFIX))
+    if not pinned or not own:
+        return own
+    return (*own, sibling_secret_name(own[0]))

@@ -92,6 +92,7 @@ class WorkloadView:
     containers: tuple[Container, ...]
     has_annotations: bool  # whether metadata.annotations exists at all (JSON patch needs to know)
     gitops: str | None = None  # "Argo CD" / "Flux" when a GitOps tool manages the object
+    pull_secrets: tuple[str, ...] = ()  # the pod spec's imagePullSecrets names, in order
 
     @property
     def ref(self) -> tuple[str, str, str]:
@@ -132,4 +133,9 @@ def view_of(kind: Kind, body: Mapping[str, Any]) -> WorkloadView:
         containers=containers,
         has_annotations=annotations is not None,
         gitops=managed_by(metadata) if kind.kind != "Pod" else None,
+        pull_secrets=tuple(
+            str(s.get("name"))
+            for s in pod_spec.get("imagePullSecrets") or []
+            if isinstance(s, Mapping) and s.get("name")
+        ),
     )

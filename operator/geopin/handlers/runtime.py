@@ -245,7 +245,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     book.images = runtime.image_cache
     book.effective = runtime.effective
     runtime.reconciler = Reconciler(
-        kube, book, runtime.view, runtime.namespace_labels, resolve=runtime.resolve_images, workers=config.workers
+        kube,
+        book,
+        runtime.view,
+        runtime.namespace_labels,
+        resolve=runtime.resolve_images,
+        all_views=runtime.views,
+        workers=config.workers,
     )
     memo.runtime = runtime
     if config.leader_election:

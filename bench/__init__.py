@@ -1,0 +1,1 @@
+"""geopin benchmarks on the real local control plane: `python -m bench [--smoke] [NAME ...]` (docs/performance.md)."""

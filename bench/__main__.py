@@ -1,0 +1,57 @@
+"""`python -m bench [--smoke] [failover|steady|admission|probe-hang ...]`: run benchmarks in sequence.
+
+Results go to bench/results/ (or $BENCH_RESULTS_DIR) as <name>-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from bench.env import say
+
+NAMES = ("failover", "steady", "admission", "probe-hang")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", choices=[*NAMES, []], help="benchmarks to run (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="small sizes and short windows (what CI runs)")
+    parser.add_argument("--sizes", help="failover: comma-separated N values (default 100,1000,5000; smoke 50)")
+    parser.add_argument("--deployments", type=int, help="steady: Deployments (default 10000; smoke 300)")
+    args = parser.parse_args(argv)
+    names = args.names or list(NAMES)
+    began = time.monotonic()
+    for name in names:
+        say(f"== {name}{' (smoke)' if args.smoke else ''}")
+        if name == "failover":
+            from bench import failover
+
+            sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
+            failover.run(sizes or (failover.SMOKE_SIZES if args.smoke else failover.FULL_SIZES))
+        elif name == "steady":
+            from bench import steady
+
+            count = args.deployments or (steady.SMOKE_DEPLOYMENTS if args.smoke else steady.FULL_DEPLOYMENTS)
+            default_window = steady.SMOKE_SECONDS if args.smoke else steady.FULL_SECONDS
+            window = float(os.environ.get("BENCH_STEADY_SECONDS") or default_window)
+            steady.run(count, window)
+        elif name == "admission":
+            from bench import admission
+
+            if args.smoke:
+                admission.run(admission.SMOKE_RATES, admission.SMOKE_SECONDS)
+            else:
+                admission.run(admission.FULL_RATES, admission.FULL_SECONDS)
+        else:
+            from bench import probe_hang
+
+            probe_hang.run(probe_hang.SMOKE_SECONDS if args.smoke else probe_hang.FULL_SECONDS)
+    say(f"done in {time.monotonic() - began:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
