@@ -217,7 +217,12 @@ class BenchEnv:
         }
         if mode is not None:
             spec["mode"] = mode
-        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RegistryPolicy", "metadata": {"name": POLICY}, "spec": spec}
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "RegistryPolicy",
+            "metadata": {"name": POLICY},
+            "spec": spec,
+        }
 
     def create_policy(self, **kwargs: Any) -> None:
         self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, self.policy(**kwargs))
@@ -290,7 +295,9 @@ class BenchEnv:
             if (event.get("user") or {}).get("username") != user:
                 continue
             ref = event.get("objectRef") or {}
-            key = f"{event.get('verb')} {ref.get('resource')}" + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            key = f"{event.get('verb')} {ref.get('resource')}" + (
+                f"/{ref['subresource']}" if ref.get("subresource") else ""
+            )
             counts[key] = counts.get(key, 0) + 1
         return counts
 

@@ -706,3 +706,14 @@ def test_admission_policy_rbac_only_when_enabled() -> None:
     assert params[0]["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update", "delete"]}
     ]
+
+
+def test_secret_write_verbs_only_for_pull_secret_extend() -> None:
+    read_only = json.dumps(only(render("rbac.secrets.enabled=true"), "ClusterRole"))
+    assert '"create"' not in read_only.split('"secrets"')[1].split("}")[0]
+    rules = only(render("rbac.secrets.enabled=true", "rbac.secrets.write=true"), "ClusterRole")["rules"]
+    assert {
+        "apiGroups": [""],
+        "resources": ["secrets"],
+        "verbs": ["get", "list", "create", "update", "delete"],
+    } in rules
