@@ -77,3 +77,12 @@ deploy-render: ## copy deploy/crds into the chart and render deploy/geopin.yaml 
 deploy-check: ## fail when the chart's CRD or deploy/geopin.yaml is out of date
 	@cmp -s deploy/crds/$(CRD) $(CHART)/crds/$(CRD) || { echo "$(CHART)/crds/$(CRD) differs from deploy/crds/: make deploy-render" >&2; exit 1; }
 	hack/render-deploy.sh --check
+
+# -- benchmarks (bench/, docs/performance.md): full sizes write bench/results/, smoke is what CI runs -----
+.PHONY: bench bench-smoke
+
+bench: $(STAMP) controlplane ## every benchmark at full size (about 20 min on 2 cores), results in bench/results/
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-smoke: $(STAMP) controlplane ## every benchmark at smoke size (under 3 min)
+	$(BIN)/python -m bench --smoke $(BENCH_ARGS)

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from kubernetes import client
-
 from tests.harness.controlplane import ControlPlane
 from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.pki import CA

@@ -16,6 +16,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from tests.harness.controlplane import ADMIN_USER
+from tests.harness.waiting import wait_until
 
 from bench.env import (
     HOME,
@@ -30,8 +32,6 @@ from bench.env import (
 )
 from geopin.rewrite import Desired, json_patch, read_record
 from geopin.workloads import KINDS, view_of
-from tests.harness.controlplane import ADMIN_USER
-from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -240,7 +240,7 @@ def run(sizes: Sequence[int]) -> dict[str, Any]:
     )
     table(
         f"failback (eastus restarted; failbackDelaySeconds {FAILBACK_DELAY})",
-        ["N", "heal→detect", "detect→first", "detect→last", "heal→last", "heal→last−delay", "obj/s", "ratio"],
+        ["N", "heal→detect", "detect→first", "detect→last", "heal→last", "heal→last-delay", "obj/s", "ratio"],
         [
             [
                 f["n"],

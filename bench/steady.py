@@ -8,11 +8,14 @@ workloads queued" line after "geopin started") and the writes it made meanwhile 
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
 from pathlib import Path
 from typing import Any
+
+from tests.harness.waiting import wait_until
 
 from bench.env import (
     HOME,
@@ -26,7 +29,6 @@ from bench.env import (
     table,
     write_result,
 )
-from tests.harness.waiting import wait_until
 
 NAME = "steady"
 FULL_DEPLOYMENTS = 10_000
@@ -70,7 +72,7 @@ def _sample(env: BenchEnv, seconds: float) -> dict[str, Any]:
     elapsed = samples[-1][0]
     _, hwm, _ = _rss_and_cpu(pid)
     writes = env.writes_by(env.operator.user, mark)
-    per_second = [100 * (b[2] - a[2]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:], strict=False)]
+    per_second = [100 * (b[2] - a[2]) / (b[0] - a[0]) for a, b in itertools.pairwise(samples)]
     return {
         "window_seconds": elapsed,
         "samples": len(samples),
