@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -102,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--policy", required=True, help="a RegistryPolicy manifest")
     plan.add_argument("--region", help="the cluster's region (required when the policy says region: auto)")
     plan.add_argument("--active-region", help="plan as if only this replica (or 'global') were healthy")
-    plan.add_argument("files", nargs="*", help="manifest files; '-' or none for stdin")
+    plan.add_argument(
+        "files", nargs="*", help="manifest files or directories (their *.yaml, *.yml); '-' or none for stdin"
+    )
 
     _add_probe(commands)
     _add_status(commands)
@@ -255,6 +258,24 @@ def _load_yaml(path: str, stdin: TextIO) -> list[Any]:
         raise CliError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
 
 
+def _manifest_paths(paths: Sequence[str]) -> list[str]:
+    """Files as given; a directory stands for its *.yaml and *.yml files, recursively, in sorted order."""
+    found: list[str] = []
+    for path in paths:
+        if path != "-" and os.path.isdir(path):
+            found.extend(
+                sorted(
+                    os.path.join(root, name)
+                    for root, _, names in os.walk(path)
+                    for name in names
+                    if name.endswith((".yaml", ".yml"))
+                )
+            )
+        else:
+            found.append(path)
+    return found
+
+
 def _load_policy(path: str, stdin: TextIO) -> Policy:
     docs = [d for d in _load_yaml(path, stdin) if d is not None]
     policies = [d for d in docs if isinstance(d, dict) and d.get("kind") == "RegistryPolicy"]
@@ -275,7 +296,7 @@ def _plan(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextI
 
     policy = _load_policy(args.policy, stdin)
     documents: list[Any] = []
-    for path in args.files or ["-"]:
+    for path in _manifest_paths(args.files or ["-"]):
         documents.extend(_load_yaml(path, stdin))
     try:
         result = plan_documents(policy, documents, args.region, args.active_region)

@@ -243,8 +243,8 @@ def test_missing_file_is_one_line(policy_file: str, tmp_path: Path) -> None:
     assert line == f"geopin: cannot read {missing}: No such file or directory"
 
 
-def test_directory_is_one_line(policy_file: str, tmp_path: Path) -> None:
-    line = assert_one_line_error(geopin("plan", "--policy", policy_file, str(tmp_path)), 1)
+def test_a_directory_as_the_policy_is_one_line(manifest_file: str, tmp_path: Path) -> None:
+    line = assert_one_line_error(geopin("plan", "--policy", str(tmp_path), manifest_file), 1)
     assert line.startswith(f"geopin: cannot read {tmp_path}: ")
 
 
@@ -382,3 +382,31 @@ def test_console_script_plans(policy_file: str, manifest_file: str) -> None:
     usage = subprocess.run([str(script), "bogus"], capture_output=True, text=True, timeout=60, check=False)
     assert usage.returncode == 2
     assert "invalid choice" in usage.stderr
+
+
+def test_plan_reads_every_manifest_of_a_directory(tmp_path: Path) -> None:
+    """`geopin plan --policy P DIR`: every *.yaml / *.yml below DIR, in sorted order; other files ignored."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "kind: RegistryPolicy\nmetadata: {name: p}\n"
+        "spec: {registry: contoso.azurecr.io, replicas: [{region: eastus}]}\n"
+    )
+    manifests = tmp_path / "manifests" / "nested"
+    manifests.mkdir(parents=True)
+    for name in ("b.yaml", "a.yml"):
+        (manifests / name).write_text(
+            "kind: Deployment\n"
+            f"metadata: {{name: {name.split('.')[0]}, namespace: shop}}\n"
+            "spec: {template: {spec: {containers: [{name: c, image: contoso.azurecr.io/x:1}]}}}\n"
+        )
+    (manifests / "notes.txt").write_text("not yaml: [")
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["plan", "--policy", str(policy), "--region", "eastus", str(tmp_path / "manifests")], io.StringIO(), out, err
+    )
+    assert code == 0, err.getvalue()
+    documents = list(yaml.safe_load_all(out.getvalue()))
+    assert [d["metadata"]["name"] for d in documents] == ["a", "b"]
+    assert all(
+        d["spec"]["template"]["spec"]["containers"][0]["image"].startswith("contoso.eastus.geo") for d in documents
+    )

@@ -1,0 +1,46 @@
+"""The benchmarks' smoke run (`python -m bench --smoke`) on the real control plane, so bench/ never rots.
+
+No timed assertions: only that every benchmark ran to the end and wrote a JSON result of the
+documented shape. Results go to a temp dir (BENCH_RESULTS_DIR), never into bench/results/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = ("failover", "steady", "admission", "probe-hang")
+
+
+@pytest.mark.timeout(600)
+def test_bench_smoke_writes_every_result(tmp_path: Path) -> None:
+    env = {**os.environ, "BENCH_RESULTS_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env.pop("BENCH_STEADY_SECONDS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    for name in BENCHMARKS:
+        files = sorted(tmp_path.glob(f"{name}-*.json"))
+        assert len(files) == 1, (name, [p.name for p in tmp_path.iterdir()])
+        document = json.loads(files[0].read_text())
+        assert {"benchmark", "date", "machine", "parameters", "figures"} <= set(document), document.keys()
+        assert document["benchmark"] == name
+        assert {"cores", "memory_mib", "python", "kubernetes"} <= set(document["machine"])
+        assert document["machine"]["kubernetes"].startswith("v1.")
+        assert document["figures"], name
