@@ -52,16 +52,7 @@ class MutatingPolicySync:
         self._applied: dict[str, tuple[Policy, str]] = {}  # policy name → (spec applied, region applied)
 
     async def _apply(self, body: dict[str, Any]) -> None:
-        path = _path(body)
-        try:
-            current = await self.kube.request(path, "GET")
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            await self.kube.request(path.rsplit("/", 1)[0], "POST", body)
-            return
-        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        await self.kube.request(path, "PUT", body)
+        await self.kube.create_or_replace(_path(body), body)
 
     async def sync(self, policy: Policy, target: Target) -> None:
         applied = self._applied.get(policy.name)

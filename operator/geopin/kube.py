@@ -115,6 +115,25 @@ class Kube:
         """A JSON request to any API path (raises ApiException on a non-2xx answer)."""
         return await self._call(path, method, body, "application/json" if body is not None else None)
 
+    async def create_or_replace(self, path: str, body: dict[str, Any], *, unchanged: str | None = None) -> str:
+        """Create the object at ``path``, or replace it (optimistically, with its resourceVersion).
+
+        ``unchanged``: a top-level field (e.g. ``data``); when the stored object already has the same
+        value there, nothing is written. Returns "created", "replaced" or "unchanged".
+        """
+        try:
+            current = await self.request(path, "GET")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            await self.request(path.rsplit("/", 1)[0], "POST", body)
+            return "created"
+        if unchanged is not None and current.get(unchanged) == body.get(unchanged):
+            return "unchanged"
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        await self.request(path, "PUT", body)
+        return "replaced"
+
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Mapping[str, Any] | None:
         try:
             result: Mapping[str, Any] = await self._call(_path(kind, namespace, name), "GET")

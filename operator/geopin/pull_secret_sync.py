@@ -117,17 +117,8 @@ class PullSecretSync:
             "metadata": {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY)},
             "data": data,
         }
-        try:
-            current = await self.kube.request(path, "GET")
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            await self.kube.request(path.rsplit("/", 1)[0], "POST", body)
+        if await self.kube.create_or_replace(path, body, unchanged="data") == "created":
             logger.info("created pull secret %s/%s for the regional hosts", namespace, name)
-            return
-        if current.get("data") != data:
-            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-            await self.kube.request(path, "PUT", body)
 
     async def collect(self, namespace: str, referenced: Callable[[str], bool]) -> None:
         """Delete geopin's sibling Secrets in ``namespace`` that no workload references any more."""

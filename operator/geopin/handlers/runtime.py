@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from geopin import metrics
 from geopin.admission_policies import MutatingPolicySync, mutating_policies_served
@@ -326,14 +325,5 @@ async def ensure_webhook_configuration(kube: Kube, config: RunConfig, ca_pem: by
         operator_namespace=config.operator_namespace,
     )
     path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{config.webhook_config}"
-    try:
-        current = await kube.request(path, "GET")
-    except ApiException as e:
-        if e.status != 404:
-            raise
-        await kube.request(path.rsplit("/", 1)[0], "POST", body)
-        logger.info("webhook: created MutatingWebhookConfiguration %s", config.webhook_config)
-        return
-    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-    await kube.request(path, "PUT", body)
-    logger.info("webhook: updated MutatingWebhookConfiguration %s", config.webhook_config)
+    result = await kube.create_or_replace(path, body)
+    logger.info("webhook: MutatingWebhookConfiguration %s %s", config.webhook_config, result)
