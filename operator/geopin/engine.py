@@ -25,7 +25,7 @@ from geopin.images import ImageCache
 from geopin.kube import ApiError, Kube, cluster_region_of
 from geopin.policy import AUTO_REGION, Mode, Policy
 from geopin.pull_secret_sync import PullSecretSync
-from geopin.references import split_host
+from geopin.references import image_host, split_host
 from geopin.rewrite import Desired, changed_containers, json_patch, read_record
 from geopin.workloads import KINDS, WorkloadView, view_of
 
@@ -130,7 +130,7 @@ class PolicyBook:
 def records_policy(view: WorkloadView, policy: Policy) -> bool:
     """Does the workload hold an original-images entry of this policy's registry?"""
     record, _ = read_record(view.annotations)
-    return any(policy.manages_host(v.split("/", 1)[0]) for v in record.values() if "/" in v)
+    return any(policy.manages_host(image_host(v)) for v in record.values())
 
 
 class Reconciler:
@@ -360,7 +360,7 @@ class Reconciler:
     def _managing(self, view: WorkloadView, desired: Desired) -> PolicySnapshot | None:
         """The policy whose images the workload's record holds (the one whose pull secrets matter)."""
         for snapshot in self.book.snapshots():
-            if any(snapshot.policy.manages_host(v.split("/", 1)[0]) for v in desired.originals.values()):
+            if any(snapshot.policy.manages_host(image_host(v)) for v in desired.originals.values()):
                 return snapshot
         return None
 
@@ -372,7 +372,7 @@ class Reconciler:
     def _policy_label(self, view: WorkloadView, desired: Desired) -> str:
         for snapshot in self.book.snapshots():
             if desired.originals and any(
-                snapshot.policy.manages_host(v.split("/", 1)[0]) for v in desired.originals.values()
+                snapshot.policy.manages_host(image_host(v)) for v in desired.originals.values()
             ):
                 return snapshot.policy.name
             if records_policy(view, snapshot.policy):

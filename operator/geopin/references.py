@@ -21,7 +21,7 @@ import functools
 import re
 from dataclasses import dataclass, replace
 
-__all__ = ["InvalidReference", "Reference", "parse", "same_host", "split_host"]
+__all__ = ["InvalidReference", "Reference", "image_host", "parse", "same_host", "split_host"]
 
 _ALNUM = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[_.]|__|-+)"
@@ -142,3 +142,13 @@ def parse(reference: str) -> Reference:
         raise InvalidReference(reference, f"invalid repository path {path!r}")
 
     return Reference(host=host, path=path, tag=tag, digest=digest if at else None)
+
+
+def image_host(image: str) -> str | None:
+    """The registry host an image names, even an invalid one (its first component when that looks
+    like a host); None for Docker Hub short names."""
+    try:
+        return parse(image).host
+    except InvalidReference:
+        first, slash, _ = image.partition("/")
+        return first if slash else None

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from geopin.decisions import PolicySnapshot, audit_changes, decide, is_selected
 from geopin.policy import GLOBAL_REGION, Mode, Policy
-from geopin.references import InvalidReference, parse, same_host
+from geopin.references import InvalidReference, image_host, parse, same_host
 from geopin.rewrite import read_record
 from geopin.workloads import ANNOTATION_PINNED_REGION, WorkloadView
 
@@ -40,21 +40,13 @@ class WorkloadCounts:
         }
 
 
-def _host_of(image: str) -> str | None:
-    try:
-        return parse(image).host
-    except InvalidReference:
-        first, slash, _ = image.partition("/")
-        return first if slash else None
-
-
 def uses_registry(view: WorkloadView, policy: Policy) -> tuple[bool, bool]:
     """(has an image of the registry by intent, has an invalid reference that names the registry)."""
     record, _ = read_record(view.annotations)
-    uses = any(policy.manages_host(_host_of(v)) for v in record.values())
+    uses = any(policy.manages_host(image_host(v)) for v in record.values())
     invalid = False
     for container in view.containers:
-        host = _host_of(container.image)
+        host = image_host(container.image)
         if host is None or not same_host(host, policy.registry):
             continue
         uses = True
@@ -79,7 +71,7 @@ def count_workloads(
         counts.total += 1
         counts.invalid += invalid
         record, _ = read_record(view.annotations)
-        if any(snapshot.policy.manages_host(_host_of(v)) for v in record.values()):
+        if any(snapshot.policy.manages_host(image_host(v)) for v in record.values()):
             counts.pinned += 1
             counts.gitops_managed += view.gitops is not None and snapshot.policy.mode is Mode.PATCH
             counts.by_region[view.annotations.get(ANNOTATION_PINNED_REGION, GLOBAL_REGION)] += 1
