@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +19,6 @@ from typing import Any
 
 from geopin import metrics
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot, audit_changes, plan_workload
-from geopin.health import Target
 from geopin.images import ImageCache
 from geopin.kube import ApiError, Kube, cluster_region_of
 from geopin.policy import AUTO_REGION, Mode, Policy
@@ -416,11 +414,3 @@ def condition(
         "observedGeneration": generation,
         "lastTransitionTime": now_iso() if changed or before is None else before.get("lastTransitionTime"),
     }
-
-
-def target_summary(target: Target) -> dict[str, str]:
-    return {"activeRegion": target.region, "activeEndpoint": target.endpoint}
-
-
-def monotonic() -> float:
-    return time.monotonic()

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from geopin.workloads import KINDS, Kind
+from geopin.workloads import Kind
 
 __all__ = ["FIELD_MANAGER", "Kube", "PatchOutcome", "cluster_region_of", "load_api_client"]
 
@@ -239,7 +239,3 @@ class ApiError(ApiException):
 
     def __str__(self) -> str:
         return f"HTTP {self.status}: {self.message}"
-
-
-def kind_of(name: str) -> Kind:
-    return KINDS[name]
