@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -114,6 +114,18 @@ class Kube:
     async def request(self, path: str, method: str, body: Any = None) -> Any:
         """A JSON request to any API path (raises ApiException on a non-2xx answer)."""
         return await self._call(path, method, body, "application/json" if body is not None else None)
+
+    async def list_all(self, path: str, page: int = 500) -> AsyncIterator[dict[str, Any]]:
+        """Every object of a LIST, page by page (``limit``/``continue``), without holding them all."""
+        token = ""
+        while True:
+            query = f"?limit={page}" + (f"&continue={quote(token)}" if token else "")
+            body = await self.request(path + query, "GET")
+            for item in body.get("items", []):
+                yield item
+            token = (body.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
 
     async def create_or_replace(self, path: str, body: dict[str, Any], *, unchanged: str | None = None) -> str:
         """Create the object at ``path``, or replace it (optimistically, with its resourceVersion).

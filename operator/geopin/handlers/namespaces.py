@@ -7,12 +7,14 @@ from typing import Any
 import kopf
 
 
-@kopf.index("", "v1", "namespaces")
-def namespace_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
-    return {name: dict(labels)}
-
-
 @kopf.on.event("", "v1", "namespaces")
-async def namespace_changed(memo: kopf.Memo, **_: Any) -> None:
-    if "runtime" in memo:
-        memo.runtime.reconciler.touch()
+async def namespace_changed(body: kopf.Body, name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if "runtime" not in memo:
+        return
+    runtime = memo.runtime
+    version = body.get("metadata", {}).get("resourceVersion")
+    if type == "DELETED":
+        runtime.namespaces.discard(name, version)
+    else:
+        runtime.namespaces.upsert(name, version, dict(body.get("metadata", {}).get("labels") or {}))
+    runtime.reconciler.touch()

@@ -9,13 +9,15 @@ import kopf
 from geopin.kube import REGION_LABEL
 
 
-@kopf.index("", "v1", "nodes")
-def node_regions(name: str, labels: kopf.Labels, **_: Any) -> dict[str, str]:
-    return {name: labels.get(REGION_LABEL, "")}
-
-
 @kopf.on.event("", "v1", "nodes")
-async def node_changed(memo: kopf.Memo, **_: Any) -> None:
-    # A region change re-decides every policy in auto mode; the policy loops do the work.
-    if "runtime" in memo:
-        memo.runtime.reconciler.touch()
+async def node_changed(body: kopf.Body, name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if "runtime" not in memo:
+        return
+    runtime = memo.runtime
+    if type == "DELETED":
+        runtime.nodes.discard(name, body.get("metadata", {}).get("resourceVersion"))
+    else:
+        labels = body.get("metadata", {}).get("labels") or {}
+        runtime.nodes.upsert(name, body.get("metadata", {}).get("resourceVersion"), labels.get(REGION_LABEL, ""))
+    # A region change re-decides every policy in auto mode; the status loop does the work.
+    runtime.reconciler.touch()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,21 +12,22 @@ import kopf
 
 from geopin import metrics
 from geopin.admission_policies import MutatingPolicySync, mutating_policies_served
+from geopin.cache import ObjectCache
 from geopin.config import RunConfig
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES
 from geopin.endpoints import arm_endpoint
 from geopin.engine import PolicyBook, PolicyEntry, Reconciler, WorkloadRef
-from geopin.handlers.workloads import INDEX_NAMES, index_name
+from geopin.handlers.workloads import tracked
 from geopin.health import ReplicaState, Transition, preference_order
 from geopin.images import ImageCache
-from geopin.kube import Kube, load_api_client, load_configuration
+from geopin.kube import REGION_LABEL, Kube, load_api_client, load_configuration
 from geopin.leader import LeaderElector
 from geopin.monitor import PolicyMonitor
 from geopin.policy import Policy
 from geopin.probes import RegistryClient, credentials_from_dockerconfig
 from geopin.reporting import StatusReporter, policy_ref
 from geopin.webhook import WebhookServer, webhook_configuration
-from geopin.workloads import KINDS, WorkloadView
+from geopin.workloads import KINDS, PATCH_KINDS, WorkloadView, view_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,9 @@ class Runtime:
     kube: Kube
     book: PolicyBook
     reconciler: Reconciler
-    indices: dict[str, Any] = field(default_factory=dict)
+    workloads: ObjectCache[WorkloadRef, WorkloadView] = field(default_factory=ObjectCache)
+    namespaces: ObjectCache[str, dict[str, str]] = field(default_factory=ObjectCache)
+    nodes: ObjectCache[str, str] = field(default_factory=ObjectCache)
     monitors: dict[str, PolicyMonitor] = field(default_factory=dict)
     leading: bool = False
     elector: LeaderElector | None = None
@@ -49,23 +53,42 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def view(self, ref: WorkloadRef) -> WorkloadView | None:
-        store = self.indices[index_name(KINDS[ref[0]])].get(ref)
-        return next(iter(store), None) if store is not None else None
+        return self.workloads.get(ref)
 
     def views(self) -> list[WorkloadView]:
-        views: list[WorkloadView] = []
-        for name in INDEX_NAMES:
-            index = self.indices[name]
-            views.extend(view for key in list(index) for view in index.get(key, ()))
-        return views
+        return self.workloads.values()
 
     def namespace_labels(self, namespace: str) -> dict[str, str] | None:
-        store = self.indices["namespace_labels"].get(namespace)
-        return next(iter(store), None) if store is not None else None
+        return self.namespaces.get(namespace)
 
     def all_namespace_labels(self) -> dict[str, dict[str, str]]:
-        index = self.indices["namespace_labels"]
-        return {key: labels for key in list(index) for labels in index.get(key, ())}
+        return dict(self.namespaces.items())
+
+    async def prime(self) -> None:
+        """LIST nodes, namespaces and every workload kind once, before Kopf's watches start."""
+        began = time.monotonic()
+        async for item in self.kube.list_all("/api/v1/nodes"):
+            labels = item["metadata"].get("labels") or {}
+            self.nodes.upsert(
+                item["metadata"]["name"], item["metadata"].get("resourceVersion"), labels.get(REGION_LABEL, "")
+            )
+        async for item in self.kube.list_all("/api/v1/namespaces"):
+            meta = item["metadata"]
+            self.namespaces.upsert(meta["name"], meta.get("resourceVersion"), dict(meta.get("labels") or {}))
+        for name in PATCH_KINDS:
+            kind = KINDS[name]
+            prefix = f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
+            async for item in self.kube.list_all(f"{prefix}/{kind.plural}"):
+                if tracked(kind, item):
+                    view = view_of(kind, item)
+                    self.workloads.upsert(view.ref, item["metadata"].get("resourceVersion"), view)
+        logger.info(
+            "cache primed in %.1fs: %d workloads, %d namespaces, %d nodes",
+            time.monotonic() - began,
+            len(self.workloads),
+            len(self.namespaces),
+            len(self.nodes),
+        )
 
     def usable(self, policy: str) -> frozenset[str] | None:
         """The leader's own verdict; a standby reads the leader's from the status (for admission)."""
@@ -196,8 +219,7 @@ class Runtime:
         monitor.start()
 
     def node_regions(self) -> list[str | None]:
-        index = self.indices["node_regions"]
-        return [region for key in list(index) for region in index.get(key, ())]
+        return list(self.nodes.values())
 
 
 @kopf.on.login()
@@ -238,7 +260,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     kube = Kube(load_api_client(config.kubeconfig, pool_size=config.workers), concurrency=config.workers)
     book = PolicyBook(excluded_namespaces=DEFAULT_EXCLUDED_NAMESPACES | {config.operator_namespace})
     runtime = Runtime(config=config, kube=kube, book=book, reconciler=None)  # type: ignore[arg-type]
-    runtime.indices = {name: kwargs[name] for name in (*INDEX_NAMES, "namespace_labels", "node_regions")}
     book.node_regions = runtime.node_regions
     book.usable = runtime.usable
     book.images = runtime.image_cache
@@ -252,6 +273,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         all_views=runtime.views,
         workers=config.workers,
     )
+    await runtime.prime()
     memo.runtime = runtime
     if config.leader_election:
         runtime.elector = LeaderElector(
