@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 RESYNC_SECONDS = 60.0  # a full level-based pass even when nothing signalled a change
 AWAITING_RESYNC_SECONDS = 5.0  # sooner while workloads wait for replication (absent manifests expire)
 DEBOUNCE_SECONDS = 1.0
+BUSY_REPORT_SECONDS = 5.0
 
 # The label sets each policy exported, so that stale ones (an old region) can be removed.
 _exported: dict[str, list[tuple[Any, tuple[str, ...]]]] = {}
@@ -48,7 +49,10 @@ class StatusReporter:
             version = self.runtime.reconciler.version
             waiting = any(s.get("workloads", {}).get("awaitingReplication") for s in self.written.values())
             resync = AWAITING_RESYNC_SECONDS if waiting else RESYNC_SECONDS
-            if version != seen_version or idle_for >= resync:
+            # While workers are repointing, a full pass (every workload re-planned and recounted)
+            # would take the CPU they need: report every few seconds then, not after every write.
+            busy = not self.runtime.reconciler.idle and idle_for < BUSY_REPORT_SECONDS
+            if (version != seen_version and not busy) or idle_for >= resync:
                 seen_version, idle_for = version, 0.0
                 for entry in list(self.runtime.book.entries.values()):
                     if not entry.deleting:
