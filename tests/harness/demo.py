@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"2. outage: the eastus replica (pid {registries['eastus'].pid}) is SIGKILLed")
         wait_until(lambda: tour.all_on("westus"), timeout=60, interval=0.05, what="failover to westus")
         failover_seconds = time.monotonic() - outage
+        # The status loop reports the switch (status, EndpointSwitched Event, metric) within seconds.
+        wait_until(lambda: tour.status().get("activeRegion") == "westus", timeout=30, what="status shows westus")
         say(f"   failover to westus in {failover_seconds:.1f}s (kill → last Deployment repointed):")
         tour.show_images()
         tour.show_events(mark)
@@ -197,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"3. recovery: eastus is back; workloads return only after {FAILBACK_DELAY}s of uninterrupted health")
         wait_until(lambda: tour.all_on("eastus"), timeout=FAILBACK_DELAY + 60, what="failback to eastus")
         failback_seconds = time.monotonic() - recovered
+        wait_until(lambda: tour.status().get("activeRegion") == "eastus", timeout=30, what="status shows eastus")
         say(f"   failback to eastus {failback_seconds:.1f}s after the replica came back:")
         tour.show_images()
         tour.show_events(mark)
