@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -155,6 +156,7 @@ class Reconciler:
         self._queue: asyncio.Queue[WorkloadRef] = asyncio.Queue()
         self._pending: set[WorkloadRef] = set()
         self._busy = 0
+        self._busy_since = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._reported_invalid: set[tuple[str, str]] = set()
         self._events: set[asyncio.Task[None]] = set()
@@ -226,6 +228,8 @@ class Reconciler:
 
     def enqueue(self, ref: WorkloadRef) -> None:
         if ref not in self._pending:
+            if self.idle:
+                self._busy_since = time.monotonic()
             self._pending.add(ref)
             self._queue.put_nowait(ref)
 
@@ -249,6 +253,11 @@ class Reconciler:
     @property
     def idle(self) -> bool:
         return not self._pending and self._busy == 0
+
+    @property
+    def busy_for(self) -> float:
+        """Seconds since the queue last went from empty to non-empty (0 when idle)."""
+        return 0.0 if self.idle else time.monotonic() - self._busy_since
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker(), name=f"geopin-worker-{i}") for i in range(self.workers)]

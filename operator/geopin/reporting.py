@@ -25,6 +25,7 @@ RESYNC_SECONDS = 60.0  # a full level-based pass even when nothing signalled a c
 AWAITING_RESYNC_SECONDS = 5.0  # sooner while workloads wait for replication (absent manifests expire)
 DEBOUNCE_SECONDS = 1.0
 BUSY_REPORT_SECONDS = 5.0
+CONVERGING_AFTER_SECONDS = 15.0
 
 # The label sets each policy exported, so that stale ones (an old region) can be removed.
 _exported: dict[str, list[tuple[Any, tuple[str, ...]]]] = {}
@@ -224,7 +225,8 @@ def report(runtime: Runtime, entry: PolicyEntry, last_status: dict[str, Any]) ->
         ready = (True, "Admission", f"new Pods point to {target.region}; workload templates stay as written")
     elif snapshot.cluster_region is None:
         ready = (False, "ClusterRegionUnknown", "no node carries topology.kubernetes.io/region; set spec.region")
-    elif queued or not reconciler.idle:
+    elif (queued or not reconciler.idle) and reconciler.busy_for >= CONVERGING_AFTER_SECONDS:
+        # Only work that lasts flips Ready: a restart's registry lookups or a quick repoint do not.
         ready = (False, "Converging", f"{queued} workloads waiting to be written")
     else:
         ready = (True, "Reconciled", f"{counts.pinned} workloads point to {target.region}")
