@@ -50,10 +50,24 @@ class ImageCache:
         self._limit = asyncio.Semaphore(concurrency)
 
     def available(self, image: str, region: str) -> bool | None:
+        """The last answer, even past its expiry (refreshed by ``refresh_stale``): decisions and
+        status never flap to "unknown" just because an answer aged; None only before the first."""
         entry = self._presence.get((image, region))
-        if entry is None or entry.expires <= self.clock():
-            return None
-        return entry.present
+        return None if entry is None else entry.present
+
+    def stale(self) -> list[tuple[str, str]]:
+        """(image, region) pairs whose answer has expired: to be asked again."""
+        now = self.clock()
+        return [key for key, entry in self._presence.items() if entry.expires <= now]
+
+    async def refresh_stale(self, policy: Policy, client: RegistryClient, via: str) -> bool:
+        """Ask again for every expired answer; True when any answer changed."""
+        stale = self.stale()
+        if not stale:
+            return False
+        before = {key: self._presence[key].present for key in stale}
+        await self.resolve(policy, client, stale, via)
+        return any(self._presence[key].present != present for key, present in before.items())
 
     def digest_of(self, image: str) -> str | None:
         found = self._digests.get(image)

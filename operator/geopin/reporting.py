@@ -54,6 +54,8 @@ class StatusReporter:
             # would take the CPU they need: report every few seconds then, not after every write.
             busy = not self.runtime.reconciler.idle and idle_for < BUSY_REPORT_SECONDS
             if (version != seen_version and not busy) or idle_for >= resync:
+                if waiting:
+                    await self.runtime.refresh_images()
                 seen_version, idle_for = version, 0.0
                 for entry in list(self.runtime.book.entries.values()):
                     if not entry.deleting:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-REGISTRY = "contoso.azurecr.io"
+REGISTRY = "failover.azurecr.io"
 NAMESPACE = "fleet"
 COUNT = 100
 FAILBACK_DELAY = 8

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 GROUP, VERSION, PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
-REGISTRY = "contoso.azurecr.io"
+REGISTRY = "pulls.azurecr.io"
 
 
 @pytest.fixture(scope="module")

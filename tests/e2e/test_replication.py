@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-REGISTRY = "contoso.azurecr.io"
+REGISTRY = "replcheck.azurecr.io"
 GROUP, VERSION, PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
 LAG = 8.0
 

@@ -119,6 +119,21 @@ class Runtime:
         )
         await monitor.images.resolve(entry.policy, monitor.client, pairs, via)
 
+    async def refresh_images(self) -> None:
+        """Re-ask the registries for expired manifest answers; repoint what a new answer frees."""
+        changed = False
+        for name, monitor in list(self.monitors.items()):
+            entry = self.book.entries.get(name)
+            if entry is None or entry.policy is None:
+                continue
+            usable = monitor.eligible or frozenset()
+            order = preference_order(entry.policy, self.book.cluster_region(entry.policy))
+            via = next((region for region in order if region in usable), "")
+            changed |= await monitor.images.refresh_stale(self.effective(name, entry.policy), monitor.client, via)
+        if changed:
+            self.reconciler.enqueue_if_needed(self.views())
+            self.reconciler.touch()
+
     def usable_changed(self, policy: str) -> None:
         """A policy's usable replicas changed: repoint what must move, now."""
         queued = self.reconciler.enqueue_if_needed(self.views())
