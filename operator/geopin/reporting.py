@@ -79,7 +79,13 @@ class StatusReporter:
             last = self.written.setdefault(entry.uid, dict(entry.observed_status))
             status, switch = report(self.runtime, entry, last)
             await self.sync_mutating_policy(entry, status)
-            if switch:
+            reconciler = self.runtime.reconciler
+            if last and not reconciler.idle and reconciler.busy_for < CONVERGING_AFTER_SECONDS:
+                return  # settling (a restart's lookups, a repoint under way): report the outcome, not the transit
+            if switch and entry.policy is not None:
+                previous, target = last.get("activeRegion"), status.get("activeRegion")
+                reason = status["lastSwitch"]["reason"]
+                metrics.ENDPOINT_SWITCHES.labels(entry.name, entry.policy.registry, previous, target, reason).inc()
                 await self.runtime.kube.post_event(policy_ref(entry), "Normal", "EndpointSwitched", switch)
             if _differs(status, last):
                 await self.runtime.kube.patch_policy_status(entry.name, status)
@@ -213,7 +219,6 @@ def report(runtime: Runtime, entry: PolicyEntry, last_status: dict[str, Any]) ->
     last_active: str | None = last_status.get("activeRegion")
     if last_active is not None and last_active != target.region:
         reason = switch_reason(last_active, target, snapshot, monitor)
-        metrics.ENDPOINT_SWITCHES.labels(entry.name, policy.registry, last_active, target.region, reason).inc()
         status["lastSwitch"] = {"from": last_active, "to": target.region, "reason": reason, "time": now_iso()}
         switch = f"{last_active} -> {target.region} ({target.endpoint}): {reason}"
     elif "lastSwitch" in last_status:
