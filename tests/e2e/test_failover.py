@@ -314,12 +314,18 @@ def test_operator_killed_mid_repoint_finishes_after_restart(healthy: Fleet, oper
     operator.start()
     wait_until(lambda: fleet.on("westus"), timeout=60, what="every Deployment on westus after the restart")
     assert fleet.originals_intact()
-    writes: dict[str, int] = {}
-    for event in fleet.cp.audit_events(mark):
-        ref = event.get("objectRef") or {}
-        mine = (event.get("user") or {}).get("username") == operator.user and ref.get("resource") == "deployments"
-        if mine and event.get("verb") == "patch" and event.get("responseStatus", {}).get("code") == 200:
-            writes[ref["name"]] = writes.get(ref["name"], 0) + 1
+
+    def successful_writes() -> dict[str, int] | None:
+        writes: dict[str, int] = {}
+        for event in fleet.cp.audit_events(mark):
+            ref = event.get("objectRef") or {}
+            mine = (event.get("user") or {}).get("username") == operator.user and ref.get("resource") == "deployments"
+            if mine and event.get("verb") == "patch" and event.get("responseStatus", {}).get("code") == 200:
+                writes[ref["name"]] = writes.get(ref["name"], 0) + 1
+        return writes if len(writes) == COUNT else None
+
+    # The API server appends audit lines a little after it answers: wait until all 100 are there.
+    writes = wait_until(successful_writes, timeout=15, what="every Deployment's write in the audit log")
     print(f"killed with {partially}/{COUNT} repointed; successful writes per Deployment: {set(writes.values())}")
     assert set(writes.values()) == {1}, "each Deployment is rewritten exactly once across the two processes"
     assert len(writes) == COUNT
