@@ -134,6 +134,7 @@ def test_one_leader_writes_and_the_standby_takes_over_mid_failover(ha: HA, contr
     leader = ha.leader()
     standby = next(op for op in ha.operators if op is not leader)
     mark = control_plane.audit_line_count()
+    generations = {d.metadata.name: d.metadata.generation for d in ha.apps.list_namespaced_deployment(NAMESPACE).items}
     # Only the leader writes Deployments (the standby watches, indexes and waits).
     assert standby.metric("geopin_replica_healthy", policy="ha", region="eastus") is None
 
@@ -158,24 +159,21 @@ def test_one_leader_writes_and_the_standby_takes_over_mid_failover(ha: HA, contr
     )
     assert took_over < 15
 
-    def successful_writes() -> dict[str, list[str]]:
-        writes: dict[str, list[str]] = {}
-        for event in control_plane.audit_events(mark):
-            ref = event.get("objectRef") or {}
-            user = (event.get("user") or {}).get("username", "")
-            ok = event.get("verb") == "patch" and (event.get("responseStatus") or {}).get("code") == 200
-            if ok and ref.get("resource") == "deployments" and ref.get("namespace") == NAMESPACE:
-                writes.setdefault(ref["name"], []).append(user)
-        return writes
+    # Each template change bumps metadata.generation exactly once. Counting generations rather than
+    # audit lines is deliberate: a patch in flight when the leader died may be committed while its
+    # audit record carries an error code (the client's connection was gone), and it still counts.
+    after = {d.metadata.name: d.metadata.generation for d in ha.apps.list_namespaced_deployment(NAMESPACE).items}
+    twice = {name: (generations[name], gen) for name, gen in after.items() if gen != generations[name] + 1}
+    assert not twice, f"each Deployment repointed exactly once (generation before, after): {twice}"
 
-    # The API server appends audit lines a little after it answers: wait until all 100 are there.
-    def all_written() -> dict[str, list[str]] | None:
-        found = successful_writes()
-        return found if len(found) == COUNT else None
-
-    writes = wait_until(all_written, timeout=15, what="every Deployment's write in the audit log")
-    assert all(len(users) == 1 for users in writes.values()), "each Deployment repointed exactly once"
-    assert {u for users in writes.values() for u in users} <= {leader.user, standby.user}
+    writers = {
+        (event.get("user") or {}).get("username", "")
+        for event in control_plane.audit_events(mark)
+        if event.get("verb") == "patch"
+        and (event.get("objectRef") or {}).get("resource") == "deployments"
+        and (event.get("objectRef") or {}).get("namespace") == NAMESPACE
+    }
+    assert writers <= {leader.user, standby.user}, writers
     for d in ha.apps.list_namespaced_deployment(NAMESPACE).items:
         record = json.loads(d.metadata.annotations["geopin.io/original-images"])
         assert record == {"containers/app": f"{REGISTRY}/fleet/{d.metadata.name}:1"}
