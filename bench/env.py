@@ -95,9 +95,14 @@ class Patch:
 class BenchEnv:
     """ControlPlane + RegistrySet + Operator (not started: `start_operator`) in a temp dir."""
 
-    def __init__(self, *, verbose_operator: bool = False) -> None:
+    def __init__(self, *, verbose_operator: bool = False, controller_qps: int | None = None) -> None:
+        """``controller_qps``: raise kube-controller-manager's client rate limit (default 20/s), so that
+        it catches up with thousands of template changes in a minute rather than in many."""
         self.workdir = Path(tempfile.mkdtemp(prefix="geopin-bench-"))
         self.verbose_operator = verbose_operator
+        self.controller_args = (
+            [f"--kube-api-qps={controller_qps}", f"--kube-api-burst={2 * controller_qps}"] if controller_qps else []
+        )
         self._stack = contextlib.ExitStack()
         self._local = threading.local()
         self._clients: list[Any] = []
@@ -113,7 +118,11 @@ class BenchEnv:
         try:
             say("starting the control plane and three registry replicas")
             self.ca = CA(self.workdir / "pki")
-            self.cp = self._stack.enter_context(ControlPlane(ca=self.ca, workdir=self.workdir / "cp"))
+            self.cp = self._stack.enter_context(
+                ControlPlane(
+                    ca=self.ca, workdir=self.workdir / "cp", extra_controller_manager_args=self.controller_args
+                )
+            )
             self.registries = self._stack.enter_context(RegistrySet(self.ca, workdir=self.workdir / "registries"))
             install_crd(self.cp)
             self.operator = Operator(self.cp, self.workdir, verbose=self.verbose_operator)
@@ -243,6 +252,14 @@ class BenchEnv:
             token = body["metadata"].get("continue") or ""
             if not token:
                 return items
+
+    def deployments_unsettled(self) -> int:
+        """How many Deployments the deployment controller has not caught up with yet."""
+        return sum(
+            1
+            for d in self.list_json("/apis/apps/v1/deployments")
+            if (d.get("status") or {}).get("observedGeneration", 0) < d["metadata"].get("generation", 0)
+        )
 
     def deployment_images(self, namespace: str | None = None) -> dict[tuple[str, str], str]:
         path = f"/apis/apps/v1/namespaces/{namespace}/deployments" if namespace else "/apis/apps/v1/deployments"

@@ -1,8 +1,10 @@
 """The Kubernetes API edge: guarded JSON patches to workloads, reads, and policy status.
 
 Uses the official ``kubernetes`` client (synchronous) on a bounded thread pool, so that the number of
-API calls in flight is the pool size whatever the number of workloads. Every write carries the
-``geopin`` field manager, which GitOps tools can be told to ignore.
+API calls in flight is the pool size whatever the number of workloads. Events go through a small pool
+of their own: a failover of thousands of workloads posts an Event for each, and those must not take
+the slots of the patches that move the workloads. Every write carries the ``geopin`` field manager,
+which GitOps tools can be told to ignore.
 """
 
 from __future__ import annotations
@@ -69,7 +71,6 @@ class PatchOutcome:
     """``applied``; or ``conflict`` (the object changed under us: re-read and recompute); or ``gone``."""
 
     result: str
-    body: Mapping[str, Any] | None = None
     message: str = ""
 
 
@@ -82,15 +83,29 @@ def _path(kind: Kind, namespace: str | None, name: str) -> str:
 class Kube:
     """Thin async wrapper; one instance per operator process."""
 
-    def __init__(self, api_client: Any, concurrency: int = 8) -> None:
+    def __init__(self, api_client: Any, concurrency: int = 8, event_concurrency: int = 2) -> None:
         self.api_client = api_client
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="geopin-api")
+        self._event_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=event_concurrency, thread_name_prefix="geopin-events"
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._event_pool.shutdown(wait=False, cancel_futures=True)
         self.api_client.close()
 
-    async def _call(self, path: str, method: str, body: Any = None, content_type: str | None = None) -> Any:
+    async def _call(
+        self,
+        path: str,
+        method: str,
+        body: Any = None,
+        content_type: str | None = None,
+        *,
+        parse: bool = True,
+        pool: concurrent.futures.Executor | None = None,
+    ) -> Any:
+        """One API call on the thread pool. ``parse=False`` skips decoding a 2xx answer (returns None)."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -102,12 +117,14 @@ class Kube:
             )
             response = self.api_client.call_api(*request, _request_timeout=30)
             response.read()
+            if not parse and 200 <= response.status < 300:
+                return None
             # Raises ApiException for any non-2xx status.
             return self.api_client.response_deserialize(response, {"2XX": "object"}).data
 
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, call)
+            return await loop.run_in_executor(pool or self._pool, call)
         except ApiException as e:
             raise ApiError(e.status, _reason(e)) from None
 
@@ -168,14 +185,15 @@ class Kube:
     async def patch(self, kind: Kind, namespace: str | None, name: str, ops: list[dict[str, Any]]) -> PatchOutcome:
         """Apply a guarded JSON patch. A failed ``test`` (422) or a conflict (409) is a ``conflict``."""
         try:
-            body = await self._call(_path(kind, namespace, name), "PATCH", ops, "application/json-patch+json")
+            # The answer (the whole object) is not needed: the watch brings the new version anyway.
+            await self._call(_path(kind, namespace, name), "PATCH", ops, "application/json-patch+json", parse=False)
         except ApiException as e:
             if e.status == 404:
                 return PatchOutcome("gone")
             if e.status in (409, 422):
                 return PatchOutcome("conflict", message=str(e))
             raise
-        return PatchOutcome("applied", body=body)
+        return PatchOutcome("applied")
 
     async def post_event(
         self, involved: Mapping[str, Any], type: str, reason: str, message: str, *, once: bool = False
@@ -212,14 +230,23 @@ class Kube:
             "count": 1,
         }
         try:
-            await self._call(f"/api/v1/namespaces/{namespace}/events", "POST", event, "application/json")
+            await self._call(
+                f"/api/v1/namespaces/{namespace}/events",
+                "POST",
+                event,
+                "application/json",
+                parse=False,
+                pool=self._event_pool,
+            )
         except Exception as e:
             logger.warning("could not post Event %s on %s/%s: %s", reason, namespace, metadata.get("name"), e)
 
     async def _has_event(self, namespace: str, uid: str, reason: str, message: str) -> bool:
         selector = quote(f"involvedObject.uid={uid},reason={reason}")
         try:
-            events = await self._call(f"/api/v1/namespaces/{namespace}/events?fieldSelector={selector}", "GET")
+            events = await self._call(
+                f"/api/v1/namespaces/{namespace}/events?fieldSelector={selector}", "GET", pool=self._event_pool
+            )
         except ApiException:
             return False
         return any(e.get("message") == message for e in events.get("items", []))

@@ -85,7 +85,7 @@ def env(control_plane: ControlPlane, ca: CA, tmp_path_factory: pytest.TempPathFa
         api.close()
 
 
-def _kubelet_event(core: Any, host: str, reason: str = "Failed") -> None:
+def _kubelet_event(core: Any, host: str, reason: str = "Failed", type_: str = "Warning") -> None:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     core.create_namespaced_event(
         "pulls",
@@ -94,7 +94,7 @@ def _kubelet_event(core: Any, host: str, reason: str = "Failed") -> None:
             "involvedObject": {"kind": "Pod", "namespace": "pulls", "name": "app-pod", "apiVersion": "v1"},
             "reason": reason,
             "message": f'Failed to pull image "{host}/team/app:1": rpc error: code = Unknown desc = i/o timeout',
-            "type": "Warning",
+            "type": type_,
             "source": {"component": "kubelet", "host": "node-0"},
             "firstTimestamp": now,
             "lastTimestamp": now,
@@ -119,6 +119,21 @@ def test_a_pull_error_on_a_healthy_replica_probes_it_and_switches_nothing(env: d
     _kubelet_event(env["core"], east)
     wait_until(lambda: _probes(operator, "eastus") > before, timeout=10, what="an immediate probe of eastus")
     assert env["image"]() == f"{east}/team/app:1"
+
+
+def test_only_warning_events_reach_geopin(env: dict[str, Any]) -> None:
+    """The Events watch is filtered by the API server (type=Warning, Pods): Normal ones never arrive."""
+    operator: Operator = env["operator"]
+    east = env["registries"]["eastus"].endpoint
+
+    def signals(reason: str) -> int:
+        return operator.log().count(f"a pull from eastus failed ({reason})")
+
+    normal_before, warning_before = signals("Failed"), signals("BackOff")
+    _kubelet_event(env["core"], east, reason="Failed", type_="Normal")  # sent first: the watch keeps order
+    _kubelet_event(env["core"], east, reason="BackOff")
+    wait_until(lambda: signals("BackOff") > warning_before, timeout=10, what="the Warning event's probe")
+    assert signals("Failed") == normal_before, "a Normal event was delivered to geopin"
 
 
 def test_a_pull_error_on_a_dead_replica_fails_it_over_within_seconds(env: dict[str, Any]) -> None:
