@@ -77,11 +77,17 @@ class StatusReporter:
     async def report(self, entry: PolicyEntry) -> None:
         try:
             last = self.written.setdefault(entry.uid, dict(entry.observed_status))
+            reconciler = self.runtime.reconciler
+            # Settling (a restart's lookups, a repoint under way): report the outcome, not the transit,
+            # and do not spend the workers' CPU on recounting every workload meanwhile. Only the
+            # MutatingAdmissionPolicy params need the verdict at once.
+            settling = bool(last) and not reconciler.idle and reconciler.busy_for < CONVERGING_AFTER_SECONDS
+            if settling and self.runtime.mutating_policies is None:
+                return
             status, switch = report(self.runtime, entry, last)
             await self.sync_mutating_policy(entry, status)
-            reconciler = self.runtime.reconciler
-            if last and not reconciler.idle and reconciler.busy_for < CONVERGING_AFTER_SECONDS:
-                return  # settling (a restart's lookups, a repoint under way): report the outcome, not the transit
+            if settling:
+                return
             if switch and entry.policy is not None:
                 previous, target = last.get("activeRegion"), status.get("activeRegion")
                 reason = status["lastSwitch"]["reason"]
