@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", choices=[*NAMES, []], help="benchmarks to run (default: all)")
     parser.add_argument("--smoke", action="store_true", help="small sizes and short windows (what CI runs)")
     parser.add_argument("--sizes", help="failover: comma-separated N values (default 100,1000,5000; smoke 50)")
+    parser.add_argument("--rounds", type=int, help="failover: outages per N up to 1,000 (default 3; smoke 1)")
     parser.add_argument("--deployments", type=int, help="steady: Deployments (default 10000; smoke 300)")
     args = parser.parse_args(argv)
     names = args.names or list(NAMES)
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
             from bench import failover
 
             sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
-            failover.run(sizes or (failover.SMOKE_SIZES if args.smoke else failover.FULL_SIZES))
+            rounds = args.rounds or (failover.SMOKE_ROUNDS if args.smoke else failover.FULL_ROUNDS)
+            failover.run(sizes or (failover.SMOKE_SIZES if args.smoke else failover.FULL_SIZES), rounds)
         elif name == "steady":
             from bench import steady
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,10 @@ FULL_SIZES = (100, 1000, 5000)
 SMOKE_SIZES = (50,)
 FAILBACK_DELAY = 10
 CONCURRENCIES = (8, 32)
+PROBE_INTERVAL = 5.0  # the policy's default probe.intervalSeconds
+# Outages per N (the detection's phase varies from round to round: the tables show the median round
+# and the worst); N = 5,000 runs one, for time.
+FULL_ROUNDS, SMOKE_ROUNDS, MAX_N_FOR_ROUNDS = 3, 1, 1000
 DEPLOYMENT = KINDS["Deployment"]
 
 
@@ -137,7 +142,53 @@ def _ceiling(env: BenchEnv, fleet: Fleet) -> dict[str, Any]:
     return results
 
 
-def run_one(n: int) -> tuple[dict[str, Any], str]:
+def _outage_round(env: BenchEnv, fleet: Fleet, n: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """SIGKILL the home replica, wait for every workload on the next; heal it, wait for the failback."""
+    # Where the outage falls in the 5 s probe schedule decides up to 5 s of the detection: draw it
+    # at random rather than let every round start in the same phase as the previous failback.
+    time.sleep(random.uniform(0, PROBE_INTERVAL))  # the outage's phase, not a synchronisation
+    mark = env.cp.audit_line_count()
+    outage = time.time()
+    env.registries[HOME].stop()
+    say(f"N={n}: SIGKILLed {HOME}")
+    patches = fleet.wait_moved(mark, NEXT, f"all {n} Deployments on {NEXT}")
+    detected = env.log_time_of(rf"replica {HOME} Healthy -> Unhealthy", outage)
+    if detected is None:
+        raise AssertionError("no 'Healthy -> Unhealthy' log line after the outage")
+    first, last = _window(patches)
+    failover = {
+        "outage_to_detection": detected - outage,
+        "detection_to_first_patch": first - detected,
+        "detection_to_last_patch": last - detected,
+        "outage_to_last_patch": last - outage,
+        "patch_window": last - first,
+        "objects_per_second": n / (last - first),
+        "successful_patches": len(patches),
+    }
+
+    mark = env.cp.audit_line_count()
+    healed = time.time()
+    env.registries[HOME].heal()
+    patches = fleet.wait_moved(mark, HOME, f"all {n} Deployments back on {HOME}")
+    healthy = env.log_time_of(rf"replica {HOME} Unhealthy -> Healthy", healed)
+    if healthy is None:
+        raise AssertionError("no 'Unhealthy -> Healthy' log line after the heal")
+    first, last = _window(patches)
+    failback = {
+        "heal_to_detection": healthy - healed,
+        "detection_to_first_patch": first - healthy,
+        "detection_to_last_patch": last - healthy,
+        "detection_to_last_patch_minus_delay": last - healthy - FAILBACK_DELAY,
+        "heal_to_last_patch": last - healed,
+        "heal_to_last_patch_minus_delay": last - healed - FAILBACK_DELAY,
+        "patch_window": last - first,
+        "objects_per_second": n / (last - first),
+        "successful_patches": len(patches),
+    }
+    return failover, failback
+
+
+def run_one(n: int, rounds_wanted: int) -> tuple[dict[str, Any], str]:
     with BenchEnv() as env:
         fleet = Fleet(env, n)
         env.create_namespaces([NAMESPACE])
@@ -155,48 +206,18 @@ def run_one(n: int) -> tuple[dict[str, Any], str]:
             what="every replica usable",
         )
 
-        # -- failover --------------------------------------------------------------------------
-        mark = env.cp.audit_line_count()
-        outage = time.time()
-        env.registries[HOME].stop()
-        say(f"N={n}: SIGKILLed {HOME}")
-        patches = fleet.wait_moved(mark, NEXT, f"all {n} Deployments on {NEXT}")
-        detected = env.log_time_of(rf"replica {HOME} Healthy -> Unhealthy", outage)
-        if detected is None:
-            raise AssertionError("no 'Healthy -> Unhealthy' log line after the outage")
-        first, last = _window(patches)
-        failover = {
-            "outage_to_detection": detected - outage,
-            "detection_to_first_patch": first - detected,
-            "detection_to_last_patch": last - detected,
-            "outage_to_last_patch": last - outage,
-            "patch_window": last - first,
-            "objects_per_second": n / (last - first),
-            "successful_patches": len(patches),
-        }
-        say(f"N={n}: failover {failover['outage_to_last_patch']:.2f}s outage → last patch")
-
-        # -- failback --------------------------------------------------------------------------
-        mark = env.cp.audit_line_count()
-        healed = time.time()
-        env.registries[HOME].heal()
-        patches = fleet.wait_moved(mark, HOME, f"all {n} Deployments back on {HOME}")
-        healthy = env.log_time_of(rf"replica {HOME} Unhealthy -> Healthy", healed)
-        if healthy is None:
-            raise AssertionError("no 'Unhealthy -> Healthy' log line after the heal")
-        first, last = _window(patches)
-        failback = {
-            "heal_to_detection": healthy - healed,
-            "detection_to_first_patch": first - healthy,
-            "detection_to_last_patch": last - healthy,
-            "detection_to_last_patch_minus_delay": last - healthy - FAILBACK_DELAY,
-            "heal_to_last_patch": last - healed,
-            "heal_to_last_patch_minus_delay": last - healed - FAILBACK_DELAY,
-            "patch_window": last - first,
-            "objects_per_second": n / (last - first),
-            "successful_patches": len(patches),
-        }
-        say(f"N={n}: failback {failback['heal_to_last_patch']:.2f}s heal → last patch (delay {FAILBACK_DELAY}s)")
+        rounds: list[dict[str, Any]] = []
+        for round_ in range(rounds_wanted if n <= MAX_N_FOR_ROUNDS else 1):
+            failover, failback = _outage_round(env, fleet, n)
+            say(
+                f"N={n} round {round_ + 1}: failover {failover['outage_to_last_patch']:.2f}s outage → last patch, "
+                f"failback {failback['heal_to_last_patch']:.2f}s heal → last patch (delay {FAILBACK_DELAY}s)"
+            )
+            rounds.append({"failover": failover, "failback": failback})
+        # The round whose outage → last patch is the median stands for N in the tables; all are kept.
+        ordered = sorted(rounds, key=lambda r: r["failover"]["outage_to_last_patch"])
+        failover, failback = ordered[len(ordered) // 2]["failover"], ordered[len(ordered) // 2]["failback"]
+        worst = ordered[-1]["failover"]["outage_to_last_patch"]
 
         # -- ceiling (the operator stopped so that nothing fights the bare client) ----------------
         env.operator.stop()
@@ -208,6 +229,8 @@ def run_one(n: int) -> tuple[dict[str, Any], str]:
             "initial_pin_seconds": initial_pin,
             "failover": failover,
             "failback": failback,
+            "rounds": rounds,
+            "worst_outage_to_last_patch": worst,
             "ceiling": ceiling,
             "best_ceiling_objects_per_second": best,
             "failover_throughput_ratio": failover["objects_per_second"] / best,
@@ -216,21 +239,33 @@ def run_one(n: int) -> tuple[dict[str, Any], str]:
         return figures, env.kubernetes_version()
 
 
-def run(sizes: Sequence[int]) -> dict[str, Any]:
+def run(sizes: Sequence[int], rounds: int = FULL_ROUNDS) -> dict[str, Any]:
     figures: list[dict[str, Any]] = []
     version = "unknown"
     for n in sizes:
-        result, version = run_one(n)
+        result, version = run_one(n, rounds)
         figures.append(result)
     table(
-        "failover (SIGKILL of eastus; default probe settings; seconds unless stated)",
-        ["N", "outage→detect", "detect→last", "outage→last", "obj/s", "ceiling obj/s", "ratio"],
+        "failover (SIGKILL of eastus; default probe settings; the median round; seconds unless stated)",
+        [
+            "N",
+            "rounds",
+            "outage→detect",
+            "detect→last",
+            "outage→last",
+            "worst outage→last",
+            "obj/s",
+            "ceiling obj/s",
+            "ratio",
+        ],
         [
             [
                 f["n"],
+                len(f["rounds"]),
                 f["failover"]["outage_to_detection"],
                 f["failover"]["detection_to_last_patch"],
                 f["failover"]["outage_to_last_patch"],
+                f["worst_outage_to_last_patch"],
                 f["failover"]["objects_per_second"],
                 f["best_ceiling_objects_per_second"],
                 f["failover_throughput_ratio"],
@@ -265,6 +300,9 @@ def run(sizes: Sequence[int]) -> dict[str, Any]:
         "fault": "SIGKILL of the eastus registry",
         "probe": "defaults (5 s interval, 2 s timeout, 3 failures)",
         "failback_delay_seconds": FAILBACK_DELAY,
+        "rounds_per_n": rounds,
+        "rounds_only_up_to_n": MAX_N_FOR_ROUNDS,
+        "outage_phase": "uniform random 0-5 s pause before each SIGKILL",
         "ceiling_concurrency": list(CONCURRENCIES),
         "operator_workers": 8,
     }

@@ -20,6 +20,7 @@ from typing import Any
 
 from geopin import metrics
 from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot, audit_changes, plan_workload
+from geopin.event_backlog import EventBacklog
 from geopin.images import ImageCache
 from geopin.kube import ApiError, Kube, cluster_region_of
 from geopin.policy import AUTO_REGION, Mode, Policy
@@ -159,7 +160,7 @@ class Reconciler:
         self._busy_since = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._reported_invalid: set[tuple[str, str]] = set()
-        self._events: set[asyncio.Task[None]] = set()
+        self.events = EventBacklog(kube, busy=lambda: not self.idle)
         self.version = 0  # bumped after every write and cluster change: status loops recount
 
     # -- planning (pure, cheap: safe to call from event handlers) -----------------------------------
@@ -218,11 +219,8 @@ class Reconciler:
             self.post_event(view, "Warning", "InvalidImageReference", message, once=True)
 
     def post_event(self, view: WorkloadView, type: str, reason: str, message: str, once: bool = False) -> None:
-        """Post without waiting: an Event never holds up a workload write."""
-        posting = self.kube.post_event(object_ref(view), type, reason, message, once=once)
-        task = asyncio.get_running_loop().create_task(posting)
-        self._events.add(task)
-        task.add_done_callback(self._events.discard)
+        """Queue an Event: it never holds up a workload write, and goes out once the workers are idle."""
+        self.events.add(object_ref(view), type, reason, message, once)
 
     # -- queue ----------------------------------------------------------------------------------------
 
@@ -261,12 +259,14 @@ class Reconciler:
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker(), name=f"geopin-worker-{i}") for i in range(self.workers)]
+        self.events.start()
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.events.stop()
 
     async def _worker(self) -> None:
         while True:

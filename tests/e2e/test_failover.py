@@ -15,7 +15,7 @@ import json
 import re
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -190,6 +190,7 @@ def _failover(fleet: Fleet, operator: Operator, fault: str) -> dict[str, float]:
 @pytest.mark.parametrize("fault", ["sigkill", "sigstop", "http_503"])
 def test_outage_moves_every_workload_to_the_next_region(healthy: Fleet, operator: Operator, fault: str) -> None:
     fleet = healthy
+    began = datetime.fromtimestamp(int(time.time()), UTC)  # Event timestamps have whole seconds
     figures = _failover(fleet, operator, fault)
     # Default probe settings: 5 s interval, 2 s timeout, 3 failures with quick 1 s re-probes.
     assert figures["total"] < 15, figures
@@ -209,6 +210,17 @@ def test_outage_moves_every_workload_to_the_next_region(healthy: Fleet, operator
     assert switches is not None
     assert switches >= 1
     assert operator.metric("geopin_replica_healthy", policy=POLICY, region="eastus") == 0
+
+    # Each workload's Repinned Event goes out after the repoint (the workers come first).
+    def repinned() -> set[str]:
+        items = fleet.core.list_namespaced_event(NAMESPACE, field_selector="reason=Repinned").items
+        return {
+            e.involved_object.name
+            for e in items
+            if e.metadata.creation_timestamp >= began and "pinned to westus" in (e.message or "")
+        }
+
+    wait_until(lambda: len(repinned()) == COUNT, timeout=60, what="a Repinned Event for every Deployment")
 
     # Recovery: back home only after the failback delay of uninterrupted health.
     recovered_at = time.time()

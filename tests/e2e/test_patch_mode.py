@@ -225,7 +225,8 @@ def test_patch_mode_lifecycle(cluster: Cluster, operator: Operator, registries: 
     assert status["workloads"]["pinned"] == len(expected)
     assert status["workloads"]["skipped"] == 2  # the opted-out one and the one in kube-system
     assert status["workloads"]["invalid"] == 1
-    assert cluster.events("shop", "web", "Repinned"), "a Repinned Event on a rewritten Deployment"
+    # Workload Events are posted once the workers are idle.
+    wait_until(lambda: cluster.events("shop", "web", "Repinned"), timeout=15, what="Repinned Event")
     wait_until(lambda: cluster.events("billing", "invalid", "InvalidImageReference"), timeout=15,
                what="InvalidImageReference Event")  # fmt: skip
     assert operator.metric("geopin_pinned_workloads", policy=POLICY, region="eastus") == len(expected)
