@@ -54,6 +54,18 @@ def _window(patches: Sequence[Patch]) -> tuple[float, float]:
     return min(p.received for p in patches), max(p.completed for p in patches)
 
 
+def _repoint(patches: Sequence[Patch], detected: float) -> dict[str, Any]:
+    """The repoint after a verdict: when its first and last patches landed, and how fast it went."""
+    first, last = _window(patches)
+    return {
+        "detection_to_first_patch": first - detected,
+        "detection_to_last_patch": last - detected,
+        "patch_window": last - first,
+        "objects_per_second": len({p.name for p in patches}) / (last - first),
+        "successful_patches": len(patches),
+    }
+
+
 class Fleet:
     def __init__(self, env: BenchEnv, n: int) -> None:
         self.env = env
@@ -155,15 +167,10 @@ def _outage_round(env: BenchEnv, fleet: Fleet, n: int) -> tuple[dict[str, Any], 
     detected = env.log_time_of(rf"replica {HOME} Healthy -> Unhealthy", outage)
     if detected is None:
         raise AssertionError("no 'Healthy -> Unhealthy' log line after the outage")
-    first, last = _window(patches)
     failover = {
         "outage_to_detection": detected - outage,
-        "detection_to_first_patch": first - detected,
-        "detection_to_last_patch": last - detected,
-        "outage_to_last_patch": last - outage,
-        "patch_window": last - first,
-        "objects_per_second": n / (last - first),
-        "successful_patches": len(patches),
+        "outage_to_last_patch": _window(patches)[1] - outage,
+        **_repoint(patches, detected),
     }
 
     mark = env.cp.audit_line_count()
@@ -173,17 +180,13 @@ def _outage_round(env: BenchEnv, fleet: Fleet, n: int) -> tuple[dict[str, Any], 
     healthy = env.log_time_of(rf"replica {HOME} Unhealthy -> Healthy", healed)
     if healthy is None:
         raise AssertionError("no 'Unhealthy -> Healthy' log line after the heal")
-    first, last = _window(patches)
+    last = _window(patches)[1]
     failback = {
         "heal_to_detection": healthy - healed,
-        "detection_to_first_patch": first - healthy,
-        "detection_to_last_patch": last - healthy,
         "detection_to_last_patch_minus_delay": last - healthy - FAILBACK_DELAY,
         "heal_to_last_patch": last - healed,
         "heal_to_last_patch_minus_delay": last - healed - FAILBACK_DELAY,
-        "patch_window": last - first,
-        "objects_per_second": n / (last - first),
-        "successful_patches": len(patches),
+        **_repoint(patches, healthy),
     }
     return failover, failback
 
