@@ -62,7 +62,9 @@ class EventBacklog:
         if len(self.pending) == self.pending.maxlen:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                logger.warning("%d Events dropped: more than %d were waiting to be posted", self.dropped, LIMIT)
+                logger.warning(
+                    "%d Events dropped: more than %d were waiting to be posted", self.dropped, self.pending.maxlen
+                )
         self.pending.append(PendingEvent(self.clock(), involved, type, reason, message, once))
         self._wakeup.set()
 

@@ -287,7 +287,7 @@ WORKER_IDLE_SECONDS = 1.0
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     config: RunConfig = memo.config
     # geopin's own bookkeeping on its own CRD uses geopin.io keys; workloads are only watched through
-    # indices and event handlers, for which Kopf stores nothing on the objects.
+    # event handlers, for which Kopf stores nothing on the objects.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="geopin.io")
     settings.persistence.diffbase_storage = PolicyDiffBaseStorage(prefix="geopin.io", key="last-handled-configuration")
@@ -301,7 +301,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     settings.watching.chunk_size = WATCH_PAGE_SIZE
     settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # Events are the busiest kind in any cluster, and geopin's own Normal ones (one per repinned
-    # workload) would come back to it: only the kubelet's Pod warnings are wanted (pull_errors.py).
+    # workload) would come back to it. pull_errors.py needs the kubelet's "Failed to pull image",
+    # a Warning on the Pod for every failed attempt ("Back-off pulling image" is Normal, a repeat).
     settings.watching.field_selectors["", "v1", "events"] = PULL_EVENT_SELECTOR
 
     kube = Kube(load_api_client(config.kubeconfig, pool_size=config.workers), concurrency=config.workers)
