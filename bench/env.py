@@ -26,6 +26,7 @@ import httpx
 from kubernetes import client
 from tests.harness.controlplane import ControlPlane
 from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.objects import deployment
 from tests.harness.pki import CA
 from tests.harness.registries import RegistrySet
 from tests.harness.waiting import wait_until
@@ -54,19 +55,7 @@ def original_image(i: int) -> str:
 
 
 def deployment_body(name: str, image: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": image}]},
-            },
-        },
-    }
+    return deployment(name, image, labels={"app": name})
 
 
 def log_time(line: str) -> float | None:

@@ -170,9 +170,11 @@ class Reconciler:
 
     def needs_write(self, view: WorkloadView) -> bool:
         """Would a worker write this workload? (True too when a registry lookup must decide.)"""
+        # Called for every watch event: the snapshots and labels are computed once for both uses.
+        snapshots, labels = self.book.snapshots(), self.namespace_labels(view.namespace)
         if self.active:
-            self.report_audit(view)
-        desired = self.desired(view)
+            self.report_audit(view, snapshots, labels)
+        desired = plan_workload(view, snapshots, labels)
         if desired is None:
             return False
         if desired.unknown:
@@ -182,12 +184,13 @@ class Reconciler:
             self._report_awaiting(view, desired)
         return bool(json_patch(KINDS[view.kind], view, desired))
 
-    def report_audit(self, view: WorkloadView) -> None:
+    def report_audit(
+        self, view: WorkloadView, snapshots: list[PolicySnapshot], labels: Mapping[str, str] | None
+    ) -> None:
         """Audit mode: an Event and a metric for what Patch mode would write; nothing is written."""
         if not self.active:
             return
-        labels = self.namespace_labels(view.namespace)
-        for snapshot in self.book.snapshots():
+        for snapshot in snapshots:
             if snapshot.policy.mode is not Mode.AUDIT:
                 continue
             changes = audit_changes(snapshot, view, labels)

@@ -27,6 +27,7 @@ from kubernetes import client
 from tests.harness.armserver import ArmReplica, ArmServer
 from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.msiserver import MsiServer
+from tests.harness.objects import deployment
 from tests.harness.registries import RegistrySet
 from tests.harness.waiting import wait_until
 
@@ -127,17 +128,7 @@ def _policy(ca: CA, east: str) -> dict[str, Any]:
 
 
 def _deployment(name: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": f"{REGISTRY}/team/{name}:1"}]},
-            },
-        },
-    }
+    return deployment(name, f"{REGISTRY}/team/{name}:1", labels={"app": name})
 
 
 @pytest.fixture(scope="module")

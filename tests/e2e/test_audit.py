@@ -8,6 +8,7 @@ import pytest
 from kubernetes import client
 
 from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.objects import deployment
 from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -34,17 +35,7 @@ def test_audit_mode_reports_and_writes_nothing(
     for name, image in images.items():
         apps.create_namespaced_deployment(
             "audit",
-            {
-                "metadata": {"name": name},
-                "spec": {
-                    "replicas": 0,
-                    "selector": {"matchLabels": {"app": name}},
-                    "template": {
-                        "metadata": {"labels": {"app": name}},
-                        "spec": {"containers": [{"name": "app", "image": image}]},
-                    },
-                },
-            },
+            deployment(name, image),
         )
     operator = Operator(control_plane, tmp_path_factory.mktemp("audit-operator"))
     operator.start()

@@ -24,8 +24,10 @@ import pytest
 import yaml
 from kubernetes import client
 
+from tests.harness.chart import ALL_FEATURES, CHART, ROOT, template_args, tools_bin
 from tests.harness.controlplane import find_binaries
 from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.objects import deployment
 from tests.harness.registries import RegistrySet
 from tests.harness.waiting import WaitTimeout, wait_until
 
@@ -37,20 +39,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "geopin"
 NAMESPACE = "geopin-chart"
-ALL_FEATURES = (
-    "serviceMonitor.enabled=true",
-    "prometheusRule.enabled=true",
-    "grafanaDashboard.enabled=true",
-    "samplePolicy.enabled=true",
-    "rbac.secrets.enabled=true",
-    "azureWorkloadIdentity.enabled=true",
-    "azureWorkloadIdentity.clientId=11111111-2222-3333-4444-555555555555",
-    "service.webhook.enabled=true",
-    "service.webhook.certSecret=geopin-webhook-tls",
-)
 VALUE_SETS = {"defaults": (), "all-features": ALL_FEATURES, "secrets-per-namespace": (
     "rbac.secrets.enabled=true", f"rbac.secrets.namespaces={{{NAMESPACE},default}}", "replicaCount=1",
 )}  # fmt: skip
@@ -163,10 +152,7 @@ MONITORING_CRDS = [
 
 class Tools:
     def __init__(self, control_plane: ControlPlane) -> None:
-        tools = subprocess.run(
-            ["bash", str(ROOT / "hack" / "tools" / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
-        )
-        self.helm_bin = Path(tools.stdout.strip().splitlines()[-1]) / "helm"
+        self.helm_bin = tools_bin() / "helm"
         self.kubectl_bin = find_binaries() / "kubectl"
         self.kubeconfig = str(control_plane.kubeconfig)
 
@@ -195,10 +181,7 @@ class Tools:
         return result
 
     def render(self, release: str, namespace: str, sets: tuple[str, ...]) -> list[dict[str, Any]]:
-        args = ["template", release, str(CHART), "--namespace", namespace]
-        for s in sets:
-            args += ["--set", s]
-        return [d for d in yaml.safe_load_all(self.helm(*args).stdout) if d]
+        return [d for d in yaml.safe_load_all(self.helm(*template_args(release, namespace, sets)).stdout) if d]
 
     def dry_run(self, doc: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Server-side dry-run apply of one document: (the object as the API server would store it, stderr)."""
@@ -421,20 +404,7 @@ def test_the_operator_pins_and_restores_with_only_the_charts_rbac(
     coordination: Any = client.CoordinationV1Api(api)
     _ensure_namespace(tools, WORKLOAD_NAMESPACE)
     original = f"{REGISTRY}/chart/app:1"
-    apps.create_namespaced_deployment(
-        WORKLOAD_NAMESPACE,
-        {
-            "metadata": {"name": "app"},
-            "spec": {
-                "replicas": 0,
-                "selector": {"matchLabels": {"app": "app"}},
-                "template": {
-                    "metadata": {"labels": {"app": "app"}},
-                    "spec": {"containers": [{"name": "app", "image": original}]},
-                },
-            },
-        },
-    )
+    apps.create_namespaced_deployment(WORKLOAD_NAMESPACE, deployment("app", original))
     audit_start = control_plane.audit_line_count()
     with RegistrySet(ca) as registries:
         east = registries["eastus"].endpoint
@@ -536,20 +506,7 @@ def test_a_missing_verb_fails_with_a_clear_error(
     custom: Any = client.CustomObjectsApi(api)
     _ensure_namespace(tools, WORKLOAD_NAMESPACE)
     original = f"{REGISTRY}/chart/denied:1"
-    apps.create_namespaced_deployment(
-        WORKLOAD_NAMESPACE,
-        {
-            "metadata": {"name": "denied"},
-            "spec": {
-                "replicas": 0,
-                "selector": {"matchLabels": {"app": "denied"}},
-                "template": {
-                    "metadata": {"labels": {"app": "denied"}},
-                    "spec": {"containers": [{"name": "app", "image": original}]},
-                },
-            },
-        },
-    )
+    apps.create_namespaced_deployment(WORKLOAD_NAMESPACE, deployment("denied", original))
     operator = Operator(control_plane, tmp_path, user=RBAC_RELEASE, env={"HOSTNAME": f"{RBAC_RELEASE}-denied"})
     operator.kubeconfig = _token_kubeconfig(control_plane, tools, tmp_path / "sa.kubeconfig")
     try:

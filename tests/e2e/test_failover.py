@@ -23,6 +23,7 @@ from kubernetes import client
 
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.objects import deployment
 from tests.harness.registries import RegistrySet
 from tests.harness.waiting import wait_until
 
@@ -118,17 +119,7 @@ def fleet(control_plane: ControlPlane, ca: CA, tmp_path_factory: pytest.TempPath
         for i in range(COUNT):
             fleet.apps.create_namespaced_deployment(
                 NAMESPACE,
-                {
-                    "metadata": {"name": f"app-{i}", "labels": {"app": f"app-{i}"}},
-                    "spec": {
-                        "replicas": 0,
-                        "selector": {"matchLabels": {"app": f"app-{i}"}},
-                        "template": {
-                            "metadata": {"labels": {"app": f"app-{i}"}},
-                            "spec": {"containers": [{"name": "app", "image": fleet.original(i)}]},
-                        },
-                    },
-                },
+                deployment(f"app-{i}", fleet.original(i), labels={"app": f"app-{i}"}),
             )
         fleet.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, fleet.policy())
         yield fleet

@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client
 
 from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.objects import deployment
 from tests.harness.registries import RegistrySet
 from tests.harness.waiting import wait_until
 
@@ -86,17 +87,7 @@ def ha(control_plane: ControlPlane, ca: CA, tmp_path_factory: pytest.TempPathFac
         for i in range(COUNT):
             ha.apps.create_namespaced_deployment(
                 NAMESPACE,
-                {
-                    "metadata": {"name": f"app-{i}"},
-                    "spec": {
-                        "replicas": 0,
-                        "selector": {"matchLabels": {"app": f"app-{i}"}},
-                        "template": {
-                            "metadata": {"labels": {"app": f"app-{i}"}},
-                            "spec": {"containers": [{"name": "app", "image": f"{REGISTRY}/fleet/app-{i}:1"}]},
-                        },
-                    },
-                },
+                deployment(f"app-{i}", f"{REGISTRY}/fleet/app-{i}:1"),
             )
         ha.custom.create_cluster_custom_object(
             GROUP,

@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client
 
 from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.objects import deployment
 from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -54,20 +55,7 @@ def test_report_and_extend(
     for name, secret in {"app-global": "global-only", "app-regional": "regional"}.items():
         apps.create_namespaced_deployment(
             NAMESPACE,
-            {
-                "metadata": {"name": name},
-                "spec": {
-                    "replicas": 0,
-                    "selector": {"matchLabels": {"app": name}},
-                    "template": {
-                        "metadata": {"labels": {"app": name}},
-                        "spec": {
-                            "imagePullSecrets": [{"name": secret}],
-                            "containers": [{"name": "app", "image": f"{REGISTRY}/team/{name}:1"}],
-                        },
-                    },
-                },
-            },
+            deployment(name, f"{REGISTRY}/team/{name}:1", pod_spec={"imagePullSecrets": [{"name": secret}]}),
         )
     operator = Operator(control_plane, tmp_path_factory.mktemp("pull-secret-operator"))
     operator.start()

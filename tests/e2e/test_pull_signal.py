@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client
 
 from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.objects import deployment
 from tests.harness.registries import RegistrySet
 from tests.harness.waiting import wait_until
 
@@ -57,17 +58,7 @@ def env(control_plane: ControlPlane, ca: CA, tmp_path_factory: pytest.TempPathFa
         )
         apps.create_namespaced_deployment(
             "pulls",
-            {
-                "metadata": {"name": "app"},
-                "spec": {
-                    "replicas": 0,
-                    "selector": {"matchLabels": {"app": "app"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "app"}},
-                        "spec": {"containers": [{"name": "app", "image": f"{REGISTRY}/team/app:1"}]},
-                    },
-                },
-            },
+            deployment("app", f"{REGISTRY}/team/app:1"),
         )
         operator = Operator(control_plane, tmp_path_factory.mktemp("pull-signal-operator"))
         operator.start()

@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client
 
 from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.objects import deployment
 from tests.harness.oci import build_image, push_image
 from tests.harness.registries import RegistrySet
 from tests.harness.replication import ReplicationEmulator
@@ -77,17 +78,7 @@ def _policy(name: str, registries: RegistrySet, ca: CA, registry: str, **spec: A
 
 
 def _deployment(name: str, image: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 0,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": image}]},
-            },
-        },
-    }
+    return deployment(name, image)
 
 
 def test_not_pinned_to_a_region_before_the_image_replicates_there(

@@ -20,9 +20,8 @@ import pytest
 import yaml
 
 import geopin
+from tests.harness.chart import ALL_FEATURES, CHART, ROOT, template_args, tools_bin
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "geopin"
 CRD_NAME = "registrypolicies.geopin.io.yaml"
 RELEASE, NAMESPACE = "geopin", "geopin-system"
 METRICS = (
@@ -32,26 +31,6 @@ METRICS = (
     "geopin_probe_failures_total",
     "geopin_replication_pending_workloads",
 )
-# Every optional feature on (the e2e test renders the same set).
-ALL_FEATURES = (
-    "serviceMonitor.enabled=true",
-    "prometheusRule.enabled=true",
-    "grafanaDashboard.enabled=true",
-    "samplePolicy.enabled=true",
-    "rbac.secrets.enabled=true",
-    "azureWorkloadIdentity.enabled=true",
-    "azureWorkloadIdentity.clientId=11111111-2222-3333-4444-555555555555",
-    "service.webhook.enabled=true",
-    "service.webhook.certSecret=geopin-webhook-tls",
-)
-
-
-@functools.cache
-def tools_bin() -> Path:
-    result = subprocess.run(
-        ["bash", str(ROOT / "hack" / "tools" / "build.sh")], check=True, stdout=subprocess.PIPE, text=True
-    )
-    return Path(result.stdout.strip().splitlines()[-1])
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -62,10 +41,7 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 @functools.cache
 def _render(sets: tuple[str, ...]) -> tuple[dict[str, Any], ...]:
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
-    for s in sets:
-        args += ["--set", s]
-    out = helm(*args).stdout
+    out = helm(*template_args(RELEASE, NAMESPACE, sets)).stdout
     return tuple(d for d in yaml.safe_load_all(out) if d)
 
 
