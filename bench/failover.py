@@ -3,7 +3,7 @@
 Per N, in a fresh environment: outage → detection (the operator's "replica eastus Healthy -> Unhealthy"
 log line), detection → last workload repointed (the audit stageTimestamp of the operator's last
 successful patch), and the same for failback. Then the ceiling: with the operator stopped, a bare
-httpx.AsyncClient sends the same guarded JSON patches (built by geopin.rewrite itself) to the same N
+httpx.AsyncClient sends the same guarded JSON patches (built by geopin.core.rewrite itself) to the same N
 objects at concurrency 8 and 32, and the operator's repoint throughput is reported as a ratio of
 the best ceiling.
 """
@@ -31,8 +31,8 @@ from bench.env import (
     table,
     write_result,
 )
-from geopin.rewrite import Desired, json_patch, read_record
-from geopin.workloads import KINDS, view_of
+from geopin.core.rewrite import Desired, json_patch, read_record
+from geopin.core.workloads import KINDS, view_of
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -98,7 +98,7 @@ class Fleet:
 
 
 def _ceiling_patches(env: BenchEnv, region: str) -> list[tuple[str, bytes]]:
-    """The operator's own guarded patch (geopin.rewrite.json_patch) moving each workload to `region`."""
+    """The operator's own guarded patch (geopin.core.rewrite.json_patch) moving each workload to `region`."""
     endpoint = env.registries[region].endpoint
     out: list[tuple[str, bytes]] = []
     for body in env.list_json(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"):

@@ -1,4 +1,4 @@
-"""geopin.azure.ArmDiscovery against a local HTTPS server that answers ARM's replications list shape.
+"""geopin.io.azure.ArmDiscovery against a local HTTPS server that answers ARM's replications list shape.
 
 ARM itself cannot be reached from here; tests.harness.armserver is the one sanctioned fake. The real
 SDK (azure-mgmt-containerregistry's aio client, azure-core's aiohttp transport, retry and bearer-token
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from azure.core.credentials import AccessToken
 
-from geopin.azure import ArmDiscovery, DiscoveryResult, default_credential_scopes, normalize_location
-from geopin.policy import AzureDiscovery
+from geopin.core.policy import AzureDiscovery
+from geopin.io.azure import ArmDiscovery, DiscoveryResult, default_credential_scopes, normalize_location
 from tests.harness.armserver import ArmReplica, ArmServer, Mode
 
 if TYPE_CHECKING:

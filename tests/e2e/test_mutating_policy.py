@@ -16,8 +16,8 @@ import httpx
 import pytest
 from kubernetes import client
 
-from geopin.health import Target
-from geopin.mutating_policy import (
+from geopin.core.health import Target
+from geopin.core.mutating_policy import (
     API_VERSION,
     BINDING_RESOURCE,
     POLICY_RESOURCE,
@@ -25,7 +25,7 @@ from geopin.mutating_policy import (
     policy_objects,
     served,
 )
-from geopin.policy import GLOBAL_REGION, Policy, from_spec
+from geopin.core.policy import GLOBAL_REGION, Policy, from_spec
 from tests.harness.controlplane import ADMIN_USER, ControlPlane
 from tests.harness.waiting import wait_until
 

@@ -1,4 +1,4 @@
-"""geopin.probes against real docker-registry processes: TLS, faults, canaries, basic and token auth."""
+"""geopin.io.probes against real docker-registry processes: TLS, faults, canaries, basic and token auth."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 import pytest
 
-from geopin.probes import (
+from geopin.io.probes import (
     BasicCredentials,
     Outcome,
     ProbeError,

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import pytest
 from cryptography import x509
 
-from geopin import webhook
-from geopin.certs import self_signed
-from geopin.webhook import WebhookServer
+from geopin.io import webhook
+from geopin.io.certs import self_signed
+from geopin.io.webhook import WebhookServer
 from tests.harness.procs import free_port
 
 if TYPE_CHECKING:

@@ -8,10 +8,10 @@ from typing import Any
 
 import jsonpatch
 
-from geopin.admission import mutate_pod
-from geopin.decisions import PolicySnapshot, plan_workload
-from geopin.policy import Mode, from_spec
-from geopin.workloads import KINDS, view_of
+from geopin.core.admission import mutate_pod
+from geopin.core.decisions import PolicySnapshot, plan_workload
+from geopin.core.policy import Mode, from_spec
+from geopin.core.workloads import KINDS, view_of
 
 REGISTRY = "contoso.azurecr.io"
 

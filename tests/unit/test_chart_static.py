@@ -149,7 +149,7 @@ def test_cluster_role_grants_exactly_what_geopin_calls() -> None:
 
 def test_every_workload_kind_geopin_patches_is_granted_and_nothing_else() -> None:
     """The chart follows the operator: a kind added to PATCH_KINDS without RBAC fails here, not in a cluster."""
-    from geopin.workloads import KINDS, PATCH_KINDS
+    from geopin.core.workloads import KINDS, PATCH_KINDS
 
     rules = rules_of(only(render(), "ClusterRole"))
     granted = {(g, r) for g, r, verbs, _ in rules if verbs == WORKLOAD_VERBS and g != "geopin.io"}
@@ -176,7 +176,7 @@ def test_webhook_rbac_args_and_ports_only_when_enabled() -> None:
     assert {"name": "webhook-cert", "mountPath": "/etc/geopin/webhook", "readOnly": True} in container(docs)[
         "volumeMounts"
     ]
-    from geopin.cli import _parser
+    from geopin.cli.main import _parser
 
     parsed = _parser().parse_args(args)
     assert (parsed.webhook_port, parsed.webhook_config) == (9443, "geopin")
@@ -294,7 +294,7 @@ def test_probes_ports_env_and_args_follow_the_values() -> None:
 
 
 def test_every_run_flag_the_chart_passes_exists_in_the_cli() -> None:
-    from geopin.cli import _parser
+    from geopin.cli.main import _parser
 
     args = container(render("operator.armEndpoint=https://x.example", "operator.watchNamespaces={a}"))["args"]
     parsed = _parser().parse_args(args)
@@ -401,7 +401,7 @@ def test_sample_policy() -> None:
     assert "namespace" not in policy["metadata"]  # cluster-scoped
     assert policy["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     # the operator's own parser accepts it (the CRD schema is checked on the API server in e2e)
-    from geopin.policy import from_spec
+    from geopin.core.policy import from_spec
 
     assert from_spec(policy["metadata"]["name"], policy["spec"]).registry == "contoso.azurecr.io"
 

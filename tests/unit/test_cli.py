@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from geopin import __version__
-from geopin.cli import main
+from geopin.cli.main import main
 
 SHA = "sha256:" + "ab" * 32
 POLICY = """\

@@ -13,9 +13,10 @@ import httpx
 import pytest
 import yaml
 
-from geopin import cli_status
-from geopin.cli import CliError, main
-from geopin.probes import Outcome, ProbeResult, RegistryClient
+from geopin.cli import status as cli_status
+from geopin.cli.errors import CliError
+from geopin.cli.main import main
+from geopin.io.probes import Outcome, ProbeResult, RegistryClient
 
 NOW = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)
 

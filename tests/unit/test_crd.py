@@ -1,8 +1,8 @@
-"""The RegistryPolicy CRD against the public contract (api.md) and the operator's own parser (geopin.policy).
+"""The RegistryPolicy CRD against the public contract (api.md) and the operator's own parser (geopin.core.policy).
 
 Pure: reads deploy/crds and examples/ with PyYAML, validates with `jsonschema` (the x-kubernetes-* extensions
 stripped; CEL rules are checked for shape here and by the API server in the e2e tests), and feeds boundary
-values into :func:`geopin.policy.from_spec` so the schema and the parser cannot drift apart.
+values into :func:`geopin.core.policy.from_spec` so the schema and the parser cannot drift apart.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from geopin import policy, selectors
+from geopin.core import policy, selectors
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -275,7 +275,7 @@ def test_schema_rejects(dotted: str, value: Any, schema: dict[str, Any]) -> None
         jsonschema.Draft7Validator(plain).validate(document)
 
 
-# --- agreement with geopin.policy ---------------------------------------------------------------------------
+# --- agreement with geopin.core.policy ---------------------------------------------------------------------------
 
 
 def test_patterns_are_the_parsers(spec_schema: dict[str, Any]) -> None:

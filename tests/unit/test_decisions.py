@@ -9,11 +9,11 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot, decide, is_selected, plan_workload
-from geopin.health import Target
-from geopin.policy import Policy, from_spec
-from geopin.rewrite import Desired, json_patch
-from geopin.workloads import (
+from geopin.core.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot, decide, is_selected, plan_workload
+from geopin.core.health import Target
+from geopin.core.policy import Policy, from_spec
+from geopin.core.rewrite import Desired, json_patch
+from geopin.core.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
     ANNOTATION_PINNED_REGION,
     ANNOTATION_REGION,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopin.endpoints import (
+from geopin.core.endpoints import (
     ACR_SUFFIXES,
     RegionalHost,
     data_endpoint,

@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
-from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES
-from geopin.engine import PolicyBook, PolicyEntry, records_policy
-from geopin.kube import cluster_region_of
-from geopin.policy import Policy, from_spec
-from geopin.rewrite import encode_record
-from geopin.workloads import ANNOTATION_ORIGINAL_IMAGES, KINDS, WorkloadView, view_of
+from geopin.control.engine import PolicyBook, PolicyEntry, records_policy
+from geopin.core.decisions import DEFAULT_EXCLUDED_NAMESPACES
+from geopin.core.policy import Policy, cluster_region_of, from_spec
+from geopin.core.rewrite import encode_record
+from geopin.core.workloads import ANNOTATION_ORIGINAL_IMAGES, KINDS, WorkloadView, view_of
 
 REPLICAS = [{"region": "eastus"}, {"region": "westus"}]
 OLD = "2026-01-01T00:00:00Z"

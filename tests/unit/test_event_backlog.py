@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from geopin.event_backlog import EventBacklog
+from geopin.io.event_backlog import EventBacklog
 
 
 class Clock:

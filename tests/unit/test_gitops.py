@@ -9,8 +9,9 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopin import kube, workloads
-from geopin.gitops import ARGO_CD, ARGO_IGNORE_DIFFERENCES_SNIPPET, FLUX, Evidence, evidence, managed_by
+from geopin.core import workloads
+from geopin.core.gitops import ARGO_CD, ARGO_IGNORE_DIFFERENCES_SNIPPET, FLUX, Evidence, evidence, managed_by
+from geopin.io import kube
 
 
 def meta(

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geopin.health import Target, choose, preference_order
-from geopin.policy import Fallback, Policy, from_spec
+from geopin.core.health import Target, choose, preference_order
+from geopin.core.policy import Fallback, Policy, from_spec
 
 REGIONS = ["eastus", "westus", "centralus"]
 

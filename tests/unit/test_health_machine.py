@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geopin.decisions import Choice, PolicySnapshot, decide
-from geopin.health import (
+from geopin.core.decisions import Choice, PolicySnapshot, decide
+from geopin.core.health import (
     QUICK_REPROBE_SECONDS,
     HealthTracker,
     ReplicaState,
@@ -24,9 +24,9 @@ from geopin.health import (
     choose,
     preference_order,
 )
-from geopin.policy import Fallback, Policy, ProbeSettings, Replica, from_spec
-from geopin.probes import Outcome
-from geopin.workloads import ANNOTATION_PINNED_REGION, ANNOTATION_REGION, KINDS, WorkloadView, view_of
+from geopin.core.policy import Fallback, Policy, ProbeSettings, Replica, from_spec
+from geopin.core.workloads import ANNOTATION_PINNED_REGION, ANNOTATION_REGION, KINDS, WorkloadView, view_of
+from geopin.io.probes import Outcome
 
 REGIONS = ("eastus", "westus", "centralus")
 HOME = "eastus"

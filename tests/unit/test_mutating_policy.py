@@ -1,7 +1,7 @@
 """The MutatingAdmissionPolicy objects for Admission mode: their shape, scope and params (pure).
 
 The CEL itself is proven on a real API server in tests/e2e/test_mutating_policy.py; here the
-reference grammar it embeds is checked against geopin.references, the operator's own parser.
+reference grammar it embeds is checked against geopin.core.references, the operator's own parser.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from geopin import mutating_policy
-from geopin.health import Target
-from geopin.mutating_policy import (
+from geopin.core import mutating_policy
+from geopin.core.health import Target
+from geopin.core.mutating_policy import (
     REMAINDER_PATTERN,
     mutation_expression,
     object_names,
@@ -22,8 +22,8 @@ from geopin.mutating_policy import (
     policy_objects,
     served,
 )
-from geopin.policy import GLOBAL_REGION, Policy, from_spec
-from geopin.references import InvalidReference, parse, same_host
+from geopin.core.policy import GLOBAL_REGION, Policy, from_spec
+from geopin.core.references import InvalidReference, parse, same_host
 
 OPERATOR_NAMESPACE = "geopin-system"
 EAST = Target("eastus", "contoso.eastus.geo.azurecr.io")

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from geopin.policy import (
+from geopin.core.policy import (
     AUTO_REGION,
     GLOBAL_REGION,
     AzureDiscovery,
@@ -21,7 +21,7 @@ from geopin.policy import (
     Replica,
     from_spec,
 )
-from geopin.selectors import LabelSelector
+from geopin.core.selectors import LabelSelector
 
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"

@@ -1,4 +1,4 @@
-"""geopin.probes logic with httpx.MockTransport: status and error classes, auth flows, token caching.
+"""geopin.io.probes logic with httpx.MockTransport: status and error classes, auth flows, token caching.
 
 These are not registries: the real-registry behaviour is in tests/e2e/test_probes.py. The ACR AAD
 exchange is only checked here against the documented request shapes, not against a real ACR.
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from geopin.probes import (
+from geopin.io.probes import (
     AAD_SCOPE,
     BasicCredentials,
     Outcome,

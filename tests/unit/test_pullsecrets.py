@@ -11,7 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from geopin.pullsecrets import (
+from geopin.core.pullsecrets import (
     DOCKERCFG_KEY,
     DOCKERCONFIGJSON_KEY,
     SECRET_TYPE_DOCKERCFG,

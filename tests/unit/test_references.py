@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from geopin.references import (
+from geopin.core.references import (
     NAME_TOTAL_LENGTH_MAX,
     InvalidReference,
     Reference,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geopin.health import Target
-from geopin.policy import Policy, from_spec
-from geopin.rewrite import (
+from geopin.core.health import Target
+from geopin.core.policy import Policy, from_spec
+from geopin.core.rewrite import (
     Desired,
     InvalidImage,
     changed_containers,
@@ -23,7 +23,7 @@ from geopin.rewrite import (
     json_patch,
     read_record,
 )
-from geopin.workloads import (
+from geopin.core.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
     ANNOTATION_PINNED_REGION,
     KINDS,

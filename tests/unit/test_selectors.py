@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from geopin.selectors import LabelSelector, SelectorError
+from geopin.core.selectors import LabelSelector, SelectorError
 
 
 @pytest.mark.parametrize("spec", [None, {}, {"matchLabels": {}}, {"matchExpressions": []}, {"matchLabels": None}])

@@ -6,11 +6,11 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from geopin.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot
-from geopin.policy import Policy, from_spec
-from geopin.rewrite import encode_record
-from geopin.status import WorkloadCounts, count_workloads, uses_registry
-from geopin.workloads import (
+from geopin.core.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot
+from geopin.core.policy import Policy, from_spec
+from geopin.core.rewrite import encode_record
+from geopin.core.status import WorkloadCounts, count_workloads, uses_registry
+from geopin.core.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
     ANNOTATION_PINNED_REGION,
     ANNOTATION_SKIP,

@@ -1,5 +1,5 @@
 """Kopf wiring only: importing this package registers every handler. The logic lives in the core."""
 
-from geopin.handlers import namespaces, nodes, policies, pull_errors, runtime, workloads
+from geopin.handlers import lifecycle, namespaces, nodes, policies, pull_errors, workloads
 
-__all__ = ["namespaces", "nodes", "policies", "pull_errors", "runtime", "workloads"]
+__all__ = ["lifecycle", "namespaces", "nodes", "policies", "pull_errors", "workloads"]

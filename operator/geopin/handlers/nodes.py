@@ -6,7 +6,7 @@ from typing import Any
 
 import kopf
 
-from geopin.kube import REGION_LABEL
+from geopin.io.kube import REGION_LABEL
 
 
 @kopf.on.event("", "v1", "nodes")

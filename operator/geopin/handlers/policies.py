@@ -7,11 +7,11 @@ from typing import Any
 
 import kopf
 
-from geopin.engine import PolicyEntry, records_policy
-from geopin.handlers.runtime import Runtime
-from geopin.kube import POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION
-from geopin.policy import InvalidPolicy, Policy, from_spec
-from geopin.reporting import forget_metrics
+from geopin.control.engine import PolicyEntry, records_policy
+from geopin.control.reporting import forget_metrics
+from geopin.control.runtime import Runtime
+from geopin.core.policy import InvalidPolicy, Policy, from_spec
+from geopin.io.kube import POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION
 
 logger = logging.getLogger(__name__)
 

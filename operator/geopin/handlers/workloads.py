@@ -7,22 +7,11 @@ them, so a workload geopin does not rewrite gets no write at all. ReplicaSets th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from geopin.workloads import KINDS, PATCH_KINDS, Kind, view_of
-
-
-def is_standalone(body: Mapping[str, Any]) -> bool:
-    """Not managed by a controller (a Deployment's ReplicaSets, a CronJob's Jobs are not ours)."""
-    owners = body.get("metadata", {}).get("ownerReferences") or []
-    return not any(owner.get("controller") for owner in owners)
-
-
-def tracked(kind: Kind, body: Mapping[str, Any]) -> bool:
-    return kind.kind != "ReplicaSet" or is_standalone(body)
+from geopin.core.workloads import KINDS, PATCH_KINDS, Kind, tracked, view_of
 
 
 def _register(kind: Kind) -> None:

@@ -1,0 +1,1 @@
+"""The ``geopin`` command: the top layer; nothing in geopin imports it."""

@@ -1,0 +1,89 @@
+"""Keep each Admission-mode policy's MutatingAdmissionPolicy, binding and params ConfigMap in step.
+
+With MutatingAdmissionPolicy, the API server rewrites Pods itself from CEL. geopin writes the
+three objects when a policy's spec changes, and on a failover only the params ConfigMap (one
+write). Pod creation then never depends on the operator being up. Only the leader writes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from kubernetes.client.exceptions import ApiException
+
+from geopin.core.mutating_policy import params_configmap, policy_objects, served
+
+if TYPE_CHECKING:
+    from geopin.core.health import Target
+    from geopin.core.policy import Policy
+    from geopin.io.kube import Kube
+
+__all__ = ["MutatingPolicySync", "mutating_policies_served"]
+
+logger = logging.getLogger(__name__)
+
+_DISCOVERY = "/apis/admissionregistration.k8s.io/v1beta1"
+
+
+async def mutating_policies_served(kube: Kube) -> bool:
+    """Does this API server serve MutatingAdmissionPolicy (admissionregistration.k8s.io/v1beta1)?"""
+    try:
+        return served(await kube.request(_DISCOVERY, "GET"))
+    except ApiException:
+        return False
+
+
+def _path(body: dict[str, Any]) -> str:
+    name = body["metadata"]["name"]
+    if body["kind"] == "ConfigMap":
+        return f"/api/v1/namespaces/{body['metadata']['namespace']}/configmaps/{name}"
+    plural = {
+        "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
+        "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
+    }[body["kind"]]
+    return f"{_DISCOVERY}/{plural}/{name}"
+
+
+class MutatingPolicySync:
+    def __init__(self, kube: Kube, operator_namespace: str) -> None:
+        self.kube = kube
+        self.operator_namespace = operator_namespace
+        self._applied: dict[str, tuple[Policy, str]] = {}  # policy name → (spec applied, region applied)
+
+    async def _apply(self, body: dict[str, Any]) -> None:
+        await self.kube.create_or_replace(_path(body), body)
+
+    async def sync(self, policy: Policy, target: Target) -> None:
+        applied = self._applied.get(policy.name)
+        if applied is not None and applied == (policy, target.region):
+            return
+        if applied is not None and applied[0] == policy:
+            await self._apply(params_configmap(policy, target, self.operator_namespace))
+            logger.info("policy %s: admission policy params now point to %s", policy.name, target.region)
+        else:
+            for body in policy_objects(policy, target, self.operator_namespace):
+                await self._apply(body)
+            logger.info("policy %s: MutatingAdmissionPolicy applied, pointing to %s", policy.name, target.region)
+        self._applied[policy.name] = (policy, target.region)
+
+    async def remove(self, policy: Policy) -> None:
+        for body in policy_objects(policy, _NOWHERE, self.operator_namespace):
+            try:
+                await self.kube.request(_path(body), "DELETE")
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+        self._applied.pop(policy.name, None)
+
+    def applied(self, name: str) -> bool:
+        return name in self._applied
+
+
+class _Nowhere:
+    region = "global"
+    endpoint = ""
+    is_global = True
+
+
+_NOWHERE: Any = _Nowhere()

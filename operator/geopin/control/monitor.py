@@ -1,0 +1,218 @@
+"""The probe loop of one policy: probe every replica on its own schedule, feed the state machine.
+
+One task per policy plus a few in-flight probes per replica, so a hung replica (its probes wait out
+``timeoutSeconds``) never delays the probes of the others. A suspect replica (one that just failed,
+or whose probe has been unanswered for a second) is re-probed about every second, without waiting for
+the previous probe to time out, until the failure threshold decides: a hang is detected as fast as a
+refused connection. Whenever the set of replicas workloads may use changes, ``on_change`` is called
+at once and the reconciler repoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from geopin.core.health import QUICK_REPROBE_SECONDS, HealthTracker, ReplicaState, Transition
+from geopin.core.policy import with_discovered
+from geopin.io import metrics
+from geopin.io.images import ImageCache
+
+if TYPE_CHECKING:
+    from geopin.core.policy import Policy
+    from geopin.io.azure import ArmDiscovery, DiscoveredReplica, DiscoveryResult
+    from geopin.io.probes import ProbeResult, RegistryClient
+
+__all__ = ["PolicyMonitor"]
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.1
+
+
+def wall_time(monotonic_time: float) -> float:
+    """A monotonic timestamp as wall-clock seconds, for status and Events."""
+    return monotonic_time + (time.time() - time.monotonic())
+
+
+class PolicyMonitor:
+    def __init__(
+        self,
+        policy: Policy,
+        client: RegistryClient,
+        on_change: Callable[[], None],
+        on_transition: Callable[[Transition], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        discovery: ArmDiscovery | None = None,
+    ) -> None:
+        self.spec_policy = policy
+        self.discovery = discovery
+        self.discovered: tuple[DiscoveredReplica, ...] = ()
+        self.arm_error: str | None = None
+        self._discovered_once = discovery is None  # with ARM discovery, nothing is decided before it answers
+        self.policy = policy
+        self.client = client
+        self.on_change = on_change
+        self.on_transition = on_transition
+        self.clock = clock
+        self.tracker = HealthTracker(policy.probe, policy.replicas)
+        self.eligible: frozenset[str] | None = None  # None until every replica has a verdict
+        self.images = ImageCache()
+        self._due: dict[str, float] = {}
+        self._launched: dict[str, float] = {}
+        self._inflight: dict[str, dict[asyncio.Task[None], float]] = {}  # region → probe task → start time
+        self._task: asyncio.Task[None] | None = None
+        self._discovery_task: asyncio.Task[None] | None = None
+
+    def effective(self, policy: Policy) -> Policy:
+        """``policy`` plus the replicas ARM discovered."""
+        return with_discovered(policy, [(r.region, r.endpoint) for r in self.discovered])
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"geopin-probes-{self.policy.name}")
+        if self.discovery is not None:
+            self._discovery_task = asyncio.create_task(self._discover(), name=f"geopin-arm-{self.policy.name}")
+
+    async def stop(self) -> None:
+        probes = [task for inflight in self._inflight.values() for task in inflight]
+        tasks = [t for t in (self._task, self._discovery_task, *probes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.aclose()
+        if self.discovery is not None:
+            await self.discovery.aclose()
+
+    def update(self, policy: Policy, client: RegistryClient | None = None) -> RegistryClient | None:
+        """A new spec: keep the health of known regions. Returns the client to close, if replaced."""
+        self.spec_policy = policy
+        self.policy = self.effective(policy)
+        self.tracker.update_replicas(self.policy.replicas, policy.probe)
+        old = None
+        if client is not None:
+            old, self.client = self.client, client
+        self._recompute()
+        return old
+
+    def trigger(self, region: str) -> None:
+        """Probe this replica now (a passive signal such as a kubelet pull error)."""
+        if region in self.tracker.replicas:
+            self._due[region] = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            now = self.clock()
+            for region in list(self.tracker.replicas):
+                if self._should_probe(region, now):
+                    task = asyncio.create_task(self._probe(region), name=f"geopin-probe-{region}")
+                    self._inflight.setdefault(region, {})[task] = now
+                    self._launched[region] = now
+            self._recompute()
+            await asyncio.sleep(TICK_SECONDS)  # the scheduler's resolution, not synchronisation
+
+    def _should_probe(self, region: str, now: float) -> bool:
+        inflight = self._inflight.get(region) or {}
+        if not inflight:
+            return now >= self._due.get(region, 0.0)
+        health = self.tracker.replicas[region]
+        if health.state is ReplicaState.UNHEALTHY:
+            return False  # already decided: one probe at a time until it answers again
+        unanswered = now - min(inflight.values()) >= QUICK_REPROBE_SECONDS
+        suspect = health.consecutive_failures > 0 or unanswered
+        overlapping = len(inflight) < self.tracker.settings.failure_threshold
+        return suspect and overlapping and now >= self._launched.get(region, 0.0) + QUICK_REPROBE_SECONDS
+
+    async def _probe(self, region: str) -> None:
+        try:
+            health = self.tracker.replicas.get(region)
+            if health is None:
+                return
+            result: ProbeResult = await self.client.probe(health.endpoint, self.policy.probe.canary_image)
+            self._record(region, result)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("probing %s of policy %s failed unexpectedly", region, self.policy.name)
+        finally:
+            current = asyncio.current_task()
+            inflight = self._inflight.get(region, {})
+            if current is not None:
+                inflight.pop(current, None)
+            if region in self.tracker.replicas:
+                self._due[region] = self._launched.get(region, 0.0) + self.tracker.next_probe_in(region)
+
+    def _record(self, region: str, result: ProbeResult) -> None:
+        policy = self.policy
+        outcome = str(result.outcome)
+        metrics.PROBE_DURATION.labels(policy.name, region, outcome).observe(result.latency_seconds)
+        if outcome != "ok":
+            metrics.PROBE_FAILURES.labels(policy.name, region, outcome).inc()
+        transition = self.tracker.observe(region, outcome, self.clock(), result.latency_seconds, result.message)
+        health = self.tracker.replicas[region]
+        metrics.REPLICA_HEALTHY.labels(policy.name, policy.registry, region).set(
+            1 if health.reported_state is ReplicaState.HEALTHY else 0
+        )
+        if transition is not None:
+            logger.info(
+                "policy %s: replica %s %s -> %s (%s)",
+                policy.name,
+                region,
+                transition.previous,
+                transition.current,
+                transition.message,
+            )
+            if self.on_transition is not None:
+                _spawn(self.on_transition(transition))
+        self._recompute()
+
+    def set_excluded(self, region: str, excluded: bool) -> None:
+        transition = self.tracker.set_excluded(region, excluded, self.clock())
+        if transition is not None and self.on_transition is not None:
+            _spawn(self.on_transition(transition))
+        self._recompute()
+
+    async def _discover(self) -> None:
+        discovery, azure = self.discovery, self.spec_policy.azure
+        if discovery is None or azure is None:
+            return
+        while True:
+            self.apply_discovery(await discovery.refresh())
+            await asyncio.sleep(azure.refresh_seconds)  # the refresh period
+
+    def apply_discovery(self, result: DiscoveryResult) -> None:
+        """ARM's answer: the replica list (the last known one when ARM failed) and who is excluded."""
+        self.discovered = result.replicas
+        self.arm_error = None if result.fresh else (result.error or "ARM refresh failed")
+        self._discovered_once = True
+        self.policy = self.effective(self.spec_policy)
+        self.tracker.update_replicas(self.policy.replicas)
+        for replica in result.replicas:
+            self.set_excluded(replica.region, replica.excluded)
+        self._recompute()
+        self.on_change()
+
+    def _recompute(self) -> None:
+        decided = self.tracker.decided and self._discovered_once
+        eligible = self.tracker.eligible(self.clock()) if decided else None
+        if eligible != self.eligible:
+            self.eligible = eligible
+            self.on_change()
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coroutine: Awaitable[None]) -> None:
+    async def run() -> None:
+        await coroutine
+
+    task = asyncio.get_running_loop().create_task(run())
+    _background.add(task)
+    task.add_done_callback(_background.discard)

@@ -1,0 +1,210 @@
+"""One workload + every policy's current view of the world → the workload's desired state (pure).
+
+A policy acts on a workload in one of three ways: point its images at a target, restore them (the
+workload opted out, is not selected, or the policy is being deleted), or leave it alone (the policy
+is invalid, in Audit mode, or conflicts with an older one). Several policies (one per registry) are
+folded one after the other, each keeping the others' record entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from geopin.core.health import Target, choose, preference_order
+from geopin.core.policy import GLOBAL_REGION, Mode, Policy, PullSecrets
+from geopin.core.rewrite import (
+    Desired,
+    InvalidImage,
+    changed_containers,
+    desired_state,
+    encode_record,
+    extended_pull_secrets,
+    managed_intents,
+    pinned_digest,
+)
+from geopin.core.workloads import (
+    ANNOTATION_ORIGINAL_IMAGES,
+    ANNOTATION_PINNED_REGION,
+    ANNOTATION_REGION,
+    WorkloadView,
+)
+
+__all__ = ["DEFAULT_EXCLUDED_NAMESPACES", "PolicySnapshot", "decide", "is_selected", "plan_workload"]
+
+DEFAULT_EXCLUDED_NAMESPACES = frozenset({"kube-system"})
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySnapshot:
+    """What one policy knows at an instant; immutable so workers can share it without locks."""
+
+    policy: Policy
+    cluster_region: str | None
+    healthy: frozenset[str]
+    deleting: bool = False
+    excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
+    # (image, region) → is the manifest there? None: not looked up yet. Used when replicationCheck is on.
+    availability: Callable[[str, str], bool | None] | None = None
+    # image → digest resolved for it (digestPinning), None: not resolved yet.
+    digest_of: Callable[[str], str | None] | None = None
+
+    @property
+    def writes(self) -> bool:
+        """Does the policy write workload templates? Patch mode pins them; Admission mode restores
+        them (it rewrites Pods at creation instead); Audit mode writes nothing."""
+        return self.policy.mode in (Mode.PATCH, Mode.ADMISSION)
+
+    def home(self) -> Target:
+        return choose(self.policy, self.cluster_region, self.healthy)
+
+
+def is_selected(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mapping[str, str] | None) -> bool:
+    policy = snapshot.policy
+    if view.skipped:
+        return False
+    if policy.namespace_selector.empty:
+        if view.namespace in snapshot.excluded_namespaces:
+            return False
+    elif namespace_labels is None or not policy.namespace_selector.matches(namespace_labels):
+        return False
+    return policy.workload_selector.matches(view.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """Where one workload goes under one policy, and what held it back."""
+
+    target: Target | None  # None: restore
+    awaiting: str | None = None  # a preferred region skipped because an image has not replicated there yet
+    unknown: tuple[tuple[str, str], ...] = ()  # (image, region) to look up before deciding; region "" = digest
+    digests: Mapping[str, str] | None = None  # image → digest to append (digestPinning), else None
+
+
+def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mapping[str, str] | None) -> Choice:
+    """The target for this workload under this policy (or restore), honouring replication.
+
+    Healthy replicas are tried in preference order. With ``replicationCheck``, a replica qualifies only
+    once every image of the workload is there; the region the workload already points to needs no
+    check (its pods pull from it now). With none qualifying, the fallback applies (global, or stay).
+    """
+    if snapshot.deleting or not is_selected(snapshot, view, namespace_labels):
+        return Choice(None)
+    policy = snapshot.policy
+    current = view.annotations.get(ANNOTATION_PINNED_REGION)
+    preferred = view.annotations.get(ANNOTATION_REGION)
+    images = sorted(set(managed_intents(view, policy).values()))
+    check = snapshot.availability if policy.replication_check and images else None
+    awaiting: str | None = None
+    target: Target | None = None
+    for region in preference_order(policy, snapshot.cluster_region, preferred):
+        if region not in snapshot.healthy:
+            continue
+        if check is not None and region != current:
+            found = [check(image, region) for image in images]
+            missing = [image for image, present in zip(images, found, strict=True) if present is None]
+            if missing:
+                return Choice(None, unknown=tuple((image, region) for image in missing))
+            if not all(found):
+                awaiting = awaiting or region
+                continue
+        target = Target(region, policy.endpoints[region])
+        break
+    if target is None:
+        target = choose(policy, snapshot.cluster_region, frozenset(), preferred, current)
+    if not policy.digest_pinning or target.is_global:
+        return Choice(target, awaiting)
+    digests: dict[str, str] = {}
+    unresolved: list[tuple[str, str]] = []
+    for image in images:
+        digest = snapshot.digest_of(image) if snapshot.digest_of is not None else None
+        if digest is not None:
+            digests[image] = digest
+        elif "@" not in image:
+            unresolved.append((image, ""))
+    if unresolved and not _already_digest_pinned(view, policy):
+        return Choice(None, unknown=tuple(unresolved))
+    return Choice(target, awaiting, digests=digests)
+
+
+def _already_digest_pinned(view: WorkloadView, policy: Policy) -> bool:
+    """Every managed image already carries the digest geopin appended (kept on a repoint)."""
+    intents = managed_intents(view, policy)
+    by_key = {c.key: c.image for c in view.containers}
+    return all(pinned_digest(by_key[key], intent) is not None or "@" in intent for key, intent in intents.items())
+
+
+def _applied(view: WorkloadView, desired: Desired) -> WorkloadView:
+    """The view as it would be after ``desired`` is written (for folding the next policy)."""
+    containers = tuple(replace(c, image=desired.images.get(c.key, c.image)) for c in view.containers)
+    annotations = {
+        k: v for k, v in view.annotations.items() if k not in (ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION)
+    }
+    if desired.originals:
+        annotations[ANNOTATION_ORIGINAL_IMAGES] = encode_record(desired.originals)
+        if desired.pinned_region is not None:
+            annotations[ANNOTATION_PINNED_REGION] = desired.pinned_region
+        elif ANNOTATION_PINNED_REGION in view.annotations:
+            annotations[ANNOTATION_PINNED_REGION] = view.annotations[ANNOTATION_PINNED_REGION]
+    pull_secrets = desired.pull_secrets if desired.pull_secrets is not None else view.pull_secrets
+    return replace(view, containers=containers, annotations=annotations, pull_secrets=pull_secrets)
+
+
+def plan_workload(
+    view: WorkloadView,
+    snapshots: Iterable[PolicySnapshot],
+    namespace_labels: Mapping[str, str] | None,
+    *,
+    admission: bool = False,
+) -> Desired | None:
+    """The workload's desired state under every writing policy; None when no policy writes.
+
+    For a workload template (``admission=False``) Patch-mode policies pin and Admission-mode ones
+    restore; for a Pod at creation (``admission=True``) only Admission-mode policies act, and pin.
+    """
+    current = view
+    result: Desired | None = None
+    invalid: list[InvalidImage] = []
+    awaiting: list[tuple[str, str]] = []
+    unknown: list[tuple[str, str, str]] = []
+    for snapshot in snapshots:
+        mode = snapshot.policy.mode
+        if admission and mode is not Mode.ADMISSION:
+            continue
+        restore_template = mode is Mode.ADMISSION and not admission
+        choice = Choice(None) if restore_template else decide(snapshot, current, namespace_labels)
+        if choice.unknown:
+            unknown.extend((snapshot.policy.name, image, region) for image, region in choice.unknown)
+            continue
+        if choice.awaiting is not None:
+            awaiting.append((snapshot.policy.name, choice.awaiting))
+        desired = desired_state(current, snapshot.policy, choice.target, choice.digests)
+        if mode is Mode.PATCH or restore_template:
+            extend = snapshot.policy.pull_secrets is PullSecrets.EXTEND and not restore_template
+            regional = extend and desired.pinned_region not in (None, GLOBAL_REGION) and bool(desired.originals)
+            desired = replace(desired, pull_secrets=extended_pull_secrets(current, regional))
+        invalid.extend(i for i in desired.invalid if i not in invalid)
+        if not snapshot.writes:
+            continue
+        pinned = desired.pinned_region
+        if pinned is None and result is not None and desired.originals:
+            pinned = result.pinned_region
+        result = replace(desired, pinned_region=pinned)
+        current = _applied(current, result)
+    if unknown:
+        # Not decidable until the registry answers: the caller looks these up and plans again.
+        return Desired(images={}, originals={}, pinned_region=None, unknown=tuple(unknown))
+    if result is None:
+        return None
+    return replace(result, invalid=tuple(invalid), awaiting=tuple(awaiting))
+
+
+def audit_changes(
+    snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mapping[str, str] | None
+) -> list[tuple[str, str, str]]:
+    """Audit mode: (container key, current image, image Patch mode would write), nothing written."""
+    choice = decide(snapshot, view, namespace_labels)
+    if choice.unknown:
+        return []
+    desired = desired_state(view, snapshot.policy, choice.target, choice.digests)
+    return [(c.key, c.image, desired.images[c.key]) for c in changed_containers(view, desired)]

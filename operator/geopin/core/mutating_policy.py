@@ -1,0 +1,286 @@
+"""Admission mode without a webhook: a MutatingAdmissionPolicy (MAP) evaluated inside the API server (pure).
+
+For one :class:`~geopin.core.policy.Policy` geopin keeps three objects:
+
+- a ``MutatingAdmissionPolicy`` (``admissionregistration.k8s.io/v1beta1``, cluster-scoped) whose CEL
+  rewrites, on Pod CREATE, the host of every container and init container image that is on
+  ``spec.registry`` to the current endpoint, and records ``geopin.io/original-images`` and
+  ``geopin.io/pinned-region`` exactly as the webhook does;
+- its ``MutatingAdmissionPolicyBinding``, which scopes it: never kube-system or the operator's
+  namespace, plus the policy's ``namespaceSelector`` and ``workloadSelector`` (on the Pod's labels);
+- a params ``ConfigMap`` in the operator's namespace holding the current pin (``registry`` lower-cased,
+  ``endpoint``, ``region``, ``policy``).
+
+The pin lives in the ConfigMap only, so a failover is ONE write (:func:`params_configmap`) and Pod
+creation never depends on the operator being up: the API server evaluates the policy itself.
+``failurePolicy: Ignore`` and ``parameterNotFoundAction: Allow`` mean a broken policy or a missing
+ConfigMap admits Pods unchanged, as the webhook does when it is down.
+
+**Global target.** When ``target.is_global`` the objects are still produced (same policy, same binding)
+and the ConfigMap says ``region: global``; a match condition skips every Pod then, so nothing changes
+(no rewrite, no annotation: "objects geopin does not rewrite get no write from it"). Moving to or from
+global is therefore the same one ConfigMap write as any failover; the caller never deletes the binding.
+
+Matching mirrors :mod:`geopin.core.references`: the part of the image before the first ``/`` is a registry
+host only if it contains ``.`` or ``:``, is ``localhost`` or has an upper-case letter (else it is a
+Docker Hub name); it must equal the registry case-insensitively, port included; the rest (path, tag,
+digest) must match the distribution grammar or the image is left alone (the webhook reports invalid
+references; a policy cannot emit Events). Only the host changes: the rest is copied byte for byte.
+
+What the webhook does and a MAP does not: per-workload ``geopin.io/region`` preferences and replication
+awareness (the API server cannot ask a registry), ``pods/ephemeralContainers``, the 255-character name
+limit of a reference, and metrics/Events for admissions (``InvalidImageReference`` is not reported).
+CEL cannot parse JSON, so an existing ``geopin.io/original-images`` record (another policy's, bound
+earlier in the same admission) is extended by string splicing, not merged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from geopin.core.health import Target
+from geopin.core.policy import GLOBAL_REGION, Policy
+from geopin.core.selectors import LabelSelector
+from geopin.core.workloads import ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION, ANNOTATION_SKIP
+
+__all__ = [
+    "API_VERSION",
+    "BINDING_RESOURCE",
+    "POLICY_RESOURCE",
+    "REMAINDER_PATTERN",
+    "mutation_expression",
+    "object_names",
+    "params_configmap",
+    "policy_objects",
+    "served",
+]
+
+API_VERSION = "admissionregistration.k8s.io/v1beta1"
+POLICY_RESOURCE = "mutatingadmissionpolicies"
+BINDING_RESOURCE = "mutatingadmissionpolicybindings"
+LABELS = {"app.kubernetes.io/name": "geopin", "app.kubernetes.io/component": "admission-policy"}
+POLICY_LABEL = "geopin.io/policy"
+SYSTEM_NAMESPACE = "kube-system"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+# Path, tag and digest of a reference (github.com/distribution/reference), as in geopin.core.references.
+# No backslashes, so the pattern is the same in Python, in the JSON sent and in the CEL string literal.
+_COMPONENT = "[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
+_TAG = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+REMAINDER_PATTERN = f"^{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?$"
+# Registered algorithms have a fixed, lower-case hex length (RE2 has no look-ahead: a second test).
+REGISTERED_DIGEST_PATTERN = "@sha(?:256|384|512):"
+VALID_REGISTERED_DIGEST_PATTERN = "@(?:sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})$"
+
+
+def _managed(image: str, registry: str) -> str:
+    """CEL: is the image (a CEL string expression) on ``registry`` (a CEL expression, lower-case host)?"""
+    first = f"{image}.substring(0, {image}.indexOf('/'))"
+    return (
+        f"({image}.indexOf('/') > 0"
+        f" && {first}.lowerAscii() == {registry}"
+        f" && ({first}.contains('.') || {first}.contains(':') || {first} == 'localhost'"
+        f" || {first} != {first}.lowerAscii())"
+        f" && {image}.substring({image}.indexOf('/') + 1).matches('{REMAINDER_PATTERN}')"
+        f" && (!{image}.matches('{REGISTERED_DIGEST_PATTERN}')"
+        f" || {image}.matches('{VALID_REGISTERED_DIGEST_PATTERN}')))"
+    )
+
+
+def _moved(image: str, endpoint: str) -> str:
+    """CEL: the image on ``endpoint``: everything from the first ``/`` on is kept byte for byte."""
+    return f"{endpoint} + {image}.substring({image}.indexOf('/'))"
+
+
+# matchConditions cannot use variables (they run first), so they repeat the test over `params`.
+_ON_REGISTRY = (
+    f"object.spec.containers.exists(c, {_managed('c.image', 'params.data.registry')})"
+    f" || object.spec.?initContainers.orValue([]).exists(c, {_managed('c.image', 'params.data.registry')})"
+)
+
+VARIABLES: tuple[tuple[str, str], ...] = (
+    ("registry", "string(params.data.registry)"),
+    ("endpoint", "string(params.data.endpoint)"),
+    ("containers", f"object.spec.containers.filter(c, {_managed('c.image', 'variables.registry')})"),
+    (
+        "initContainers",
+        f"object.spec.?initContainers.orValue([]).filter(c, {_managed('c.image', 'variables.registry')})",
+    ),
+    # {"containers/<name>":"<image>",...}: names are DNS labels and managed images match the reference
+    # grammar, so neither needs JSON escaping. Sorted, as geopin.core.rewrite.encode_record sorts its keys.
+    (
+        "entries",
+        "(variables.containers.map(c, '\"containers/' + c.name + '\":\"' + c.image + '\"')"
+        " + variables.initContainers.map(c, '\"initContainers/' + c.name + '\":\"' + c.image + '\"')).sort()",
+    ),
+    # Another policy's record (another registry, bound before this one) is kept: ours is appended.
+    (
+        "previous",
+        f"object.metadata.?annotations[?'{ANNOTATION_ORIGINAL_IMAGES}'].orValue('')",
+    ),
+    (
+        "record",
+        "variables.previous.matches('^[{].+[}]$')"
+        " ? variables.previous.substring(0, variables.previous.size() - 1) + ',' + variables.entries.join(',') + '}'"
+        " : '{' + variables.entries.join(',') + '}'",
+    ),
+)
+
+
+def mutation_expression() -> str:
+    """The ApplyConfiguration: the managed containers' images (merged by name) and the two annotations."""
+    containers = (
+        "variables.containers.map(c, Object.spec.containers{"
+        f"name: c.name, image: {_moved('c.image', 'variables.endpoint')}}})"
+    )
+    init_containers = (
+        "variables.initContainers.map(c, Object.spec.initContainers{"
+        f"name: c.name, image: {_moved('c.image', 'variables.endpoint')}}})"
+    )
+    return (
+        "Object{\n"
+        "  metadata: Object.metadata{\n"
+        "    annotations: {\n"
+        f"      '{ANNOTATION_PINNED_REGION}': string(params.data.region),\n"
+        f"      '{ANNOTATION_ORIGINAL_IMAGES}': variables.record\n"
+        "    }\n"
+        "  },\n"
+        "  spec: Object.spec{\n"
+        f"    ?containers: variables.containers.size() > 0 ? optional.of({containers}) : optional.none(),\n"
+        f"    ?initContainers: variables.initContainers.size() > 0 ? optional.of({init_containers}) : optional.none()\n"
+        "  }\n"
+        "}"
+    )
+
+
+def object_names(policy: Policy, name_prefix: str = "geopin") -> str:
+    """The name shared by the policy, its binding and its params ConfigMap."""
+    return f"{name_prefix}-{policy.name}"
+
+
+def _selector(selector: LabelSelector, *extra: dict[str, Any]) -> dict[str, Any]:
+    """A metav1.LabelSelector (matchExpressions only) from geopin's parsed selector plus ``extra``."""
+    expressions = list(extra)
+    for requirement in selector.requirements:
+        expression: dict[str, Any] = {"key": requirement.key, "operator": requirement.operator}
+        if requirement.operator in ("In", "NotIn"):
+            expression["values"] = sorted(requirement.values)
+        expressions.append(expression)
+    return {"matchExpressions": expressions} if expressions else {}
+
+
+def _metadata(name: str, policy: Policy, namespace: str | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "labels": {**LABELS, POLICY_LABEL: policy.name}}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    return metadata
+
+
+def params_configmap(
+    policy: Policy, target: Target, operator_namespace: str, name_prefix: str = "geopin"
+) -> dict[str, Any]:
+    """The params ConfigMap: the current pin. Writing it is the whole failover (the operator need not run).
+
+    A global target is written
+    as ``region: global`` with the registry as endpoint, which the policy's match conditions skip.
+    """
+    region = target.region
+    endpoint = policy.registry if target.is_global else target.endpoint
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(object_names(policy, name_prefix), policy, operator_namespace),
+        "data": {
+            "registry": policy.registry.lower(),
+            "endpoint": endpoint,
+            "region": region,
+            "policy": policy.name,
+        },
+    }
+
+
+def policy_objects(
+    policy: Policy, target: Target, operator_namespace: str, name_prefix: str = "geopin"
+) -> list[dict[str, Any]]:
+    """[MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, params ConfigMap] for one policy.
+
+    Apply all three (the policy and binding only change with the policy's spec); on a failover write
+    only the ConfigMap.
+    """
+    name = object_names(policy, name_prefix)
+    excluded = {
+        "key": NAMESPACE_NAME_LABEL,
+        "operator": "NotIn",
+        "values": sorted({SYSTEM_NAMESPACE, operator_namespace}),
+    }
+    pods_created = [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]
+    map_object: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "MutatingAdmissionPolicy",
+        "metadata": _metadata(name, policy),
+        "spec": {
+            "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+            "matchConstraints": {
+                "resourceRules": pods_created,
+                "namespaceSelector": _selector(LabelSelector(), excluded),
+            },
+            "matchConditions": [
+                {
+                    "name": "not-skipped",
+                    "expression": (
+                        f"object.metadata.?annotations[?'{ANNOTATION_SKIP}'].orValue('').lowerAscii() != 'true'"
+                    ),
+                },
+                {"name": "not-global", "expression": f"params.data.region != '{GLOBAL_REGION}'"},
+                {"name": "on-registry", "expression": _ON_REGISTRY},
+            ],
+            "variables": [{"name": n, "expression": e} for n, e in VARIABLES],
+            "mutations": [
+                {"patchType": "ApplyConfiguration", "applyConfiguration": {"expression": mutation_expression()}}
+            ],
+            "failurePolicy": "Ignore",
+            "reinvocationPolicy": "Never",
+        },
+    }
+    match_resources: dict[str, Any] = {
+        "namespaceSelector": _selector(policy.namespace_selector, excluded),
+        "resourceRules": pods_created,
+    }
+    if not policy.workload_selector.empty:
+        match_resources["objectSelector"] = _selector(policy.workload_selector)
+    binding: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": "MutatingAdmissionPolicyBinding",
+        "metadata": _metadata(name, policy),
+        "spec": {
+            "policyName": name,
+            "paramRef": {"name": name, "namespace": operator_namespace, "parameterNotFoundAction": "Allow"},
+            "matchResources": match_resources,
+        },
+    }
+    return [map_object, binding, params_configmap(policy, target, operator_namespace, name_prefix)]
+
+
+def served(api_resources_json: str | bytes | Mapping[str, Any]) -> bool:
+    """Does this discovery document (``GET /apis/admissionregistration.k8s.io/v1beta1``) serve MAPs and bindings?
+
+    False for anything that is not such a document (e.g. a 404 body), so a caller falls back to the webhook.
+    """
+    document: Any
+    if isinstance(api_resources_json, Mapping):
+        document = api_resources_json
+    else:
+        try:
+            document = json.loads(api_resources_json)
+        except ValueError:
+            return False
+    if not isinstance(document, Mapping) or document.get("groupVersion") not in (None, API_VERSION):
+        return False
+    resources = document.get("resources")
+    if not isinstance(resources, list):
+        return False
+    names = {r.get("name") for r in resources if isinstance(r, Mapping)}
+    return POLICY_RESOURCE in names and BINDING_RESOURCE in names

@@ -1,0 +1,279 @@
+"""Pod template + decision → the desired images and record, and the JSON patch that gets there.
+
+Level-based: the desired state is computed from what the object holds now, never from history.
+For each container the *intent* is the image the user asked for:
+
+- if ``geopin.io/original-images`` records an original for the container and the current image is
+  that original moved to one of the policy's endpoints, the intent is the recorded original;
+- otherwise the intent is the current image (the user changed it since, or geopin never touched it;
+  a stale record entry is dropped).
+
+An intent on the policy's registry is pointed at the target endpoint and recorded; any other image
+(other registries, Docker Hub short names, a user's own regional pin, an invalid reference) is left
+byte-identical. Restoring is the same computation with no target.
+
+The JSON patch guards every write with ``test`` operations on the values it was computed from
+(container name and image, geopin's annotations), so a concurrent edit makes the API server reject
+the patch instead of geopin overwriting the user; the patch is one atomic write of images and record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from geopin.core.endpoints import parse_regional
+from geopin.core.health import Target
+from geopin.core.policy import Policy
+from geopin.core.references import InvalidReference, Reference, parse
+from geopin.core.workloads import (
+    ANNOTATION_ORIGINAL_IMAGES,
+    ANNOTATION_PINNED_REGION,
+    Container,
+    Kind,
+    WorkloadView,
+)
+
+__all__ = ["Desired", "InvalidImage", "desired_state", "json_patch", "read_record"]
+
+JsonPatch = list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidImage:
+    container: str  # the container's key, e.g. "containers/web"
+    image: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    images: Mapping[str, str]  # container key → image it should have (every container)
+    originals: Mapping[str, str]  # the full record to store; empty → no annotation
+    pinned_region: str | None
+    invalid: tuple[InvalidImage, ...] = ()
+    record_was_malformed: bool = False
+    awaiting: tuple[tuple[str, str], ...] = ()  # (policy, region) held back by replication
+    # pullSecrets: Extend — the imagePullSecrets the pod spec should list (None: leave them as they are)
+    pull_secrets: tuple[str, ...] | None = None
+    unknown: tuple[tuple[str, str, str], ...] = ()  # (policy, image, region) to look up first; nothing else set
+
+    @property
+    def managed(self) -> int:
+        return len(self.originals)
+
+
+def read_record(annotations: Mapping[str, str]) -> tuple[dict[str, str], bool]:
+    """The ``geopin.io/original-images`` record, and whether it was malformed (then treated as empty)."""
+    raw = annotations.get(ANNOTATION_ORIGINAL_IMAGES)
+    if raw is None:
+        return {}, False
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return {}, True
+    if not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
+        return {}, True
+    return {str(k): v for k, v in record.items()}, False
+
+
+def encode_record(record: Mapping[str, str]) -> str:
+    """Canonical JSON, so that the same record is always the same string (no write on resync)."""
+    return json.dumps(dict(record), sort_keys=True, separators=(",", ":"))
+
+
+def _try_parse(image: str) -> Reference | None:
+    try:
+        return parse(image)
+    except InvalidReference:
+        return None
+
+
+def is_rewrite_of(image: str, original: str, policy: Policy) -> bool:
+    """Is ``image`` the ``original`` moved to one of the policy's endpoints (optionally digest-pinned)?"""
+    if image == original:
+        return True
+    ref, orig = _try_parse(image), _try_parse(original)
+    if ref is None or orig is None or ref.host is None or not policy.manages_host(orig.host):
+        return False
+    if ref.path != orig.path or ref.tag != orig.tag:
+        return False
+    if ref.digest != orig.digest and not (orig.digest is None and ref.digest is not None):
+        return False
+    if any(ref.host == endpoint for endpoint in policy.endpoints.values()):
+        return True
+    # A pin to a geo-replica of this registry that has since left the policy (spec edit, ARM discovery):
+    # still geopin's own rewrite, or the workload would stay on the removed replica and lose its original.
+    regional = parse_regional(ref.host)
+    if regional is None or regional.kind != "geo":
+        return False
+    return policy.manages_host(f"{regional.registry}.{regional.suffix}")
+
+
+def intent_of(container: Container, record: Mapping[str, str], policy: Policy) -> tuple[str, bool]:
+    """(the image the user asked for, whether the record entry belongs to another policy)."""
+    recorded = record.get(container.key)
+    if recorded is None:
+        return container.image, False
+    recorded_ref = _try_parse(recorded)
+    if recorded_ref is not None and not policy.manages_host(recorded_ref.host):
+        return recorded, True
+    return (recorded if is_rewrite_of(container.image, recorded, policy) else container.image), False
+
+
+def managed_intents(view: WorkloadView, policy: Policy) -> dict[str, str]:
+    """Container key → the user's image, for every valid image on the policy's registry."""
+    record, _ = read_record(view.annotations)
+    intents: dict[str, str] = {}
+    for container in view.containers:
+        intent, foreign = intent_of(container, record, policy)
+        ref = None if foreign else _try_parse(intent)
+        if ref is not None and policy.manages_host(ref.host):
+            intents[container.key] = intent
+    return intents
+
+
+def pinned_digest(image: str, intent: str) -> str | None:
+    """The digest geopin appended to ``intent`` (digestPinning) when ``image`` carries one it lacks."""
+    ref, orig = _try_parse(image), _try_parse(intent)
+    if ref is None or orig is None or orig.digest is not None:
+        return None
+    return ref.digest
+
+
+def desired_state(
+    view: WorkloadView,
+    policy: Policy,
+    target: Target | None,
+    digests: Mapping[str, str] | None = None,
+) -> Desired:
+    """What the workload should hold for ``policy``: pointed at ``target``, or restored when it is None.
+
+    ``digests`` (None when ``digestPinning`` is off) maps an original image to the digest resolved for
+    it. A digest geopin appended earlier is kept on a repoint, so a failover never changes what runs.
+    """
+    record, malformed = read_record(view.annotations)
+    images: dict[str, str] = {}
+    originals: dict[str, str] = {}
+    invalid: list[InvalidImage] = []
+    present = {c.key for c in view.containers}
+
+    for container in view.containers:
+        intent, foreign = intent_of(container, record, policy)
+        if foreign:
+            # Another policy's record (one policy per registry): neither ours to rewrite nor to drop.
+            images[container.key] = container.image
+            originals[container.key] = intent
+            continue
+
+        try:
+            ref = parse(intent)
+        except InvalidReference as e:
+            invalid.append(InvalidImage(container.key, intent, e.reason))
+            images[container.key] = container.image
+            continue
+        if not policy.manages_host(ref.host) or target is None:
+            images[container.key] = intent
+            continue
+
+        if target.is_global:
+            moved = intent
+        else:
+            moved_ref = ref.with_host(target.endpoint)
+            digest = None
+            if digests is not None:  # digestPinning on
+                kept = pinned_digest(container.image, intent) if intent != container.image else None
+                digest = kept or digests.get(intent)
+            if digest is not None and moved_ref.digest is None:
+                moved_ref = moved_ref.with_digest(digest)
+            moved = str(moved_ref)
+        images[container.key] = moved
+        originals[container.key] = intent
+
+    # Entries for containers that no longer exist are stale: dropped with the rest of the record.
+    originals = {k: v for k, v in originals.items() if k in present}
+    ours = any(not _is_foreign(v, policy) for v in originals.values())
+    return Desired(
+        images=images,
+        originals=originals,
+        # Another policy's entries keep the region they point to.
+        pinned_region=(target.region if target is not None else None)
+        if ours
+        else (view.annotations.get(ANNOTATION_PINNED_REGION) if originals else None),
+        invalid=tuple(invalid),
+        record_was_malformed=malformed,
+    )
+
+
+def _is_foreign(image: str, policy: Policy) -> bool:
+    ref = _try_parse(image)
+    return ref is None or not policy.manages_host(ref.host)
+
+
+def json_patch(kind: Kind, view: WorkloadView, desired: Desired) -> JsonPatch:
+    """The RFC 6902 patch from ``view`` to ``desired``; empty when the object already matches."""
+    ops: JsonPatch = []
+    base = kind.pod_spec_pointer
+    for container in view.containers:
+        new_image = desired.images.get(container.key, container.image)
+        if new_image == container.image:
+            continue
+        pointer = f"{base}/{container.list}/{container.index}"
+        ops.append({"op": "test", "path": f"{pointer}/name", "value": container.name})
+        ops.append({"op": "test", "path": f"{pointer}/image", "value": container.image})
+        ops.append({"op": "replace", "path": f"{pointer}/image", "value": new_image})
+
+    if desired.pull_secrets is not None and desired.pull_secrets != view.pull_secrets:
+        pointer = f"{base}/imagePullSecrets"
+        if view.pull_secrets:
+            for index, name in enumerate(view.pull_secrets):
+                ops.append({"op": "test", "path": f"{pointer}/{index}/name", "value": name})
+            ops.append({"op": "replace", "path": pointer, "value": [{"name": n} for n in desired.pull_secrets]})
+        else:
+            ops.append({"op": "add", "path": pointer, "value": [{"name": n} for n in desired.pull_secrets]})
+
+    wanted = {
+        ANNOTATION_ORIGINAL_IMAGES: encode_record(desired.originals) if desired.originals else None,
+        ANNOTATION_PINNED_REGION: desired.pinned_region if desired.originals else None,
+    }
+    annotation_ops: JsonPatch = []
+    for key, new in wanted.items():
+        current = view.annotations.get(key)
+        pointer = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+        if current == new:
+            if ops and current is not None and key == ANNOTATION_ORIGINAL_IMAGES:
+                # The images were computed from this record: a concurrent change to it must fail the patch.
+                annotation_ops.append({"op": "test", "path": pointer, "value": current})
+            continue
+        if current is not None:
+            annotation_ops.append({"op": "test", "path": pointer, "value": current})
+        if new is None:
+            annotation_ops.append({"op": "remove", "path": pointer})
+        else:
+            annotation_ops.append({"op": "replace" if current is not None else "add", "path": pointer, "value": new})
+    if annotation_ops and not view.has_annotations:
+        annotation_ops.insert(0, {"op": "add", "path": "/metadata/annotations", "value": {}})
+    return ops + annotation_ops
+
+
+def changed_containers(view: WorkloadView, desired: Desired) -> list[Container]:
+    return [c for c in view.containers if desired.images.get(c.key, c.image) != c.image]
+
+
+SIBLING_SUFFIX = "-geopin-regional"
+
+
+def sibling_secret_name(source: str) -> str:
+    """The geopin-owned pull secret that extends ``source`` to the regional hosts (pullSecrets: Extend)."""
+    return f"{source[: 253 - len(SIBLING_SUFFIX)]}{SIBLING_SUFFIX}"
+
+
+def extended_pull_secrets(view: WorkloadView, pinned: bool) -> tuple[str, ...]:
+    """The imagePullSecrets with geopin's sibling after the first secret it extends (pinned), or without
+    any geopin sibling (restored). The user's own entries keep their order."""
+    own = tuple(n for n in view.pull_secrets if not n.endswith(SIBLING_SUFFIX))
+    if not pinned or not own:
+        return own
+    return (*own, sibling_secret_name(own[0]))

@@ -1,0 +1,1 @@
+"""The edges: the Kubernetes API, registries, Azure, the webhook's HTTPS server, metrics. Imports core only."""
