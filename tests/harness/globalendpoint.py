@@ -27,7 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from tests.harness import procs
 from tests.harness.controlplane import REPO_ROOT
-from tests.harness.globalrouter import DEFAULT_CHECK_INTERVAL, DEFAULT_FAILOVER_DELAY
+
+# Re-exported: the defaults belong to the router process, callers know them from here too.
+from tests.harness.globalrouter import DEFAULT_CHECK_INTERVAL as DEFAULT_CHECK_INTERVAL
+from tests.harness.globalrouter import DEFAULT_FAILOVER_DELAY as DEFAULT_FAILOVER_DELAY
 from tests.harness.names import HTTPS_PORT
 
 if TYPE_CHECKING:
