@@ -1,0 +1,41 @@
+# Sourced by hack/image/*.sh: the Debian packages the image tooling needs, and buildah on a
+# throw-away store. No Docker daemon anywhere: buildah builds the Dockerfile with chroot isolation
+# on the vfs storage driver (no overlay mounts, no user namespaces, no daemon), which works as root
+# in a plain VM or CI container.
+
+image_cache_root=${GEOPIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/geopin}
+
+# need_debian_packages COMMAND:PACKAGE... installs, with apt-get, the package of each command that is
+# missing. A project-wide prerequisites script may take this over; until then each tool asks here.
+need_debian_packages() {
+  local missing=() pair
+  for pair in "$@"; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+  ((${#missing[@]})) || return 0
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "image: missing commands; install the Debian packages: ${missing[*]}" >&2
+    return 1
+  fi
+  echo "image: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  }
+}
+
+# buildah_store DIR: sets BUILDAH to a buildah command line whose images and containers live in DIR
+# (removed by buildah_store_remove), so that a build never sees another build's state.
+buildah_store() {
+  BUILDAH=(buildah --root "$1/root" --runroot "$1/run" --storage-driver vfs)
+}
+
+buildah_store_remove() {
+  local dir=$1
+  [[ -d $dir ]] || return 0
+  "${BUILDAH[@]}" rm --all >/dev/null 2>&1 || true
+  "${BUILDAH[@]}" rmi --all --force >/dev/null 2>&1 || true
+  # --one-file-system: never follow a mount a failed RUN step may have left behind.
+  rm -rf --one-file-system "$dir"
+}
