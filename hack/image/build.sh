@@ -47,8 +47,7 @@ if [[ -n ${IMAGE_BASE:-} ]]; then
 else
   base_layout=$("$here/base.sh")
   base_ref=localhost/geopin-python:3.11-bookworm
-  "${BUILDAH[@]}" pull --quiet "oci:$base_layout:base" >"$work/base.id"
-  "${BUILDAH[@]}" tag "$(cat "$work/base.id")" "$base_ref"
+  skopeo copy --quiet "oci:$base_layout:base" "containers-storage:[vfs@$work/store/root+$work/store/run]$base_ref"
 fi
 
 mounts=()

@@ -625,7 +625,8 @@ def test_hadolint_passes() -> None:
 
 def test_dockerfile_contract() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm$", text, re.MULTILINE)
+    assert re.search(r"^ARG PYTHON_IMAGE=docker\.io/library/python:3\.11\.\d+-slim-bookworm$", text, re.MULTILINE)
+    assert 'org.opencontainers.image.base.name="${PYTHON_IMAGE}"' in text
     assert text.count("FROM ${PYTHON_IMAGE}") == 2  # multi-stage, one pinned base
     assert re.search(r"^USER 65532:65532$", text, re.MULTILINE)
     assert 'ENTRYPOINT ["geopin"]' in text
