@@ -32,6 +32,15 @@ if [[ -f "$out/.complete" ]]; then
   exit 0
 fi
 
+# One build per key at a time: a second caller waits, then finds it complete.
+mkdir -p "$image_cache_root/image-base"
+exec 9>"$image_cache_root/image-base/$key.lock"
+flock 9
+if [[ -f "$out/.complete" ]]; then
+  echo "$out/oci"
+  exit 0
+fi
+
 need_debian_packages mmdebstrap:mmdebstrap buildah:buildah
 start=$SECONDS
 echo "image: building the python3.11 base from Debian $suite into $out ..." >&2
