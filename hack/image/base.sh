@@ -72,7 +72,7 @@ dpkg-query --admindir="$rootfs/var/lib/dpkg" -W -f '${Package} ${Version}\n' >"$
   --cmd python3 "$container"
 rm -rf "$out"
 mkdir -p "$out"
-"${BUILDAH[@]}" commit --quiet --timestamp "$epoch" "$container" "oci:$out/oci:base" >/dev/null
+"${BUILDAH[@]}" commit --quiet --identity-label=false --timestamp "$epoch" "$container" "oci:$out/oci:base" >/dev/null
 mv "$work/packages.txt" "$out/packages.txt"
 touch "$out/.complete"
 echo "image: base built in $((SECONDS - start))s" >&2

@@ -25,7 +25,6 @@ start=$SECONDS
 
 need_debian_packages buildah:buildah skopeo:skopeo umoci:umoci runc:runc mmdebstrap:mmdebstrap
 out=${IMAGE_OUT:-$root/build/image}
-venv_bin=${VENV_BIN:-$root/.venv/bin}
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' operator/geopin/__init__.py)
 [[ -n $version ]] || { echo "image: no __version__ in operator/geopin/__init__.py" >&2; exit 1; }
 revision=$(git rev-parse HEAD)

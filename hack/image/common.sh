@@ -1,8 +1,10 @@
+# shellcheck shell=bash
 # Sourced by hack/image/*.sh: the Debian packages the image tooling needs, and buildah on a
 # throw-away store. No Docker daemon anywhere: buildah builds the Dockerfile with chroot isolation
 # on the vfs storage driver (no overlay mounts, no user namespaces, no daemon), which works as root
 # in a plain VM or CI container.
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 image_cache_root=${GEOPIN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/geopin}
 
 # need_debian_packages COMMAND:PACKAGE... installs, with apt-get, the package of each command that is
