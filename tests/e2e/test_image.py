@@ -121,9 +121,19 @@ def test_image_runs_geopin_as_a_non_root_user(builds: Builds) -> None:
     summary = builds.first.summary
     assert summary["user"] == "65532:65532"
     assert (summary["entrypoint"], summary["cmd"]) == (["geopin"], ["run"])
-    result = _run(builds.first, "sh", "-c", "id -u; id -g; geopin version")
+    script = "id -u; id -g; geopin version; grep -E '^(CapEff|NoNewPrivs):' /proc/self/status"
+    result = _run(builds.first, "sh", "-c", script)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n") == ["65532", "65532", f"geopin {summary['reference']}", ""]
+    assert result.stdout.split() == [
+        "65532",
+        "65532",
+        "geopin",
+        summary["reference"],
+        "CapEff:",
+        "0000000000000000",
+        "NoNewPrivs:",
+        "1",
+    ]
 
 
 def test_image_root_filesystem_is_read_only_and_bytecode_is_precompiled(builds: Builds) -> None:
