@@ -64,7 +64,7 @@ CRD := registrypolicies.geopin.io.yaml
 CHART_ALL_FEATURES := --set serviceMonitor.enabled=true --set prometheusRule.enabled=true \
 	--set grafanaDashboard.enabled=true --set samplePolicy.enabled=true --set rbac.secrets.enabled=true \
 	--set azureWorkloadIdentity.enabled=true --set azureWorkloadIdentity.clientId=11111111-2222-3333-4444-555555555555 \
-	--set service.webhook.enabled=true
+	--set service.webhook.enabled=true --set networkPolicy.enabled=true --set priorityClass.create=true
 
 .PHONY: tools chart-lint deploy-render deploy-check
 
@@ -82,6 +82,16 @@ deploy-render: ## copy deploy/crds into the chart and render deploy/geopin.yaml 
 deploy-check: ## fail when the chart's CRD or deploy/geopin.yaml is out of date
 	@cmp -s deploy/crds/$(CRD) $(CHART)/crds/$(CRD) || { echo "$(CHART)/crds/$(CRD) differs from deploy/crds/: make deploy-render" >&2; exit 1; }
 	hack/render-deploy.sh --check
+
+# -- the image without a Docker daemon (hack/image/, docs/install.md) ----------------------------------
+.PHONY: image image-push
+
+image: $(STAMP) ## build the Dockerfile (buildah, no daemon) into build/image (OCI layout), check it runs, write its SBOM
+	hack/image/build.sh
+
+image-push: ## push build/image to REGISTRY=host:port [REPOSITORY=geopin] (REGISTRY_CA=file for a private CA)
+	@[ -n "$(REGISTRY)" ] || { echo "usage: make image-push REGISTRY=host:port [REPOSITORY=name] [REGISTRY_CA=ca.pem]" >&2; exit 2; }
+	REGISTRY_CA="$(REGISTRY_CA)" hack/image/push.sh "$(REGISTRY)" "$(or $(REPOSITORY),geopin)"
 
 # -- benchmarks (bench/, docs/performance.md): full sizes write bench/results/, smoke is what CI runs -----
 .PHONY: bench bench-smoke

@@ -6,6 +6,7 @@
 #
 #   hack/prereqs.sh            check, install what is missing (root)
 #   hack/prereqs.sh --dry-run  check, print the install command instead of running it (exit 2 if needed)
+#   hack/prereqs.sh --only CMD...  check (and install) only the packages of these commands, root not required
 #
 # PYTHON names the interpreter the Makefile uses (default python3).
 set -euo pipefail
@@ -23,12 +24,20 @@ REQUIRED=(
   "getent libc-bin"                 # resolving names inside it (tests)
   "make make"
   "git git"
+  "buildah buildah"       # make image: the Dockerfile built without a daemon (hack/image/)
+  "skopeo skopeo"         # make image-push, and the layout's digests
+  "umoci umoci"           # unpacking the built image to run it
+  "mmdebstrap mmdebstrap" # the image's local Debian base
 )
 MIN_PYTHON=3.11
 MIN_GO=1.21 # older Go cannot fetch the toolchain hack/controlplane/go.mod asks for
 
 dry_run=false
-[[ ${1:-} == --dry-run ]] && dry_run=true
+only=()
+case ${1:-} in
+--dry-run) dry_run=true ;;
+--only) only=("${@:2}") ;;
+esac
 python=${PYTHON:-python3}
 
 fail() {
@@ -61,7 +70,8 @@ version_at_least "$go_version" "$MIN_GO" || fail "Go $MIN_GO or newer is needed;
 # -- Debian packages --------------------------------------------------------------------------------
 missing=()
 for entry in "${REQUIRED[@]}"; do
-  read -r cmd package <<<"$entry"
+  read -r cmd package _ <<<"$entry"
+  if ((${#only[@]})) && [[ " ${only[*]} " != *" $cmd "* ]]; then continue; fi
   command -v "$cmd" >/dev/null || missing+=("$package")
 done
 # `python -m venv` needs ensurepip, which Debian ships apart (python3.X-venv) for its own interpreter.
@@ -87,6 +97,8 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
     fail "apt-get install ${missing[*]} failed (run it by hand to see why)"
 fi
+
+((${#only[@]})) && exit 0
 
 # -- root -------------------------------------------------------------------------------------------
 # The environment binds port 443 on loopback addresses, holds a private mount namespace and runs kubelets.
