@@ -10,6 +10,9 @@
                    addresses, their data endpoints, the global endpoint, the name space they resolve in;
                    acr["eastus"].host/.ip/.data_host, acr.auth, acr.command(argv), acr.env(), acr.heal()
     kube           a kubernetes.client.ApiClient for the admin, closed after the test
+    map_api_server parametrized: how to start an API server that serves MutatingAdmissionPolicy as
+                   v1beta1 (Kubernetes 1.35, feature gate) and as v1 (1.36, GA): .api_version,
+                   .binaries, .apiserver_args for ControlPlane(binaries=..., extra_apiserver_args=...)
 
 Every process is stopped at the end of the session, on failure too (the fixtures yield inside `with`),
 and attached processes die with pytest even if it is killed (PR_SET_PDEATHSIG).
@@ -17,20 +20,27 @@ and attached processes die with pytest even if it is killed (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 
 from tests.harness.acr import AcrRegistrySet
-from tests.harness.controlplane import ControlPlane
+from tests.harness.controlplane import MAP_BETA_APISERVER_ARGS, ControlPlane, binaries_1_36, find_binaries
 from tests.harness.names import NamesError
 from tests.harness.pki import CA
 from tests.harness.registries import Registry, RegistrySet
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from kubernetes.client import ApiClient
+
+
+class MapApiServer(NamedTuple):
+    api_version: str  # the MutatingAdmissionPolicy version it serves
+    binaries: Path
+    apiserver_args: tuple[str, ...]
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +52,14 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> CA:
 def control_plane(ca: CA) -> Iterator[ControlPlane]:
     with ControlPlane(ca=ca) as cp:
         yield cp
+
+
+@pytest.fixture(scope="session", params=["v1beta1", "v1"], ids=["v1beta1-k8s1.35", "v1-k8s1.36"])
+def map_api_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> MapApiServer:
+    """An API server that serves MutatingAdmissionPolicy: 1.35 with the beta on, and 1.36 (GA)."""
+    if request.param == "v1beta1":
+        return MapApiServer("admissionregistration.k8s.io/v1beta1", find_binaries(), MAP_BETA_APISERVER_ARGS)
+    return MapApiServer("admissionregistration.k8s.io/v1", binaries_1_36(tmp_path_factory.mktemp("bin-1.36")), ())
 
 
 @pytest.fixture(scope="session")

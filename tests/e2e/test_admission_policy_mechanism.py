@@ -1,8 +1,9 @@
 """Admission mode through MutatingAdmissionPolicy, chosen automatically where the API server serves it.
 
-On an API server with the MutatingAdmissionPolicy feature on, `geopin run` (default
---admission-mechanism auto) keeps a policy, a binding and a params ConfigMap; the API server pins
-Pods itself. A failover rewrites only the ConfigMap, and with the operator stopped new Pods are
+On an API server that serves MutatingAdmissionPolicy, `geopin run` (default --admission-mechanism
+auto) finds the version by discovery (v1 on Kubernetes 1.36, v1beta1 on 1.35 with the feature on; the
+module runs on both) and keeps a policy, a binding and a params ConfigMap; the API server pins Pods
+itself. A failover rewrites only the ConfigMap, and with the operator stopped new Pods are
 still pinned: Pod creation does not depend on the operator at all.
 """
 
@@ -21,27 +22,26 @@ from tests.harness.waiting import wait_until
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from tests.e2e.conftest import MapApiServer
     from tests.harness.pki import CA
 
 pytestmark = pytest.mark.e2e
 
 REGISTRY = "mapolicy.azurecr.io"
 GROUP, VERSION, PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
-MAP_FLAGS = (
-    "--feature-gates=MutatingAdmissionPolicy=true",
-    "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
-)
 
 
 @pytest.fixture(scope="module")
-def cluster(ca: CA) -> Iterator[ControlPlane]:
-    with ControlPlane(ca=ca, extra_apiserver_args=MAP_FLAGS) as cp:
+def cluster(ca: CA, map_api_server: MapApiServer) -> Iterator[ControlPlane]:
+    server = map_api_server
+    with ControlPlane(ca=ca, binaries=server.binaries, extra_apiserver_args=server.apiserver_args) as cp:
         yield cp
 
 
 def test_the_api_server_pins_pods_even_with_the_operator_down(
-    cluster: ControlPlane, ca: CA, tmp_path_factory: pytest.TempPathFactory
+    cluster: ControlPlane, ca: CA, map_api_server: MapApiServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    group, version = map_api_server.api_version.split("/")
     install_crd(cluster)
     api: Any = cluster.api_client()
     core: Any = client.CoreV1Api(api)
@@ -54,7 +54,10 @@ def test_the_api_server_pins_pods_even_with_the_operator_down(
         east, west = registries["eastus"].endpoint, registries["westus"].endpoint
         operator = Operator(cluster, tmp_path_factory.mktemp("map-operator"))
         operator.start()
-        assert "Admission mode through MutatingAdmissionPolicy" in operator.log()
+        assert (
+            f"Admission mode through MutatingAdmissionPolicy (the API server serves {map_api_server.api_version})"
+            in operator.log()
+        )
         custom.create_cluster_custom_object(
             GROUP,
             VERSION,
@@ -95,9 +98,7 @@ def test_the_api_server_pins_pods_even_with_the_operator_down(
             return bool(pod.spec.containers[0].image == f"{east}/p:1")
 
         wait_until(a_probe_pod_is_pinned, timeout=60, interval=0.5, what="the admission policy in effect")
-        objects = admission.list_cluster_custom_object(
-            "admissionregistration.k8s.io", "v1beta1", "mutatingadmissionpolicies"
-        )["items"]
+        objects = admission.list_cluster_custom_object(group, version, "mutatingadmissionpolicies")["items"]
         assert [o["metadata"]["name"] for o in objects] == ["geopin-mapolicy"]
 
         apps.create_namespaced_deployment(
@@ -142,9 +143,7 @@ def test_the_api_server_pins_pods_even_with_the_operator_down(
         operator.start()
         custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "mapolicy")
         wait_until(lambda: not params(), timeout=60, what="the params ConfigMap removed with the policy")
-        remaining = admission.list_cluster_custom_object(
-            "admissionregistration.k8s.io", "v1beta1", "mutatingadmissionpolicies"
-        )["items"]
+        remaining = admission.list_cluster_custom_object(group, version, "mutatingadmissionpolicies")["items"]
         assert remaining == []
         operator.stop()
     api.close()

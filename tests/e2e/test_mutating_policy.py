@@ -1,9 +1,11 @@
-"""Admission mode through a MutatingAdmissionPolicy, on a real Kubernetes 1.35 API server.
+"""Admission mode through a MutatingAdmissionPolicy, on real API servers that serve it.
 
-This module starts its own control plane with MutatingAdmissionPolicy enabled (beta, off by default in
-1.35). No geopin process runs at any point: the API server evaluates the policy's CEL itself, reading
-the current pin from the params ConfigMap, so a failover is one ConfigMap write. kube-controller-manager
-creates the Deployments' Pods, exactly as in a cluster.
+This module runs twice, each time on a control plane of its own: Kubernetes 1.35 with
+MutatingAdmissionPolicy enabled (admissionregistration.k8s.io/v1beta1, off by default there), and
+Kubernetes 1.36, where it is GA (admissionregistration.k8s.io/v1, on by default). No geopin process
+runs at any point: the API server evaluates the policy's CEL itself, reading the current pin from the
+params ConfigMap, so a failover is one ConfigMap write. kube-controller-manager creates the
+Deployments' Pods, exactly as in a cluster (1.35's, against 1.36's API server: a supported skew).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from kubernetes import client
 
 from geopin.core.health import Target
 from geopin.core.mutating_policy import (
-    API_VERSION,
     BINDING_RESOURCE,
     POLICY_RESOURCE,
     params_configmap,
@@ -32,14 +33,11 @@ from tests.harness.waiting import wait_until
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from tests.e2e.conftest import MapApiServer
     from tests.harness.pki import CA
 
 pytestmark = pytest.mark.e2e
 
-MAP_ARGS = [
-    "--feature-gates=MutatingAdmissionPolicy=true",
-    "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
-]
 OPERATOR_NAMESPACE = "geopin-system"
 NAMESPACE = "map-apps"
 LABELLED = "map-labelled"
@@ -79,8 +77,9 @@ FABRIKAM_POLICY = policy_of(
 
 
 class Env:
-    def __init__(self, cp: ControlPlane) -> None:
+    def __init__(self, cp: ControlPlane, api_version: str) -> None:
         self.cp = cp
+        self.api_version = api_version
         self.api: Any = cp.api_client()
         self.core: Any = client.CoreV1Api(self.api)
         self.apps: Any = client.AppsV1Api(self.api)
@@ -105,7 +104,7 @@ class Env:
             collection = f"/api/v1/namespaces/{obj['metadata']['namespace']}/configmaps"
         else:
             plural = POLICY_RESOURCE if obj["kind"] == "MutatingAdmissionPolicy" else BINDING_RESOURCE
-            collection = f"/apis/{API_VERSION}/{plural}"
+            collection = f"/apis/{self.api_version}/{plural}"
         response = self.http.post(collection, json=obj)
         if response.status_code == 409:
             current = self.get(f"{collection}/{obj['metadata']['name']}")
@@ -192,9 +191,10 @@ def annotations_of(pod: Any) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def env(ca: CA) -> Iterator[Env]:
-    with ControlPlane(ca=ca, extra_apiserver_args=MAP_ARGS) as cp:
-        env = Env(cp)
+def env(ca: CA, map_api_server: MapApiServer) -> Iterator[Env]:
+    server = map_api_server
+    with ControlPlane(ca=ca, binaries=server.binaries, extra_apiserver_args=server.apiserver_args) as cp:
+        env = Env(cp, server.api_version)
         try:
             for namespace, labels in (
                 (OPERATOR_NAMESPACE, {}),
@@ -202,7 +202,7 @@ def env(ca: CA) -> Iterator[Env]:
                 (LABELLED, {"geopin.io/enabled": "true"}),
             ):
                 env.core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
-            for obj in policy_objects(CONTOSO, EAST, OPERATOR_NAMESPACE):
+            for obj in policy_objects(CONTOSO, EAST, OPERATOR_NAMESPACE, api_version=env.api_version):
                 env.apply(obj)
             # The API server picks policies, bindings and params up through informers: wait until it does.
             wait_until(
@@ -219,16 +219,22 @@ def env(ca: CA) -> Iterator[Env]:
 
 
 def test_served_on_this_api_server(env: Env) -> None:
-    assert served(env.get(f"/apis/{API_VERSION}"))
+    assert served(env.get(f"/apis/{env.api_version}"), env.api_version)
+    other = (
+        "admissionregistration.k8s.io/v1beta1" if env.api_version.endswith("/v1") else "admissionregistration.k8s.io/v1"
+    )
+    assert env.http.get(f"/apis/{other}").status_code == 404 or not served(env.get(f"/apis/{other}"), other)
+    version = env.get("/version")
+    assert (version["major"], version["minor"]) == (("1", "36") if env.api_version.endswith("/v1") else ("1", "35"))
 
 
 def test_objects_apply_as_written(env: Env) -> None:
-    policy_object, binding, params = policy_objects(CONTOSO, EAST, OPERATOR_NAMESPACE)
-    stored_policy = env.get(f"/apis/{API_VERSION}/{POLICY_RESOURCE}/{policy_object['metadata']['name']}")
+    policy_object, binding, params = policy_objects(CONTOSO, EAST, OPERATOR_NAMESPACE, api_version=env.api_version)
+    stored_policy = env.get(f"/apis/{env.api_version}/{POLICY_RESOURCE}/{policy_object['metadata']['name']}")
     assert stored_policy["spec"]["failurePolicy"] == "Ignore"
     assert stored_policy["spec"]["reinvocationPolicy"] == "Never"
     assert stored_policy["spec"]["mutations"] == policy_object["spec"]["mutations"]
-    stored_binding = env.get(f"/apis/{API_VERSION}/{BINDING_RESOURCE}/{binding['metadata']['name']}")
+    stored_binding = env.get(f"/apis/{env.api_version}/{BINDING_RESOURCE}/{binding['metadata']['name']}")
     assert stored_binding["spec"]["paramRef"] == binding["spec"]["paramRef"]
     assert (
         stored_binding["spec"]["matchResources"]["namespaceSelector"]
@@ -287,7 +293,7 @@ def test_system_and_operator_namespaces_are_untouched(env: Env) -> None:
 
 
 def test_second_policy_with_a_namespace_selector(env: Env) -> None:
-    for obj in policy_objects(FABRIKAM_POLICY, FABRIKAM_EAST, OPERATOR_NAMESPACE):
+    for obj in policy_objects(FABRIKAM_POLICY, FABRIKAM_EAST, OPERATOR_NAMESPACE, api_version=env.api_version):
         env.apply(obj)
     both = {"a": f"{REGISTRY}/shop/a:1", "b": f"{FABRIKAM}/shop/b:1"}
     pod = wait_until(

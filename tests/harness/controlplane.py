@@ -54,21 +54,43 @@ class ControlPlaneError(RuntimeError):
     pass
 
 
-def find_binaries() -> Path:
+def find_binaries(module: str | None = None) -> Path:
     """The directory holding etcd, kube-apiserver, kube-controller-manager and kubectl.
 
     KUBEBUILDER_ASSETS wins (build.sh honours it too); otherwise build.sh prints its cache
-    directory, building first if the pins changed (minutes, once).
+    directory, building first if the pins changed (minutes, once). ``module``: another pinned
+    wrapper module under hack/ instead (``"controlplane-1.36"``: etcd and kube-apiserver only).
     """
     assets = os.environ.get("KUBEBUILDER_ASSETS")
-    if assets:
+    if assets and module is None:
         return Path(assets)
     script = REPO_ROOT / "hack" / "controlplane" / "build.sh"
+    argv = ["bash", str(script), *([str(REPO_ROOT / "hack" / module)] if module else [])]
     # stderr stays attached: a first build takes minutes and reports its progress there.
-    result = subprocess.run(["bash", str(script)], check=False, stdout=subprocess.PIPE, text=True)
+    result = subprocess.run(argv, check=False, stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise ControlPlaneError(f"{script} failed with exit code {result.returncode} (its stderr is above)")
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+# Kubernetes 1.35 serves MutatingAdmissionPolicy as admissionregistration.k8s.io/v1beta1 only, and only so.
+MAP_BETA_APISERVER_ARGS = (
+    "--feature-gates=MutatingAdmissionPolicy=true",
+    "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
+)
+
+
+def binaries_1_36(directory: Path) -> Path:
+    """etcd and kube-apiserver 1.36 (hack/controlplane-1.36, where MutatingAdmissionPolicy is GA as v1) in
+    ``directory``, with the default kube-controller-manager and kubectl (1.35) beside them: a supported
+    skew, since a controller manager may be one minor version older than its API server."""
+    directory.mkdir(parents=True, exist_ok=True)
+    sources = {"etcd": "controlplane-1.36", "kube-apiserver": "controlplane-1.36"}
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
+        link = directory / name
+        if not link.exists():
+            link.symlink_to(find_binaries(sources.get(name)) / name)
+    return directory
 
 
 def _kubeconfig(server: str, ca: CA, user: str, client: CertPair) -> dict[str, Any]:

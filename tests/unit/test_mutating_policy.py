@@ -15,6 +15,7 @@ import pytest
 from geopin.core import mutating_policy
 from geopin.core.health import Target
 from geopin.core.mutating_policy import (
+    API_VERSIONS,
     REMAINDER_PATTERN,
     mutation_expression,
     object_names,
@@ -55,7 +56,7 @@ def test_names_and_references_between_the_three_objects() -> None:
         found["MutatingAdmissionPolicyBinding"],
         found["ConfigMap"],
     )
-    assert map_object["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1beta1"
+    assert map_object["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
     assert map_object["metadata"]["name"] == binding["metadata"]["name"] == params["metadata"]["name"]
     assert map_object["metadata"]["name"] == "geopin-contoso" == object_names(policy())
     assert "namespace" not in map_object["metadata"]  # cluster-scoped
@@ -186,28 +187,60 @@ def test_objects_are_json() -> None:
         assert json.loads(json.dumps(obj)) == obj
 
 
+def test_api_versions_in_order_of_preference_and_the_objects_of_each() -> None:
+    assert API_VERSIONS == ("admissionregistration.k8s.io/v1", "admissionregistration.k8s.io/v1beta1")
+    v1 = objects(api_version="admissionregistration.k8s.io/v1")
+    beta = objects(api_version="admissionregistration.k8s.io/v1beta1")
+    for kind in ("MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"):
+        assert v1[kind]["apiVersion"] == "admissionregistration.k8s.io/v1"
+        assert beta[kind]["apiVersion"] == "admissionregistration.k8s.io/v1beta1"
+        assert {**v1[kind], "apiVersion": ""} == {**beta[kind], "apiVersion": ""}  # the same object otherwise
+    assert v1["ConfigMap"] == beta["ConfigMap"]
+    with pytest.raises(ValueError, match=r"not served as admissionregistration\.k8s\.io/v1alpha1"):
+        objects(api_version="admissionregistration.k8s.io/v1alpha1")
+
+
 # -- served() -------------------------------------------------------------------------------------
 
+V1, V1BETA1 = API_VERSIONS
 
-def discovery(*names: str) -> dict[str, Any]:
+
+def discovery(*names: str, group_version: str = V1BETA1) -> dict[str, Any]:
     return {
         "kind": "APIResourceList",
         "apiVersion": "v1",
-        "groupVersion": "admissionregistration.k8s.io/v1beta1",
+        "groupVersion": group_version,
         "resources": [{"name": n, "namespaced": False, "kind": "X", "verbs": ["create", "get"]} for n in names],
     }
 
 
-def test_served_when_both_resources_are_listed() -> None:
+@pytest.mark.parametrize("api_version", API_VERSIONS)
+def test_served_when_both_resources_are_listed(api_version: str) -> None:
     document = discovery(
         "mutatingadmissionpolicies",
         "mutatingadmissionpolicies/status",
         "mutatingadmissionpolicybindings",
         "validatingadmissionpolicies",
+        group_version=api_version,
     )
-    assert served(document)
-    assert served(json.dumps(document))
-    assert served(json.dumps(document).encode())
+    assert served(document, api_version)
+    assert served(json.dumps(document), api_version)
+    assert served(json.dumps(document).encode(), api_version)
+    other = V1BETA1 if api_version == V1 else V1
+    assert not served(document, other)
+
+
+def test_v1_of_kubernetes_1_35_serves_no_mutating_policies() -> None:
+    """What GET /apis/admissionregistration.k8s.io/v1 answers on 1.35 (measured): webhooks and validating policies."""
+    document = discovery(
+        "mutatingwebhookconfigurations",
+        "validatingadmissionpolicies",
+        "validatingadmissionpolicies/status",
+        "validatingadmissionpolicybindings",
+        "validatingwebhookconfigurations",
+        group_version=V1,
+    )
+    assert not served(document, V1)
 
 
 @pytest.mark.parametrize(
@@ -223,7 +256,7 @@ def test_served_when_both_resources_are_listed() -> None:
     ],
 )
 def test_not_served(document: Any) -> None:
-    assert not served(document)
+    assert not served(document, V1BETA1)
 
 
 # -- the reference grammar inside the CEL -----------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from geopin.core.mutating_policy import params_configmap, policy_objects, served
+from geopin.core.mutating_policy import API_VERSIONS, params_configmap, policy_objects, served
 
 if TYPE_CHECKING:
     from geopin.core.health import Target
@@ -23,15 +23,20 @@ __all__ = ["MutatingPolicySync", "mutating_policies_served"]
 
 logger = logging.getLogger(__name__)
 
-_DISCOVERY = "/apis/admissionregistration.k8s.io/v1beta1"
 
+async def mutating_policies_served(kube: Kube) -> str | None:
+    """The API version in which this API server serves MutatingAdmissionPolicy, by discovery; None if none.
 
-async def mutating_policies_served(kube: Kube) -> bool:
-    """Does this API server serve MutatingAdmissionPolicy (admissionregistration.k8s.io/v1beta1)?"""
-    try:
-        return served(await kube.request(_DISCOVERY, "GET"))
-    except ApiException:
-        return False
+    ``admissionregistration.k8s.io/v1`` first (GA in Kubernetes 1.36), then ``v1beta1`` (1.34 and 1.35
+    with the MutatingAdmissionPolicy feature gate and the beta API enabled).
+    """
+    for api_version in API_VERSIONS:
+        try:
+            if served(await kube.request(f"/apis/{api_version}", "GET"), api_version):
+                return api_version
+        except ApiException:
+            continue
+    return None
 
 
 def _path(body: dict[str, Any]) -> str:
@@ -42,13 +47,14 @@ def _path(body: dict[str, Any]) -> str:
         "MutatingAdmissionPolicy": "mutatingadmissionpolicies",
         "MutatingAdmissionPolicyBinding": "mutatingadmissionpolicybindings",
     }[body["kind"]]
-    return f"{_DISCOVERY}/{plural}/{name}"
+    return f"/apis/{body['apiVersion']}/{plural}/{name}"
 
 
 class MutatingPolicySync:
-    def __init__(self, kube: Kube, operator_namespace: str) -> None:
+    def __init__(self, kube: Kube, operator_namespace: str, api_version: str) -> None:
         self.kube = kube
         self.operator_namespace = operator_namespace
+        self.api_version = api_version  # what mutating_policies_served() found
         self._applied: dict[str, tuple[Policy, str]] = {}  # policy name → (spec applied, region applied)
 
     async def _apply(self, body: dict[str, Any]) -> None:
@@ -62,13 +68,13 @@ class MutatingPolicySync:
             await self._apply(params_configmap(policy, target, self.operator_namespace))
             logger.info("policy %s: admission policy params now point to %s", policy.name, target.region)
         else:
-            for body in policy_objects(policy, target, self.operator_namespace):
+            for body in policy_objects(policy, target, self.operator_namespace, api_version=self.api_version):
                 await self._apply(body)
             logger.info("policy %s: MutatingAdmissionPolicy applied, pointing to %s", policy.name, target.region)
         self._applied[policy.name] = (policy, target.region)
 
     async def remove(self, policy: Policy) -> None:
-        for body in policy_objects(policy, _NOWHERE, self.operator_namespace):
+        for body in policy_objects(policy, _NOWHERE, self.operator_namespace, api_version=self.api_version):
             try:
                 await self.kube.request(_path(body), "DELETE")
             except ApiException as e:

@@ -2,7 +2,9 @@
 
 For one :class:`~geopin.core.policy.Policy` geopin keeps three objects:
 
-- a ``MutatingAdmissionPolicy`` (``admissionregistration.k8s.io/v1beta1``, cluster-scoped) whose CEL
+- a ``MutatingAdmissionPolicy`` (cluster-scoped; ``admissionregistration.k8s.io/v1`` where the API server
+  serves it, GA in Kubernetes 1.36, else ``v1beta1``, Kubernetes 1.34 and 1.35 with the feature on: the
+  objects are the same in both) whose CEL
   rewrites, on Pod CREATE, the host of every container and init container image that is on
   ``spec.registry`` to the current endpoint, and records ``geopin.io/original-images`` and
   ``geopin.io/pinned-region`` exactly as the webhook does;
@@ -46,7 +48,7 @@ from geopin.core.selectors import LabelSelector
 from geopin.core.workloads import ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION, ANNOTATION_SKIP
 
 __all__ = [
-    "API_VERSION",
+    "API_VERSIONS",
     "BINDING_RESOURCE",
     "POLICY_RESOURCE",
     "REMAINDER_PATTERN",
@@ -57,7 +59,10 @@ __all__ = [
     "served",
 ]
 
-API_VERSION = "admissionregistration.k8s.io/v1beta1"
+GROUP = "admissionregistration.k8s.io"
+V1 = f"{GROUP}/v1"
+V1BETA1 = f"{GROUP}/v1beta1"
+API_VERSIONS = (V1, V1BETA1)  # the order of preference: GA (Kubernetes 1.36), then beta (1.34, 1.35)
 POLICY_RESOURCE = "mutatingadmissionpolicies"
 BINDING_RESOURCE = "mutatingadmissionpolicybindings"
 LABELS = {"app.kubernetes.io/name": "geopin", "app.kubernetes.io/component": "admission-policy"}
@@ -203,13 +208,20 @@ def params_configmap(
 
 
 def policy_objects(
-    policy: Policy, target: Target, operator_namespace: str, name_prefix: str = "geopin"
+    policy: Policy,
+    target: Target,
+    operator_namespace: str,
+    name_prefix: str = "geopin",
+    *,
+    api_version: str = V1,
 ) -> list[dict[str, Any]]:
     """[MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, params ConfigMap] for one policy.
 
     Apply all three (the policy and binding only change with the policy's spec); on a failover write
-    only the ConfigMap.
+    only the ConfigMap. ``api_version``: one of :data:`API_VERSIONS`, the one the API server serves.
     """
+    if api_version not in API_VERSIONS:
+        raise ValueError(f"MutatingAdmissionPolicy is not served as {api_version}")
     name = object_names(policy, name_prefix)
     excluded = {
         "key": NAMESPACE_NAME_LABEL,
@@ -218,7 +230,7 @@ def policy_objects(
     }
     pods_created = [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]
     map_object: dict[str, Any] = {
-        "apiVersion": API_VERSION,
+        "apiVersion": api_version,
         "kind": "MutatingAdmissionPolicy",
         "metadata": _metadata(name, policy),
         "spec": {
@@ -252,7 +264,7 @@ def policy_objects(
     if not policy.workload_selector.empty:
         match_resources["objectSelector"] = _selector(policy.workload_selector)
     binding: dict[str, Any] = {
-        "apiVersion": API_VERSION,
+        "apiVersion": api_version,
         "kind": "MutatingAdmissionPolicyBinding",
         "metadata": _metadata(name, policy),
         "spec": {
@@ -264,10 +276,12 @@ def policy_objects(
     return [map_object, binding, params_configmap(policy, target, operator_namespace, name_prefix)]
 
 
-def served(api_resources_json: str | bytes | Mapping[str, Any]) -> bool:
-    """Does this discovery document (``GET /apis/admissionregistration.k8s.io/v1beta1``) serve MAPs and bindings?
+def served(api_resources_json: str | bytes | Mapping[str, Any], api_version: str) -> bool:
+    """Does this discovery document (``GET /apis/<api_version>``) serve MAPs and their bindings?
 
-    False for anything that is not such a document (e.g. a 404 body), so a caller falls back to the webhook.
+    False for anything that is not such a document (e.g. a 404 body, or ``v1`` of Kubernetes 1.35, which
+    serves webhooks and validating policies but no mutating ones), so a caller tries the next version
+    and then falls back to the webhook.
     """
     document: Any
     if isinstance(api_resources_json, Mapping):
@@ -277,7 +291,7 @@ def served(api_resources_json: str | bytes | Mapping[str, Any]) -> bool:
             document = json.loads(api_resources_json)
         except ValueError:
             return False
-    if not isinstance(document, Mapping) or document.get("groupVersion") not in (None, API_VERSION):
+    if not isinstance(document, Mapping) or document.get("groupVersion") not in (None, api_version):
         return False
     resources = document.get("resources")
     if not isinstance(resources, list):

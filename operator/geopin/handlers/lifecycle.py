@@ -120,9 +120,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     else:
         await runtime.lead()
     if config.admission_mechanism != "webhook":
-        if await mutating_policies_served(kube):
-            runtime.mutating_policies = MutatingPolicySync(kube, config.operator_namespace)
-            logger.info("Admission mode through MutatingAdmissionPolicy (the API server serves it)")
+        api_version = await mutating_policies_served(kube)
+        if api_version is not None:
+            runtime.mutating_policies = MutatingPolicySync(kube, config.operator_namespace, api_version)
+            logger.info("Admission mode through MutatingAdmissionPolicy (the API server serves %s)", api_version)
         elif config.admission_mechanism == "policy":
             logger.error("MutatingAdmissionPolicy is not served by this API server; using the webhook")
     if config.webhook_port:
