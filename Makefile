@@ -64,7 +64,8 @@ CRD := registrypolicies.geopin.io.yaml
 CHART_ALL_FEATURES := --set serviceMonitor.enabled=true --set prometheusRule.enabled=true \
 	--set grafanaDashboard.enabled=true --set samplePolicy.enabled=true --set rbac.secrets.enabled=true \
 	--set azureWorkloadIdentity.enabled=true --set azureWorkloadIdentity.clientId=11111111-2222-3333-4444-555555555555 \
-	--set service.webhook.enabled=true --set networkPolicy.enabled=true --set priorityClass.create=true
+	--set service.webhook.enabled=true --set networkPolicy.enabled=true --set priorityClass.create=true \
+	--set metrics.secure=true --set metrics.certSecret=geopin-metrics-tls
 
 .PHONY: tools chart-lint deploy-render deploy-check
 

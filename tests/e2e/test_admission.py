@@ -189,3 +189,29 @@ def test_pods_are_created_unchanged_and_promptly_with_the_operator_down(env: Env
     print(f"Pod created {elapsed:.2f}s after the scale-up with the webhook down")
     assert elapsed < 2 + 5  # the webhook timeout, plus the controller's own reaction
     env.operator.start(*env.extra)  # type: ignore[attr-defined]
+
+
+def test_failure_policy_fail_refuses_pods_while_the_webhook_is_down(env: Env) -> None:
+    """`--webhook-failure-policy Fail` (the chart's service.webhook.failurePolicy): the configuration geopin
+    writes says so, and the real API server then refuses a Pod while no webhook answers."""
+
+    def hook() -> Any:
+        return env.admission.read_mutating_webhook_configuration(CONFIG).webhooks[0]
+
+    env.operator.stop()
+    env.operator.start(*env.extra, "--webhook-failure-policy", "Fail", "--webhook-timeout-seconds", "1")  # type: ignore[attr-defined]
+    try:
+        assert (hook().failure_policy, hook().timeout_seconds) == ("Fail", 1)
+        env.operator.stop()
+        pod = {"metadata": {"name": "refused"}, "spec": {"containers": [{"name": "web", "image": IMAGE}]}}
+        with pytest.raises(client.ApiException) as refused:
+            env.core.create_namespaced_pod(NAMESPACE, pod)
+        assert refused.value.status == 500
+        message = json.loads(refused.value.body or "{}").get("message", "")
+        assert 'failed calling webhook "pods.geopin.io"' in message
+        assert "connection refused" in message
+    finally:
+        if env.operator.alive():
+            env.operator.stop()
+        env.operator.start(*env.extra)  # type: ignore[attr-defined]
+    assert (hook().failure_policy, hook().timeout_seconds) == ("Ignore", 2)

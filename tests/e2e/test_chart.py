@@ -111,6 +111,25 @@ MONITORING_CRDS = [
                             "path": {"type": "string"},
                             "interval": {"type": "string", "pattern": DURATION},
                             "scrapeTimeout": {"type": "string", "pattern": DURATION},
+                            "scheme": {"type": "string", "enum": ["http", "https", "HTTP", "HTTPS"]},
+                            "bearerTokenFile": {"type": "string"},
+                            "tlsConfig": {
+                                "type": "object",
+                                "properties": {
+                                    "insecureSkipVerify": {"type": "boolean"},
+                                    "serverName": {"type": "string"},
+                                    "ca": {
+                                        "type": "object",
+                                        "properties": {
+                                            "secret": {
+                                                "type": "object",
+                                                "required": ["key"],
+                                                "properties": {"name": {"type": "string"}, "key": {"type": "string"}},
+                                            }
+                                        },
+                                    },
+                                },
+                            },
                         },
                     },
                 },

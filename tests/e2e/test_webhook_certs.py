@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from cryptography import x509
 
-from geopin.io import webhook
+from geopin.io import certs
 from geopin.io.certs import self_signed
 from geopin.io.webhook import WebhookServer
 from tests.harness.procs import free_port
@@ -41,7 +41,7 @@ async def _served_serial(port: int) -> int:
 
 
 def test_a_rotated_certificate_is_served_without_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(webhook, "RELOAD_SECONDS", 0.2)
+    monkeypatch.setattr(certs, "RELOAD_SECONDS", 0.2)
     first = x509.load_pem_x509_certificate(_write(tmp_path, ("localhost", "127.0.0.1"))).serial_number
 
     async def scenario() -> tuple[int, int]:

@@ -24,6 +24,8 @@ ALL_FEATURES = (
     "networkPolicy.enabled=true",
     "networkPolicy.metrics.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
     "priorityClass.create=true",
+    "metrics.secure=true",
+    "metrics.certSecret=geopin-metrics-tls",
 )
 
 

@@ -114,6 +114,7 @@ def test_default_render_has_exactly_the_core_objects() -> None:
     assert kinds(render(*ALL_FEATURES)) == sorted(
         [
             *kinds(render()),
+            "ClusterRole",  # <name>-metrics-reader
             "ConfigMap",
             "NetworkPolicy",
             "PriorityClass",
@@ -147,7 +148,7 @@ def test_no_wildcards_anywhere_in_rbac(sets: tuple[str, ...]) -> None:
     for doc in render(*sets):
         if doc["kind"] in ("ClusterRole", "Role"):
             for rule in doc["rules"]:
-                for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                for field in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
                     assert "*" not in rule.get(field, []), f"{doc['kind']} {doc['metadata']['name']}: * in {field}"
 
 
@@ -173,6 +174,8 @@ def test_webhook_rbac_args_and_ports_only_when_enabled() -> None:
         "--webhook-port=9443",
         "--webhook-config=geopin",
         f"--webhook-service={NAMESPACE}/geopin:443",
+        "--webhook-failure-policy=Ignore",
+        "--webhook-timeout-seconds=2",
         "--webhook-cert-dir=/etc/geopin/webhook",
     ]
     assert rules_of(only(docs, "ClusterRole"))[-2:] == [
@@ -189,6 +192,20 @@ def test_webhook_rbac_args_and_ports_only_when_enabled() -> None:
     parsed = _parser().parse_args(args)
     assert (parsed.webhook_port, parsed.webhook_config) == (9443, "geopin")
     assert parsed.webhook_service == f"{NAMESPACE}/geopin:443"
+    assert (parsed.webhook_failure_policy, parsed.webhook_timeout_seconds) == ("Ignore", 2)
+
+
+def test_webhook_failure_policy_and_timeout_follow_the_values() -> None:
+    from geopin.cli.main import _parser
+
+    docs = render(
+        "service.webhook.enabled=true", "service.webhook.failurePolicy=Fail", "service.webhook.timeoutSeconds=7"
+    )
+    args = container(docs)["args"]
+    assert "--webhook-failure-policy=Fail" in args
+    assert "--webhook-timeout-seconds=7" in args
+    parsed = _parser().parse_args(args)
+    assert (parsed.webhook_failure_policy, parsed.webhook_timeout_seconds) == ("Fail", 7)
 
 
 # -- NetworkPolicy and PriorityClass ---------------------------------------------------------------------
@@ -480,6 +497,63 @@ def test_service_monitor_scrapes_the_metrics_port() -> None:
     assert monitor["spec"]["selector"]["matchLabels"].items() <= only(docs, "Service")["metadata"]["labels"].items()
 
 
+def test_secure_metrics_off_by_default() -> None:
+    docs = render("serviceMonitor.enabled=true")
+    assert not any(a.startswith("--metrics-secure") or a.startswith("--metrics-cert") for a in container(docs)["args"])
+    assert "tokenreviews" not in json.dumps(only(docs, "ClusterRole"))
+    endpoint = only(docs, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert not {"scheme", "tlsConfig", "bearerTokenFile"} & set(endpoint)
+
+
+def test_secure_metrics_flags_rbac_reader_role_and_service_monitor() -> None:
+    from geopin.cli.main import _parser
+
+    docs = render("metrics.secure=true", "serviceMonitor.enabled=true")
+    args = container(docs)["args"]
+    assert "--metrics-secure" in args
+    assert not any(a.startswith("--metrics-cert-dir") for a in args)
+    parsed = _parser().parse_args(args)
+    assert (parsed.metrics_secure, parsed.metrics_cert_dir) == (True, None)
+    assert rules_of(only(docs, "ClusterRole", "geopin")) == [
+        *EXPECTED_CLUSTER_RULES,
+        ("authentication.k8s.io", "tokenreviews", ("create",), ()),
+        ("authorization.k8s.io", "subjectaccessreviews", ("create",), ()),
+    ]
+    reader = only(docs, "ClusterRole", "geopin-metrics-reader")
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    endpoint = only(docs, "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert endpoint["tlsConfig"] == {"insecureSkipVerify": True}
+    assert "metrics-cert" not in json.dumps(only(docs, "Deployment"))
+
+
+def test_secure_metrics_with_a_certificate_secret_is_verified_by_the_service_monitor() -> None:
+    from geopin.cli.main import _parser
+
+    docs = render("metrics.secure=true", "metrics.certSecret=geopin-metrics-tls", "serviceMonitor.enabled=true")
+    args = container(docs)["args"]
+    assert [a for a in args if a.startswith("--metrics-")] == [
+        "--metrics-port=8080",
+        "--metrics-secure",
+        "--metrics-cert-dir=/etc/geopin/metrics",
+    ]
+    assert _parser().parse_args(args).metrics_cert_dir == "/etc/geopin/metrics"
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "metrics-cert", "secret": {"secretName": "geopin-metrics-tls"}} in pod["volumes"]
+    assert {"name": "metrics-cert", "mountPath": "/etc/geopin/metrics", "readOnly": True} in container(docs)[
+        "volumeMounts"
+    ]
+    assert only(docs, "ServiceMonitor")["spec"]["endpoints"][0]["tlsConfig"] == {
+        "serverName": f"geopin.{NAMESPACE}.svc",
+        "ca": {"secret": {"name": "geopin-metrics-tls", "key": "ca.crt"}},
+    }
+
+
+def test_no_metrics_reader_role_without_rbac() -> None:
+    assert "ClusterRole" not in kinds(render("metrics.secure=true", "rbac.create=false"))
+
+
 def test_grafana_dashboard_has_a_panel_for_every_alerted_metric() -> None:
     config_map = only(render("grafanaDashboard.enabled=true"), "ConfigMap")
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -656,6 +730,11 @@ def test_the_readme_documents_every_value() -> None:
         "priorityClassName=Not_A_Name",
         "networkPolicy.metrics.podSelector.matchLabel.app=prometheus",  # a typo of matchLabels
         "networkPolicy.metrics.namespaceSelector.matchExpressions[0].key=team",  # no operator
+        "service.webhook.failurePolicy=Warn",
+        "service.webhook.timeoutSeconds=31",  # the API server's maximum is 30
+        "service.webhook.timeoutSeconds=0",
+        "metrics.secure=yes",
+        "metrics.certSecret=Not_A_Secret",
     ],
 )
 def test_helm_rejects_bad_values(bad: str) -> None:

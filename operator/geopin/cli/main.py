@@ -51,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     run.add_argument("--operator-namespace", help="the namespace geopin runs in (default: $POD_NAMESPACE)")
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port, 0 to disable")
+    run.add_argument(
+        "--metrics-secure",
+        action="store_true",
+        help="serve /metrics over HTTPS to bearer tokens the API server authorizes for GET /metrics "
+        "(TokenReview, SubjectAccessReview); default plain HTTP",
+    )
+    run.add_argument(
+        "--metrics-cert-dir", help="directory with tls.crt/tls.key for --metrics-secure (re-read); default self-signed"
+    )
     run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
     run.add_argument("--workers", type=int, default=8, help="concurrent workload writes (default 8)")
     run.add_argument(
@@ -66,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook-config", help="keep this MutatingWebhookConfiguration and its caBundle up to date")
     run.add_argument("--webhook-url", help="URL the API server calls (default: the --webhook-service Service)")
     run.add_argument("--webhook-service", default="geopin-system/geopin:443", help="NAMESPACE/NAME:PORT of the webhook")
+    run.add_argument(
+        "--webhook-failure-policy",
+        choices=["Ignore", "Fail"],
+        default="Ignore",
+        help="what the API server does when the webhook does not answer: Ignore (admit the Pod unchanged, "
+        "the default) or Fail (refuse it)",
+    )
+    run.add_argument(
+        "--webhook-timeout-seconds",
+        type=_webhook_timeout,
+        default=2,
+        metavar="S",
+        help="seconds the API server waits for the webhook, 1 to 30 (default 2)",
+    )
     run.add_argument(
         "--leader-election",
         action="store_true",
@@ -117,6 +140,16 @@ def _positive_seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
     if not 0 < seconds <= 600:
         raise argparse.ArgumentTypeError(f"must be > 0 and <= 600 seconds, got {value!r}")
+    return seconds
+
+
+def _webhook_timeout(value: str) -> int:
+    try:
+        seconds = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of seconds: {value!r}") from None
+    if not 1 <= seconds <= 30:
+        raise argparse.ArgumentTypeError(f"must be 1 to 30 seconds, got {value!r}")
     return seconds
 
 
@@ -345,6 +378,8 @@ def _run(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         namespaces=tuple(args.namespace),
         metrics_port=args.metrics_port,
+        metrics_secure=args.metrics_secure,
+        metrics_cert_dir=args.metrics_cert_dir,
         health_port=args.health_port,
         workers=args.workers,
         arm_endpoint=args.arm_endpoint,
@@ -355,6 +390,8 @@ def _run(args: argparse.Namespace) -> int:
         webhook_config=args.webhook_config,
         webhook_url=args.webhook_url,
         webhook_service=args.webhook_service,
+        webhook_failure_policy=args.webhook_failure_policy,
+        webhook_timeout_seconds=args.webhook_timeout_seconds,
         lease_name=args.lease_name,
         log_format=args.log_format,
         verbose=args.verbose,

@@ -12,6 +12,8 @@ class RunConfig:
     operator_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "geopin-system"))
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     metrics_port: int = 8080  # 0 disables the metrics server
+    metrics_secure: bool = False  # HTTPS, and only callers the API server authorizes for GET /metrics
+    metrics_cert_dir: str | None = None  # tls.crt/tls.key for secure metrics; None: self-signed at start-up
     health_port: int = 8081  # Kopf's liveness endpoint; 0 disables it
     workers: int = 8  # concurrent workload writes (and API connections)
     arm_endpoint: str | None = None  # Azure Resource Manager URL; None: the registry's cloud
@@ -21,6 +23,8 @@ class RunConfig:
     webhook_config: str | None = None  # keep this MutatingWebhookConfiguration (and its caBundle) in step
     webhook_url: str | None = None  # how the API server reaches the webhook (else webhook_service)
     webhook_service: str = "geopin-system/geopin:443"  # namespace/name:port of the webhook Service
+    webhook_failure_policy: str = "Ignore"  # Ignore (Pods admitted unchanged when geopin is down) | Fail
+    webhook_timeout_seconds: int = 2  # how long the API server waits for the webhook (1..30)
     leader_election: bool = False  # with several replicas: only the Lease holder probes and writes
     lease_name: str = "geopin"  # coordination.k8s.io/v1 Lease in the operator's namespace
     log_format: str = "text"  # text | json

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import kopf
@@ -13,8 +14,10 @@ from geopin.control.runtime import Runtime
 from geopin.core.config import RunConfig
 from geopin.core.decisions import DEFAULT_EXCLUDED_NAMESPACES
 from geopin.io import metrics
+from geopin.io.access_review import AccessReviewer
 from geopin.io.kube import POLICY_GROUP, Kube, load_api_client, load_configuration
 from geopin.io.leader import LeaderElector
+from geopin.io.metrics_server import SecureMetricsServer
 from geopin.io.webhook import WebhookServer, webhook_configuration
 
 logger = logging.getLogger(__name__)
@@ -137,9 +140,22 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
         await runtime.webhook.start()
         if config.webhook_config and runtime.mutating_policies is None:
             await ensure_webhook_configuration(kube, config, runtime.webhook.ca_pem)
-    if config.metrics_port:
+    if config.metrics_port and config.metrics_secure:
+        memo.metrics_server = SecureMetricsServer(
+            config.metrics_port,
+            AccessReviewer(lambda path, body: kube.request(path, "POST", body)),
+            cert_dir=config.metrics_cert_dir,
+            hosts=(socket.gethostname(), "localhost", "127.0.0.1"),  # a self-signed one: the Pod's name
+        )
+        await memo.metrics_server.start()
+    elif config.metrics_port:
         metrics.serve(config.metrics_port)
-    logger.info("geopin started: %d workers, metrics on :%s", config.workers, config.metrics_port or "off")
+    logger.info(
+        "geopin started: %d workers, metrics on :%s%s",
+        config.workers,
+        config.metrics_port or "off",
+        " (HTTPS, authorized)" if config.metrics_port and config.metrics_secure else "",
+    )
 
 
 @kopf.on.cleanup()
@@ -152,6 +168,10 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
             await runtime.unlead()
         if runtime.webhook is not None:
             await runtime.webhook.stop()
+    metrics_server: SecureMetricsServer | None = memo.get("metrics_server")
+    if metrics_server is not None:
+        await metrics_server.stop()
+    if runtime is not None:
         runtime.kube.close()
 
 
@@ -179,6 +199,8 @@ async def ensure_webhook_configuration(kube: Kube, config: RunConfig, ca_pem: by
         url=config.webhook_url,
         service=service,
         operator_namespace=config.operator_namespace,
+        failure_policy=config.webhook_failure_policy,
+        timeout_seconds=config.webhook_timeout_seconds,
     )
     path = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{config.webhook_config}"
     result = await kube.create_or_replace(path, body)

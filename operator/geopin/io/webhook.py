@@ -2,47 +2,59 @@
 
 It answers from memory (``admission.mutate_pod`` over the current snapshots) and never blocks a
 Pod: any error is answered ``allowed`` with no patch, and the API server is told to ignore a
-webhook that is down (``failurePolicy: Ignore``, a 2 s timeout, kube-system and geopin's own
-namespace excluded). Certificates come from a mounted directory (``tls.crt``/``tls.key``, e.g.
-cert-manager), re-read when they change so a rotation needs no restart, or are made at start-up
-(one replica, development), in which case geopin keeps its MutatingWebhookConfiguration's
-``caBundle`` in step.
+webhook that is down (``failurePolicy: Ignore`` and a 2 s timeout by default, kube-system and
+geopin's own namespace always excluded). Certificates come from a mounted directory (``tls.crt``/
+``tls.key``, e.g. cert-manager), re-read when they change so a rotation needs no restart, or are made
+at start-up (one replica, development), in which case geopin keeps its MutatingWebhookConfiguration's
+``caBundle`` in step (:class:`geopin.io.certs.ServingTls`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
-import ssl
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from geopin.core.admission import mutate_pod
 from geopin.io import metrics
-from geopin.io.certs import self_signed
+from geopin.io.https import HttpsServer
 
 if TYPE_CHECKING:
     from geopin.core.decisions import PolicySnapshot
 
-__all__ = ["WebhookServer", "webhook_configuration"]
+__all__ = ["FAILURE_POLICIES", "TIMEOUT_RANGE", "WebhookServer", "webhook_configuration"]
 
 logger = logging.getLogger(__name__)
 
-RELOAD_SECONDS = 10.0
 PATH = "/mutate/pods"
+FAILURE_POLICIES = ("Ignore", "Fail")
+TIMEOUT_RANGE = range(1, 31)  # what admissionregistration.k8s.io/v1 accepts for timeoutSeconds
 
 
 def webhook_configuration(
-    name: str, ca_pem: bytes, *, url: str | None, service: tuple[str, str, int] | None, operator_namespace: str
+    name: str,
+    ca_pem: bytes,
+    *,
+    url: str | None,
+    service: tuple[str, str, int] | None,
+    operator_namespace: str,
+    failure_policy: str = "Ignore",
+    timeout_seconds: int = 2,
 ) -> dict[str, Any]:
-    """The MutatingWebhookConfiguration geopin serves: fail open, fast, never for system namespaces."""
+    """The MutatingWebhookConfiguration geopin serves: by default fail open and fast; never for system namespaces.
+
+    ``failure_policy="Fail"`` is the platform team's choice to refuse Pods while no geopin replica answers
+    (e.g. where an unpinned pull is worse than a delayed Pod); geopin itself never refuses one.
+    """
+    if failure_policy not in FAILURE_POLICIES:
+        raise ValueError(f"webhook failurePolicy must be one of {', '.join(FAILURE_POLICIES)}, got {failure_policy!r}")
+    if timeout_seconds not in TIMEOUT_RANGE:
+        raise ValueError(f"webhook timeoutSeconds must be 1 to 30, got {timeout_seconds}")
     if url is not None:
         client_config: dict[str, Any] = {"url": url.rstrip("/") + PATH}
     else:
@@ -68,8 +80,8 @@ def webhook_configuration(
                         "resources": ["pods/ephemeralcontainers"],
                     },
                 ],
-                "failurePolicy": "Ignore",
-                "timeoutSeconds": 2,
+                "failurePolicy": failure_policy,
+                "timeoutSeconds": timeout_seconds,
                 "sideEffects": "None",
                 "reinvocationPolicy": "Never",
                 "namespaceSelector": {
@@ -97,72 +109,23 @@ class WebhookServer:
         hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
         address: str = "0.0.0.0",
     ) -> None:
-        self.port = port
-        self.address = address
         self.snapshots = snapshots
         self.namespace_labels = namespace_labels
-        self.cert_dir = Path(cert_dir) if cert_dir else None
-        self.hosts = hosts
-        self.ca_pem = b""
-        self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._mtime = 0.0
-        self._runner: web.AppRunner | None = None
-        self._reloader: asyncio.Task[None] | None = None
-        self._generated: tempfile.TemporaryDirectory[str] | None = None
+        self.server = HttpsServer("webhook", port, address, cert_dir, hosts)
 
-    # -- certificates -------------------------------------------------------------------------------
-
-    def _load(self) -> None:
-        if self.cert_dir is None:
-            made = self_signed(self.hosts)
-            self._generated = tempfile.TemporaryDirectory(prefix="geopin-webhook-")
-            directory = Path(self._generated.name)
-            (directory / "tls.crt").write_bytes(made.cert_pem)
-            (directory / "tls.key").write_bytes(made.key_pem)
-            (directory / "tls.key").chmod(0o600)
-            self.ca_pem = made.ca_pem
-            self._ssl.load_cert_chain(directory / "tls.crt", directory / "tls.key")
-            return
-        cert, key = self.cert_dir / "tls.crt", self.cert_dir / "tls.key"
-        self._mtime = max(cert.stat().st_mtime, key.stat().st_mtime)
-        # New handshakes use the new pair; open connections keep theirs.
-        self._ssl.load_cert_chain(cert, key)
-        ca = self.cert_dir / "ca.crt"
-        self.ca_pem = ca.read_bytes() if ca.exists() else cert.read_bytes()
-
-    async def _reload(self) -> None:
-        assert self.cert_dir is not None
-        while True:
-            await asyncio.sleep(RELOAD_SECONDS)  # the rotation check's period
-            try:
-                paths = (self.cert_dir / "tls.crt", self.cert_dir / "tls.key")
-                if max(p.stat().st_mtime for p in paths) != self._mtime:
-                    self._load()
-                    logger.info("webhook: certificate reloaded from %s", self.cert_dir)
-            except (OSError, ssl.SSLError) as e:
-                logger.warning("webhook: cannot reload the certificate from %s: %s", self.cert_dir, e)
-
-    # -- serving ------------------------------------------------------------------------------------
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA the API server must trust (the configuration's caBundle)."""
+        return self.server.tls.ca_pem
 
     async def start(self) -> None:
-        self._load()
         app = web.Application()
         app.router.add_post(PATH, self._review)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.address, self.port, ssl_context=self._ssl).start()
-        if self.cert_dir is not None:
-            self._reloader = asyncio.create_task(self._reload(), name="geopin-webhook-certs")
-        logger.info("webhook: serving %s on :%d", PATH, self.port)
+        await self.server.start(app)
+        logger.info("webhook: serving %s on :%d", PATH, self.server.port)
 
     async def stop(self) -> None:
-        if self._reloader is not None:
-            self._reloader.cancel()
-            await asyncio.gather(self._reloader, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._generated is not None:
-            self._generated.cleanup()
+        await self.server.stop()
 
     async def _review(self, request: web.Request) -> web.Response:
         began = time.perf_counter()
