@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -31,7 +31,6 @@ from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import TracebackType
 
     from kubernetes.client import ApiClient
 
@@ -98,7 +97,7 @@ def _kubeconfig(server: str, ca: CA, user: str, client: CertPair) -> dict[str, A
     }
 
 
-class ControlPlane:
+class ControlPlane(procs.Service):
     """etcd + kube-apiserver + kube-controller-manager (+ kube-scheduler `with_nodes`) with their
     own CA, ports and temp dir. `node_regions` are fake Nodes; pass () when real kubelets register.
 
@@ -143,16 +142,8 @@ class ControlPlane:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """`stop()`, for `with`."""
         self.stop()
 
     def start(self) -> None:
