@@ -47,7 +47,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -57,7 +57,6 @@ from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from types import TracebackType
 
     from tests.harness.controlplane import ControlPlane
     from tests.harness.pki import CA
@@ -483,11 +482,25 @@ def teardown(
         remove_log_symlinks(paths)
 
 
+def namespace_launcher(pid: int) -> Callable[[Sequence[str]], list[str]]:
+    """A launcher into the mount namespace of process `pid` (for `dev-down`, which has only pids)."""
+
+    def launch(argv: Sequence[str]) -> list[str]:
+        return ["nsenter", f"--target={pid}", "--mount", "--", *argv]
+
+    return launch
+
+
 # -- one node ---------------------------------------------------------------------------------------
 
 
-class Node:
-    """containerd + kubelet, registered as `name` with `topology.kubernetes.io/region=region`.
+class Node(procs.Service):
+    """containerd + kubelet, registered as `name` with `topology.kubernetes.io/region=region` and
+    `kubernetes.azure.com/node-image-version` (by default the one that ships `credential_provider`).
+
+    `ca` is the run's CA: it signs the kubelet's client certificate (user system:node:<name>, group
+    system:nodes) and serving certificate, and the registries' certificates. `launcher` and `env`
+    start containerd and the kubelet where the registries' names resolve (tests/harness/nodeenv.py).
 
     Attributes after start(): `paths`, `processes` (containerd, kubelet), `kubelet_pid`,
     `ready_seconds` (start to Ready). `add_registry(host, auth)` trusts a registry host (and gives
@@ -500,6 +513,7 @@ class Node:
         name: str,
         region: str,
         control_plane: ControlPlane,
+        ca: CA,
         *,
         workdir: Path,
         credential_provider: CredentialProviderList = AKS_WITH_GEO,
@@ -507,6 +521,7 @@ class Node:
         node_ip: str = "127.0.0.1",
         binaries: Path | None = None,
         launcher: Callable[[Sequence[str]], list[str]] = direct,
+        env: Mapping[str, str] | None = None,
         log_dir: Path | None = None,
         detach: bool = False,
         ready_timeout: float = 90.0,
@@ -514,6 +529,7 @@ class Node:
         self.name = name
         self.region = region
         self.control_plane = control_plane
+        self.ca = ca
         self.paths = NodePaths(workdir.resolve())
         if len(str(self.paths.socket)) > MAX_SOCKET_PATH:
             raise NodeError(f"{self.paths.socket} is too long for a unix socket: use a shorter workdir")
@@ -522,6 +538,7 @@ class Node:
         self.node_ip = node_ip
         self._given_binaries = binaries
         self.launcher = launcher
+        self.env = dict(os.environ if env is None else env)
         self.log_dir = log_dir or self.paths.root / "logs"
         self.detach = detach
         self.ready_timeout = ready_timeout
@@ -533,16 +550,8 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """`stop()`, for `with`."""
         self.stop()
 
     @property
@@ -620,7 +629,7 @@ class Node:
         self.registries[host] = auth
         directory = self.paths.certs_d / host
         directory.mkdir(parents=True, exist_ok=True)
-        hosts = {"server": f"https://{host}", "host": {f"https://{host}": {"ca": str(self.control_plane.ca.cert_path)}}}
+        hosts = {"server": f"https://{host}", "host": {f"https://{host}": {"ca": str(self.ca.cert_path)}}}
         (directory / "hosts.toml").write_text(_toml(hosts))
         self._write_credentials()
 
@@ -678,7 +687,7 @@ class Node:
         temporary.chmod(0o600)
         temporary.replace(self.paths.credentials)  # the plugin may read it at any moment
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> procs.Process:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> procs.Process:
         process = procs.spawn(
             f"{self.name}-{name}",
             self.launcher(argv),
@@ -692,7 +701,7 @@ class Node:
     def _launch(self) -> None:
         paths = self.paths
         binaries = self._given_binaries or find_node_binaries()
-        ca = self.control_plane.ca
+        ca = self.ca
         for directory in (paths.root, paths.certs_d, paths.cni / "bin", paths.cni / "net.d", paths.pod_logs):
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -705,8 +714,9 @@ class Node:
         runc = shutil.which("runc")
         if runc is None:
             raise NodeError("runc is not installed (Debian package: runc)")
-        env = {**os.environ, "GEOPIN_RUNC": runc}
-        containerd = self._spawn("containerd", ["containerd", "--config", str(paths.containerd_config)], env)
+        containerd = self._spawn(
+            "containerd", ["containerd", "--config", str(paths.containerd_config)], {**self.env, "GEOPIN_RUNC": runc}
+        )
         self._write_credentials()
 
         # kubelet configuration, written while containerd starts
@@ -767,10 +777,11 @@ class Node:
                 f"--containerd={paths.socket}",  # cAdvisor's view of the same containerd
                 "--v=2",
             ],
+            self.env,
         )
 
 
-class NodeSet(Mapping[str, Node]):
+class NodeSet(procs.Service, Mapping[str, Node]):
     """Nodes started together (launched one after the other, then awaited together)."""
 
     def __init__(self, nodes: Sequence[Node]) -> None:
@@ -785,16 +796,8 @@ class NodeSet(Mapping[str, Node]):
     def __len__(self) -> int:
         return len(self._nodes)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """`stop()`, for `with`."""
         self.stop()
 
     def start(self) -> None:
@@ -813,11 +816,4 @@ class NodeSet(Mapping[str, Node]):
 
     def stop(self) -> None:
         """Stop every node, even if stopping one fails (the first error is re-raised at the end)."""
-        errors: list[Exception] = []
-        for node in self.values():
-            try:
-                node.stop()
-            except Exception as error:
-                errors.append(error)
-        if errors:
-            raise errors[0]
+        procs.close_all(self.values())
