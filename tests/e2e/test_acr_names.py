@@ -4,6 +4,8 @@ endpoints, and the emulated global endpoint's delayed failover."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import subprocess
 import sys
@@ -13,15 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from kubernetes import client
 
 from tests.harness import oci
 from tests.harness.acr import AcrRegistrySet
+from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.names import SYSTEM_HOSTS, resolves_in, resolves_outside
+from tests.harness.objects import deployment
 from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from kubernetes.client import ApiClient
+
+    from tests.harness.controlplane import ControlPlane
     from tests.harness.pki import CA
 
 pytestmark = pytest.mark.e2e
@@ -191,3 +199,74 @@ def test_global_endpoint_fails_over_only_after_its_delay(ca: CA, acr: AcrRegistr
         assert time.monotonic() - recovered >= delay
         assert own.global_endpoint.state()["switches"] == 2
         print(f"global endpoint: failover {outage:.1f}s after the kill (delay {delay:g}s)")
+
+
+def test_operator_pins_and_fails_over_with_names_as_on_aks(
+    ca: CA, control_plane: ControlPlane, kube: ApiClient, tmp_path: Path
+) -> None:
+    """A policy written exactly as on AKS: the global registry, replicas by region, no endpoints and no
+    caBundle. geopin runs in the name space, derives contoso.<region>.geo.azurecr.io, probes over TLS
+    by name, checks replication with the registry's credentials, pins, and fails over on a real kill."""
+    install_crd(control_plane)
+    core: Any = client.CoreV1Api(kube)
+    apps: Any = client.AppsV1Api(kube)
+    custom: Any = client.CustomObjectsApi(kube)
+    namespace, policy_name = f"aks-{uuid.uuid4().hex[:6]}", f"aks-{uuid.uuid4().hex[:6]}"
+    with AcrRegistrySet(ca, ("eastus", "westus"), workdir=tmp_path / "acr") as own:
+        image = oci.build_image({"index.html": b"web\n"})
+        for region in own:
+            with own[region].client() as http:
+                oci.push(http, "shop/web", "1", image)
+        for name in ("geopin-system", namespace):
+            with contextlib.suppress(client.ApiException):
+                core.create_namespace({"metadata": {"name": name}})
+        auth = base64.b64encode(":".join(own.auth).encode()).decode()
+        config = json.dumps({"auths": {own.login_server: {"auth": auth}}})
+        secret = {
+            "metadata": {"name": policy_name},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
+        }
+        core.create_namespaced_secret("geopin-system", secret)
+        policy = {
+            "apiVersion": "geopin.io/v1alpha1",
+            "kind": "RegistryPolicy",
+            "metadata": {"name": policy_name},
+            "spec": {
+                "registry": "contoso.azurecr.io",
+                "region": "eastus",
+                "replicas": [{"region": "eastus"}, {"region": "westus"}],
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "credentials": {"secretRef": {"namespace": "geopin-system", "name": policy_name}},
+            },
+        }
+
+        def image_of() -> str:
+            return str(apps.read_namespaced_deployment("web", namespace).spec.template.spec.containers[0].image)
+
+        with Operator(control_plane, tmp_path, names=own):
+            custom.create_cluster_custom_object("geopin.io", "v1alpha1", "registrypolicies", policy)
+            try:
+                apps.create_namespaced_deployment(namespace, deployment("web", "contoso.azurecr.io/shop/web:1"))
+                wait_until(lambda: image_of() == "contoso.eastus.geo.azurecr.io/shop/web:1", timeout=60, what="pinned")
+                own["eastus"].stop()
+                wait_until(
+                    lambda: image_of() == "contoso.westus.geo.azurecr.io/shop/web:1", timeout=60, what="failover"
+                )
+
+                def status() -> dict[str, Any]:
+                    got = custom.get_cluster_custom_object("geopin.io", "v1alpha1", "registrypolicies", policy_name)
+                    return dict(got.get("status", {}))
+
+                # The status loop reports the switch within seconds of the rewrite.
+                reported = wait_until(
+                    lambda: (s := status()).get("activeEndpoint") == own["westus"].host and s,
+                    timeout=30,
+                    what="status names the westus host",
+                )
+                endpoints = {r["region"]: r["endpoint"] for r in reported["replicas"]}
+                assert endpoints == {"eastus": own["eastus"].host, "westus": own["westus"].host}
+            finally:
+                custom.delete_cluster_custom_object("geopin.io", "v1alpha1", "registrypolicies", policy_name)
+                core.delete_namespace(namespace)
+                core.delete_namespaced_secret(policy_name, "geopin-system")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tests.harness import devenv
-from tests.harness.globalendpoint import DEFAULT_FAILOVER_DELAY
+from tests.harness.globalrouter import DEFAULT_FAILOVER_DELAY
 from tests.harness.names import NamesError
 from tests.harness.registries import DEFAULT_REGIONS
 

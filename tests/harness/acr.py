@@ -31,7 +31,8 @@ import httpx
 
 from tests.harness import procs
 from tests.harness.dataendpoint import DataEndpoint
-from tests.harness.globalendpoint import DEFAULT_CHECK_INTERVAL, DEFAULT_FAILOVER_DELAY, GlobalEndpoint
+from tests.harness.globalendpoint import GlobalEndpoint
+from tests.harness.globalrouter import DEFAULT_CHECK_INTERVAL, DEFAULT_FAILOVER_DELAY
 from tests.harness.names import (
     HTTPS_PORT,
     AcrNames,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from tests.harness import procs
 from tests.harness.acr import AcrRegistrySet
 from tests.harness.controlplane import REPO_ROOT, ControlPlane, find_binaries
-from tests.harness.globalendpoint import DEFAULT_FAILOVER_DELAY
+from tests.harness.globalrouter import DEFAULT_FAILOVER_DELAY
 from tests.harness.names import require_root
 from tests.harness.nodeenv import NodeEnvironment
 from tests.harness.nodes import NodePaths, direct, kill_shims, namespace_launcher, teardown

@@ -47,9 +47,10 @@ from typing import TYPE_CHECKING, Literal, get_args
 import httpx
 
 from tests.harness import procs
+from tests.harness.streams import pipe
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Coroutine
 
     from tests.harness.pki import CA
 
@@ -318,18 +319,6 @@ class FaultProxy(procs.Service):
             await writer.drain()
             if not keep_alive:
                 return
-
-
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, abort: Callable[[], None]) -> None:
-    """Copy one direction; pass EOF on as a half-close; on an error, `abort()` (both sides)."""
-    try:
-        while data := await reader.read(_PIPE_CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof() and not writer.transport.is_closing():
-            writer.write_eof()
-    except OSError:
-        abort()
 
 
 async def _discard_until_eof(reader: asyncio.StreamReader) -> None:
