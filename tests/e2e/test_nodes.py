@@ -152,8 +152,10 @@ def test_pod_pulls_from_the_regional_host_through_its_data_endpoint_and_runs(
 
     pulled = wait_event(core, namespace, pod, "Pulled", f'"{image}"')
     assert pulled.startswith("Successfully pulled image")
-    # The container is the image's program: it answers with the MESSAGE the Pod gave it.
+    # The container is the image's program: it answers with the MESSAGE the Pod gave it, and logs.
     assert http_answer(port) == repo
+    logged = node_env.nodes[SESSION_NODE].container_log(namespace, pod, "main")
+    assert f"geopin-pod: serving on 127.0.0.1:{port}" in logged
     # containerd followed the replica's 307 to the data endpoint for the layers, without credentials.
     blob_gets = [r for r in node_env.acr.data["eastus"].requests()[data_requests:] if r.method == "GET"]
     assert blob_gets

@@ -636,6 +636,17 @@ class Node(procs.Service):
     def ctr(self, *args: str, timeout: float = 30.0) -> str:
         return ctr(self.paths, *args, launcher=self.launcher, timeout=timeout)
 
+    def container_log(self, namespace: str, pod: str, container: str) -> list[str]:
+        """The lines a container wrote, from the kubelet's log files. `kubectl logs` cannot reach a
+        kubelet here: it refuses a loopback node IP, so the Node has no address for the API server."""
+        lines: list[str] = []
+        for directory in sorted(self.paths.pod_logs.glob(f"{namespace}_{pod}_*/{container}")):
+            latest = max(directory.glob("*.log"), key=lambda f: int(f.stem), default=None)
+            if latest is not None:
+                # CRI log format: "<time> <stream> <P|F> <text>".
+                lines += [line.split(" ", 3)[3] for line in latest.read_text().splitlines() if line.count(" ") >= 3]
+        return lines
+
     def images(self) -> dict[str, str]:
         """Image name -> manifest digest, as containerd's k8s.io namespace lists them."""
         listing: dict[str, str] = {}
