@@ -17,7 +17,9 @@ import pytest
 from tests.harness import procs
 from tests.harness.controlplane import REGION_LABEL, REPO_ROOT
 from tests.harness.devenv import recorded_processes
-from tests.harness.nodes import AKS_WITH_GEO, NODE_IMAGE_LABEL, SANDBOX_IMAGE, NodePaths, mounts_under, shim_pids
+from tests.harness.nodecleanup import mounts_under, shim_pids
+from tests.harness.nodeconfig import AKS_WITH_GEO, SANDBOX_IMAGE, NodePaths
+from tests.harness.nodes import NODE_IMAGE_LABEL
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

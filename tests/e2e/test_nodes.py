@@ -14,8 +14,10 @@ from kubernetes import client
 
 from tests.harness import procs
 from tests.harness.controlplane import REGION_LABEL
+from tests.harness.nodecleanup import mounts_under, shim_pids
+from tests.harness.nodeconfig import AKS_BEFORE_GEO, AKS_WITH_GEO
 from tests.harness.nodeenv import host_network_pod
-from tests.harness.nodes import AKS_BEFORE_GEO, AKS_WITH_GEO, NODE_IMAGE_LABEL, mounts_under, shim_pids
+from tests.harness.nodes import NODE_IMAGE_LABEL
 from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:

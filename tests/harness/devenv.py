@@ -36,8 +36,9 @@ from tests.harness.acr import AcrRegistrySet
 from tests.harness.controlplane import REPO_ROOT, ControlPlane, find_binaries
 from tests.harness.globalrouter import DEFAULT_FAILOVER_DELAY
 from tests.harness.names import require_root
+from tests.harness.nodecleanup import direct, kill_shims, namespace_launcher, teardown
+from tests.harness.nodeconfig import NodePaths
 from tests.harness.nodeenv import NodeEnvironment
-from tests.harness.nodes import NodePaths, direct, kill_shims, namespace_launcher, teardown
 from tests.harness.pki import CA
 from tests.harness.registries import DEFAULT_REGIONS
 

@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from tests.harness import oci, procs
 from tests.harness.controlplane import ControlPlane
-from tests.harness.nodes import AKS_WITH_GEO, Node, NodeError, NodeSet, mounts_under, pod_image
+from tests.harness.nodecleanup import NodeError, mounts_under
+from tests.harness.nodeconfig import AKS_WITH_GEO
+from tests.harness.nodes import Node, NodeSet, pod_image
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from tests.harness.acr import AcrRegistrySet
-    from tests.harness.nodes import CredentialProviderList
+    from tests.harness.nodeconfig import CredentialProviderList
     from tests.harness.pki import CA
 
 

@@ -12,6 +12,8 @@ socket, a state directory or a port:
     <node dir>/pod-logs/                the kubelet's podLogsDir
     <node dir>/credential-provider/     the kubelet's credential provider config, plugin and credentials
 
+The files are written from tests/harness/nodeconfig.py; stopping runs tests/harness/nodecleanup.py.
+
 Pods use hostNetwork. The registries, the API server and every name the environment serves are
 loopback addresses, which a pod network namespace could not reach anyway, and a bridge network
 would leave interfaces, routes and iptables rules on the host. The CRI plugin still needs one CNI
@@ -32,27 +34,36 @@ log symlinks from /var/log/containers.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import platform
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 
 from tests.harness import oci, procs
-from tests.harness.controlplane import REGION_LABEL, REPO_ROOT, _kubeconfig
+from tests.harness.controlplane import REGION_LABEL, _kubeconfig
+from tests.harness.nodecleanup import NodeError, ctr, direct, teardown
+from tests.harness.nodeconfig import (
+    AKS_WITH_GEO,
+    CREDENTIAL_PROVIDER_PLUGIN,
+    HACK_NODE,
+    SANDBOX_IMAGE,
+    CredentialProviderList,
+    NodePaths,
+    containerd_config,
+    hosts_toml,
+    kubelet_config,
+    render_toml,
+)
 from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -62,60 +73,9 @@ if TYPE_CHECKING:
     from tests.harness.pki import CA
 
 NODE_IMAGE_LABEL = "kubernetes.azure.com/node-image-version"
-HACK_NODE = REPO_ROOT / "hack" / "node"
-# The sandbox ("pause") image: imported, never pulled, so any name works; this one cannot be pulled.
-SANDBOX_IMAGE = "geopin.local/pause:1"
 POD_BINARY = "geopin-pod"
-CONTAINER_NAMESPACE = "k8s.io"
 # Unix socket paths are limited to 108 bytes; containerd appends ".ttrpc" to its own.
 MAX_SOCKET_PATH = 100
-
-BARE_TOML_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def direct(argv: Sequence[str]) -> list[str]:
-    """The default launcher: run argv as it is. A launcher returns the argv that runs `argv` where
-    the environment's names resolve (e.g. prefixed with nsenter into its mount namespace)."""
-    return list(argv)
-
-
-class NodeError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class CredentialProviderList:
-    """One of AKS's kubelet credential provider configurations (hack/node/credential-provider/)."""
-
-    name: str
-    path: Path
-    # The `kubernetes.azure.com/node-image-version` a node shipping this list carries.
-    node_image_version: str
-
-    def config(self, credentials: Path) -> dict[str, Any]:
-        """The configuration with the plugin's argument pointing at the node's credentials file."""
-        document: dict[str, Any] = yaml.safe_load(self.path.read_text())
-        for provider in document["providers"]:
-            provider["args"] = [str(credentials)]
-        return document
-
-    @property
-    def match_images(self) -> list[str]:
-        document = yaml.safe_load(self.path.read_text())
-        return [image for provider in document["providers"] for image in provider["matchImages"]]
-
-
-AKS_BEFORE_GEO = CredentialProviderList(
-    "aks-before-202607.29",
-    HACK_NODE / "credential-provider" / "aks-before-202607.29.yaml",
-    "AKSUbuntu-2204gen2containerd-202607.22.0",
-)
-AKS_WITH_GEO = CredentialProviderList(
-    "aks-202607.29",
-    HACK_NODE / "credential-provider" / "aks-202607.29.yaml",
-    "AKSUbuntu-2204gen2containerd-202607.29.0",
-)
-CREDENTIAL_PROVIDER_PLUGIN = HACK_NODE / "credential-provider" / "acr-credential-provider"
 
 
 def find_node_binaries() -> Path:
@@ -152,343 +112,6 @@ def pod_image(binaries: Path | None = None, *, label: str = "") -> oci.Image:
     if label:
         files["label.txt"] = f"{label}\n".encode()
     return oci.build_image(files, architecture=_architecture(), entrypoint=[f"/{POD_BINARY}"], executables={POD_BINARY})
-
-
-# -- paths and configuration --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NodePaths:
-    """Every path a node uses, derived from its directory (so `dev-down` can find them again)."""
-
-    root: Path
-
-    @property
-    def socket(self) -> Path:
-        return self.root / "containerd.sock"
-
-    @property
-    def containerd(self) -> Path:
-        return self.root / "containerd"
-
-    @property
-    def containerd_config(self) -> Path:
-        return self.root / "containerd.toml"
-
-    @property
-    def runc_root(self) -> Path:
-        return self.root / "containerd" / "runc"
-
-    @property
-    def certs_d(self) -> Path:
-        return self.root / "certs.d"
-
-    @property
-    def cni(self) -> Path:
-        return self.root / "cni"
-
-    @property
-    def kubelet_root(self) -> Path:
-        return self.root / "kubelet"
-
-    @property
-    def kubelet_config(self) -> Path:
-        return self.root / "kubelet.yaml"
-
-    @property
-    def kubelet_kubeconfig(self) -> Path:
-        return self.root / "kubelet.kubeconfig"
-
-    @property
-    def pod_logs(self) -> Path:
-        return self.root / "pod-logs"
-
-    @property
-    def credential_provider(self) -> Path:
-        return self.root / "credential-provider"
-
-    @property
-    def credentials(self) -> Path:
-        return self.credential_provider / "credentials.json"
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def _toml(document: Mapping[str, Any], table: str = "") -> str:
-    """A small TOML writer for nested tables of strings, numbers, booleans and lists."""
-    lines = [f"{key} = {_toml_value(v)}" for key, v in document.items() if not isinstance(v, Mapping)]
-    text = (f"[{table}]\n" if table and lines else "") + "".join(f"{line}\n" for line in lines)
-    for key, value in document.items():
-        if isinstance(value, Mapping):
-            name = key if BARE_TOML_KEY.match(key) else json.dumps(key)
-            text += "\n" + _toml(value, f"{table}.{name}" if table else name)
-    return text
-
-
-def containerd_config(paths: NodePaths, *, runc_wrapper: Path, stream_address: str) -> dict[str, Any]:
-    cri = {
-        "sandbox_image": SANDBOX_IMAGE,
-        # No AppArmor profile loaded into the kernel (host state), no SELinux.
-        "disable_apparmor": True,
-        "stream_server_address": stream_address,
-        "stream_server_port": "0",
-        "containerd": {
-            # The native snapshotter copies layers into directories: no overlay mounts to leak.
-            "snapshotter": "native",
-            "default_runtime_name": "runc",
-            "runtimes": {
-                "runc": {
-                    "runtime_type": "io.containerd.runc.v2",
-                    "options": {
-                        "BinaryName": str(runc_wrapper),
-                        "Root": str(paths.runc_root),
-                        "SystemdCgroup": False,
-                    },
-                }
-            },
-        },
-        "cni": {"bin_dir": str(paths.cni / "bin"), "conf_dir": str(paths.cni / "net.d")},
-        "registry": {"config_path": str(paths.certs_d)},
-    }
-    return {
-        "version": 2,
-        "root": str(paths.containerd / "root"),
-        "state": str(paths.containerd / "state"),
-        "disabled_plugins": [
-            "io.containerd.snapshotter.v1.aufs",
-            "io.containerd.snapshotter.v1.btrfs",
-            "io.containerd.snapshotter.v1.devmapper",
-            "io.containerd.snapshotter.v1.overlayfs",
-            "io.containerd.snapshotter.v1.zfs",
-        ],
-        "grpc": {"address": str(paths.socket)},
-        "plugins": {
-            "io.containerd.grpc.v1.cri": cri,
-            "io.containerd.internal.v1.opt": {"path": str(paths.containerd / "opt")},
-        },
-    }
-
-
-def kubelet_config(
-    paths: NodePaths,
-    *,
-    address: str,
-    port: int,
-    healthz_port: int,
-    ca: CA,
-    serving_cert: Path,
-    serving_key: Path,
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        "containerRuntimeEndpoint": f"unix://{paths.socket}",
-        "address": address,
-        "port": port,
-        "readOnlyPort": 0,
-        "healthzBindAddress": address,
-        "healthzPort": healthz_port,
-        "tlsCertFile": str(serving_cert),
-        "tlsPrivateKeyFile": str(serving_key),
-        # Only holders of a certificate from the run's CA (the API server's kubelet client) get in.
-        "authentication": {
-            "anonymous": {"enabled": False},
-            "webhook": {"enabled": False},
-            "x509": {"clientCAFile": str(ca.cert_path)},
-        },
-        "authorization": {"mode": "AlwaysAllow"},
-        # What these VMs allow (docs/testing.md): cgroup v1 with cgroupfs, no QoS cgroup tree, no
-        # node allocatable enforcement, swap tolerated.
-        "failCgroupV1": False,
-        "cgroupDriver": "cgroupfs",
-        "cgroupsPerQOS": False,
-        "enforceNodeAllocatable": [],
-        "failSwapOn": False,
-        # The kubelet cannot lower its own score here either; 0 asks for no change.
-        "oomScoreAdj": 0,
-        "podLogsDir": str(paths.pod_logs),
-        "volumePluginDir": str(paths.kubelet_root / "volume-plugins"),
-        # No iptables chains on the host.
-        "makeIPTablesUtilChains": False,
-        # A shared development disk must neither evict test pods nor garbage-collect their images.
-        "evictionHard": {
-            "memory.available": "0%",
-            "nodefs.available": "0%",
-            "nodefs.inodesFree": "0%",
-            "imagefs.available": "0%",
-        },
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "serializeImagePulls": False,
-    }
-
-
-# -- processes found by their command line ----------------------------------------------------------
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def shim_pids(socket: Path) -> list[int]:
-    """The containerd-shim-runc-v2 processes serving the containerd listening on `socket`."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            argv = procs.pid_cmdline(int(entry.name))
-            if argv and argv[0].endswith("containerd-shim-runc-v2") and _flag(argv, "-address") == str(socket):
-                found.append(int(entry.name))
-    return found
-
-
-def _flag(argv: Sequence[str], name: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _descendants(pids: Sequence[int]) -> list[int]:
-    children = _children()
-    found: list[int] = []
-    pending = list(pids)
-    while pending:
-        pid = pending.pop()
-        for child in children.get(pid, []):
-            found.append(child)
-            pending.append(child)
-    return found
-
-
-def kill_shims(socket: Path) -> int:
-    """SIGKILL the shims of the containerd on `socket` and every process under them (the containers,
-    which the shims' death alone would orphan). Returns how many processes were killed."""
-    shims = shim_pids(socket)
-    victims = [*_descendants(shims), *shims]
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    wait_until(
-        lambda: not any(procs.pid_alive(pid) for pid in victims),
-        timeout=10.0,
-        interval=0.05,
-        what=f"the shims of {socket} to exit",
-    )
-    return len(victims)
-
-
-# -- mounts ---------------------------------------------------------------------------------------
-
-
-def _unescape_mount_path(field: str) -> str:
-    # /proc/*/mountinfo escapes space, tab, newline and backslash as \ooo.
-    return field.encode().decode("unicode_escape")
-
-
-def mounts_under(directory: Path, launcher: Callable[[Sequence[str]], list[str]] = direct) -> list[str]:
-    """Mount points at or below `directory` in the mount namespace `launcher` runs in."""
-    result = subprocess.run(launcher(["cat", "/proc/self/mountinfo"]), check=True, stdout=subprocess.PIPE, text=True)
-    prefix = str(directory.resolve())
-    found = []
-    for line in result.stdout.splitlines():
-        mount_point = _unescape_mount_path(line.split()[4])
-        if mount_point == prefix or mount_point.startswith(prefix + "/"):
-            found.append(mount_point)
-    return found
-
-
-def unmount_under(directory: Path, launcher: Callable[[Sequence[str]], list[str]] = direct) -> int:
-    """Detach every mount at or below `directory`, deepest first; returns how many were detached."""
-    detached = 0
-    for _ in range(5):  # stacked mounts reappear one layer at a time
-        mounts = mounts_under(directory, launcher)
-        if not mounts:
-            return detached
-        ordered = sorted(set(mounts), key=lambda path: path.count("/"), reverse=True)
-        subprocess.run(launcher(["umount", "--lazy", *ordered]), check=False, stderr=subprocess.DEVNULL)
-        detached += len(mounts)
-    left = mounts_under(directory, launcher)
-    if left:
-        raise NodeError(f"still mounted under {directory}: {left}")
-    return detached
-
-
-def remove_log_symlinks(paths: NodePaths) -> None:
-    """The kubelet links every container log into /var/log/containers (a fixed path): remove ours."""
-    legacy = Path("/var/log/containers")
-    if not legacy.is_dir():
-        return
-    prefix = str(paths.pod_logs) + "/"
-    for link in legacy.iterdir():
-        with contextlib.suppress(OSError):
-            if link.is_symlink() and os.readlink(link).startswith(prefix):
-                link.unlink()
-
-
-def ctr(
-    paths: NodePaths, *args: str, launcher: Callable[[Sequence[str]], list[str]] = direct, timeout: float = 30.0
-) -> str:
-    """Run `ctr` against the node's containerd in the k8s.io namespace; its stdout."""
-    argv = launcher(["ctr", "--address", str(paths.socket), "--namespace", CONTAINER_NAMESPACE, *args])
-    result = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise NodeError(f"ctr {' '.join(args)}: exit {result.returncode}: {result.stderr.strip()}")
-    return result.stdout
-
-
-def teardown(
-    paths: NodePaths,
-    *,
-    stop_kubelet: Callable[[], None],
-    containerd_alive: Callable[[], bool],
-    stop_containerd: Callable[[], None],
-    launcher: Callable[[Sequence[str]], list[str]] = direct,
-) -> None:
-    """Stop a node and leave nothing behind: no process, no mount, no log link."""
-    try:
-        stop_kubelet()
-        if containerd_alive():
-            # Deleting a task makes its shim unmount the rootfs and exit; ctr waits for each.
-            with contextlib.suppress(NodeError, subprocess.TimeoutExpired):
-                tasks = ctr(paths, "tasks", "ls", "--quiet", launcher=launcher).split()
-                if tasks:
-                    ctr(paths, "tasks", "delete", "--force", *tasks, launcher=launcher)
-        kill_shims(paths.socket)
-        stop_containerd()
-    finally:
-        unmount_under(paths.root, launcher)
-        remove_log_symlinks(paths)
-
-
-def namespace_launcher(pid: int) -> Callable[[Sequence[str]], list[str]]:
-    """A launcher into the mount namespace of process `pid` (for `dev-down`, which has only pids)."""
-
-    def launch(argv: Sequence[str]) -> list[str]:
-        return ["nsenter", f"--target={pid}", "--mount", "--", *argv]
-
-    return launch
 
 
 # -- one node ---------------------------------------------------------------------------------------
@@ -629,8 +252,7 @@ class Node(procs.Service):
         self.registries[host] = auth
         directory = self.paths.certs_d / host
         directory.mkdir(parents=True, exist_ok=True)
-        hosts = {"server": f"https://{host}", "host": {f"https://{host}": {"ca": str(self.ca.cert_path)}}}
-        (directory / "hosts.toml").write_text(_toml(hosts))
+        (directory / "hosts.toml").write_text(render_toml(hosts_toml(host, self.ca.cert_path)))
         self._write_credentials()
 
     def ctr(self, *args: str, timeout: float = 30.0) -> str:
@@ -718,7 +340,7 @@ class Node(procs.Service):
 
         # containerd
         paths.containerd_config.write_text(
-            _toml(containerd_config(paths, runc_wrapper=binaries / "geopin-runc", stream_address=self.node_ip))
+            render_toml(containerd_config(paths, runc_wrapper=binaries / "geopin-runc", stream_address=self.node_ip))
         )
         network = {"cniVersion": "0.4.0", "name": "geopin-host-network-only", "plugins": [{"type": "loopback"}]}
         (paths.cni / "net.d" / "10-host-network-only.conflist").write_text(json.dumps(network))

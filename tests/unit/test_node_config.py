@@ -12,15 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.harness.nodes import (
+from tests.harness.nodecleanup import _unescape_mount_path
+from tests.harness.nodeconfig import (
     AKS_BEFORE_GEO,
     AKS_WITH_GEO,
     CREDENTIAL_PROVIDER_PLUGIN,
     SANDBOX_IMAGE,
     NodePaths,
-    _toml,
-    _unescape_mount_path,
     containerd_config,
+    hosts_toml,
+    render_toml,
 )
 
 GEO = ("*.*.geo.azurecr.io", "*.*.geo.azurecr.cn", "*.*.geo.azurecr.de", "*.*.geo.azurecr.us")
@@ -30,7 +31,7 @@ GLOBAL = ("*.azurecr.io", "*.azurecr.cn", "*.azurecr.de", "*.azurecr.us")
 def test_containerd_config_is_toml_that_containerd_reads() -> None:
     paths = NodePaths(Path("/w/node"))
     parsed = tomllib.loads(
-        _toml(containerd_config(paths, runc_wrapper=Path("/b/geopin-runc"), stream_address="127.0.0.1"))
+        render_toml(containerd_config(paths, runc_wrapper=Path("/b/geopin-runc"), stream_address="127.0.0.1"))
     )
     assert parsed["version"] == 2
     assert parsed["grpc"]["address"] == "/w/node/containerd.sock"
@@ -50,8 +51,8 @@ def test_containerd_config_is_toml_that_containerd_reads() -> None:
 
 @pytest.mark.parametrize("host", ["contoso.eastus.geo.azurecr.io", "127.0.0.1:5000"])
 def test_hosts_toml_names_the_host_and_its_ca(host: str) -> None:
-    document = {"server": f"https://{host}", "host": {f"https://{host}": {"ca": "/pki/ca.crt"}}}
-    assert tomllib.loads(_toml(document)) == document
+    parsed = tomllib.loads(render_toml(hosts_toml(host, Path("/pki/ca.crt"))))
+    assert parsed == {"server": f"https://{host}", "host": {f"https://{host}": {"ca": "/pki/ca.crt"}}}
 
 
 def test_mount_points_are_unescaped_as_mountinfo_escapes_them() -> None:
