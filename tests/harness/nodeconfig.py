@@ -59,59 +59,23 @@ AKS_WITH_GEO = CredentialProviderList(
 CREDENTIAL_PROVIDER_PLUGIN = HACK_NODE / "credential-provider" / "acr-credential-provider"
 
 
-@dataclass(frozen=True)
 class NodePaths:
     """Every path a node uses, derived from its directory (so `dev-down` can find them again)."""
 
-    root: Path
-
-    @property
-    def socket(self) -> Path:
-        return self.root / "containerd.sock"
-
-    @property
-    def containerd(self) -> Path:
-        return self.root / "containerd"
-
-    @property
-    def containerd_config(self) -> Path:
-        return self.root / "containerd.toml"
-
-    @property
-    def runc_root(self) -> Path:
-        return self.root / "containerd" / "runc"
-
-    @property
-    def certs_d(self) -> Path:
-        return self.root / "certs.d"
-
-    @property
-    def cni(self) -> Path:
-        return self.root / "cni"
-
-    @property
-    def kubelet_root(self) -> Path:
-        return self.root / "kubelet"
-
-    @property
-    def kubelet_config(self) -> Path:
-        return self.root / "kubelet.yaml"
-
-    @property
-    def kubelet_kubeconfig(self) -> Path:
-        return self.root / "kubelet.kubeconfig"
-
-    @property
-    def pod_logs(self) -> Path:
-        return self.root / "pod-logs"
-
-    @property
-    def credential_provider(self) -> Path:
-        return self.root / "credential-provider"
-
-    @property
-    def credentials(self) -> Path:
-        return self.credential_provider / "credentials.json"
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.socket = root / "containerd.sock"  # containerd's API: the kubelet's runtime endpoint
+        self.containerd = root / "containerd"  # its root, state and opt directories
+        self.containerd_config = root / "containerd.toml"
+        self.runc_root = root / "containerd" / "runc"
+        self.certs_d = root / "certs.d"  # <host>/hosts.toml
+        self.cni = root / "cni"  # net.d/ with the loopback-only configuration, bin/ empty
+        self.kubelet_root = root / "kubelet"
+        self.kubelet_config = root / "kubelet.yaml"
+        self.kubelet_kubeconfig = root / "kubelet.kubeconfig"
+        self.pod_logs = root / "pod-logs"
+        self.credential_provider = root / "credential-provider"  # config.yaml, bin/, credentials.json
+        self.credentials = self.credential_provider / "credentials.json"
 
 
 def _toml_value(value: object) -> str:
