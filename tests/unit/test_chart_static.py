@@ -550,6 +550,21 @@ def test_secure_metrics_with_a_certificate_secret_is_verified_by_the_service_mon
     }
 
 
+def test_host_network_binds_the_pod_ip_only() -> None:
+    from geopin.cli.main import _parser
+
+    default = only(render(), "Deployment")["spec"]["template"]["spec"]
+    assert not {"hostNetwork", "dnsPolicy"} & set(default)
+    assert not any(a.startswith("--bind-address") for a in container(render())["args"])
+    docs = render("hostNetwork=true")
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    assert (pod["hostNetwork"], pod["dnsPolicy"]) == (True, "ClusterFirstWithHostNet")
+    args = container(docs)["args"]
+    assert args[:2] == ["run", "--bind-address=$(POD_IP)"]
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container(docs)["env"]
+    assert _parser().parse_args(args).bind_address == "$(POD_IP)"  # the kubelet expands it
+
+
 def test_no_metrics_reader_role_without_rbac() -> None:
     assert "ClusterRole" not in kinds(render("metrics.secure=true", "rbac.create=false"))
 
@@ -735,6 +750,7 @@ def test_the_readme_documents_every_value() -> None:
         "service.webhook.timeoutSeconds=0",
         "metrics.secure=yes",
         "metrics.certSecret=Not_A_Secret",
+        "hostNetwork=yes",
     ],
 )
 def test_helm_rejects_bad_values(bad: str) -> None:

@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     run.add_argument("--operator-namespace", help="the namespace geopin runs in (default: $POD_NAMESPACE)")
+    run.add_argument(
+        "--bind-address",
+        default="0.0.0.0",
+        help="address the metrics, health and webhook servers listen on (default 0.0.0.0; the Pod's IP "
+        "with hostNetwork, so that pods sharing a host do not collide)",
+    )
     run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port, 0 to disable")
     run.add_argument(
         "--metrics-secure",
@@ -377,6 +383,7 @@ def _run(args: argparse.Namespace) -> int:
     config = RunConfig(
         kubeconfig=args.kubeconfig,
         namespaces=tuple(args.namespace),
+        bind_address=args.bind_address,
         metrics_port=args.metrics_port,
         metrics_secure=args.metrics_secure,
         metrics_cert_dir=args.metrics_cert_dir,

@@ -59,7 +59,8 @@ def run(config: RunConfig) -> None:
     if config.kubeconfig:
         # Kopf's own login reads the same kubeconfig as geopin's writes.
         os.environ["KUBECONFIG"] = config.kubeconfig
-    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    host = f"[{config.bind_address}]" if ":" in config.bind_address else config.bind_address
+    liveness = f"http://{host}:{config.health_port}/healthz" if config.health_port else None
     asyncio.run(
         kopf.operator(
             standalone=True,

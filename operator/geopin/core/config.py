@@ -11,6 +11,7 @@ class RunConfig:
     kubeconfig: str | None = None  # None: in-cluster service account, else $KUBECONFIG / ~/.kube/config
     operator_namespace: str = field(default_factory=lambda: os.environ.get("POD_NAMESPACE", "geopin-system"))
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
+    bind_address: str = "0.0.0.0"  # where metrics, health and the webhook listen (a Pod IP with hostNetwork)
     metrics_port: int = 8080  # 0 disables the metrics server
     metrics_secure: bool = False  # HTTPS, and only callers the API server authorizes for GET /metrics
     metrics_cert_dir: str | None = None  # tls.crt/tls.key for secure metrics; None: self-signed at start-up

@@ -136,6 +136,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
             runtime.namespace_labels,
             cert_dir=config.webhook_cert_dir,
             hosts=webhook_hosts(config),
+            address=config.bind_address,
         )
         await runtime.webhook.start()
         if config.webhook_config and runtime.mutating_policies is None:
@@ -146,10 +147,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
             AccessReviewer(lambda path, body: kube.request(path, "POST", body)),
             cert_dir=config.metrics_cert_dir,
             hosts=(socket.gethostname(), "localhost", "127.0.0.1"),  # a self-signed one: the Pod's name
+            address=config.bind_address,
         )
         await memo.metrics_server.start()
     elif config.metrics_port:
-        metrics.serve(config.metrics_port)
+        metrics.serve(config.metrics_port, config.bind_address)
     logger.info(
         "geopin started: %d workers, metrics on :%s%s",
         config.workers,
