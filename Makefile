@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help prereqs venv controlplane nodes lint test test-unit test-e2e dev-up dev-down demo lock clean
+.PHONY: help prereqs venv controlplane nodes lint test test-unit test-e2e dev-up install-local dev-down demo lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -45,10 +45,13 @@ test-e2e: prereqs $(STAMP) controlplane nodes ## end-to-end tests on the local c
 test: prereqs lint controlplane nodes ## the whole suite: what .ci/run runs
 	$(BIN)/pytest tests -q
 
-# NODES=2 for two real nodes; NODES=0 for the node-less environment (fake Node objects).
-NODES ?= 1
-dev-up: prereqs $(STAMP) controlplane nodes ## start the control plane, three ACR-shaped replicas and NODES real nodes (default 1), write .dev/
+# NODES=1 for one real node; NODES=0 for the node-less environment (fake Node objects).
+NODES ?= 2
+dev-up: prereqs $(STAMP) controlplane nodes ## start the control plane, three ACR-shaped replicas and NODES real nodes (default 2), write .dev/
 	$(BIN)/python -m tests.harness up --nodes $(NODES)
+
+install-local: $(STAMP) tools ## after dev-up: the image (built unless build/ has HEAD's) pushed to the replicas, helm install onto the nodes
+	$(BIN)/python -m tests.harness install-local $(INSTALL_ARGS)
 
 dev-down: $(STAMP) ## stop what dev-up started and remove .dev/
 	$(BIN)/python -m tests.harness down

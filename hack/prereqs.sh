@@ -22,6 +22,7 @@ REQUIRED=(
   "nsenter util-linux"              # running commands in it (.dev/run)
   "mount mount"                     # bind-mounting its /etc/hosts
   "getent libc-bin"                 # resolving names inside it (tests)
+  "ip iproute2"                     # the nodes' own addresses on lo (tests/harness/nodeaddresses.py)
   "make make"
   "git git"
   "buildah buildah"       # make image: the Dockerfile built without a daemon (hack/image/)

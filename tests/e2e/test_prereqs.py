@@ -26,7 +26,7 @@ SCRIPT = REPO_ROOT / "hack" / "prereqs.sh"
 # What the script itself runs, plus every command it checks for.
 TOOLS = ("bash", "env", "id", "sed", "sort", "go")
 CHECKED: tuple[str, ...] = ("docker-registry", "htpasswd", "containerd", "ctr", "runc", "unshare", "nsenter")
-CHECKED += ("mount", "getent", "make", "git", "buildah", "skopeo", "umoci", "mmdebstrap")
+CHECKED += ("mount", "getent", "ip", "make", "git", "buildah", "skopeo", "umoci", "mmdebstrap")
 NOBODY = (shutil.which("setpriv") or "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 
 

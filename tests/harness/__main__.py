@@ -1,4 +1,5 @@
-"""`python -m tests.harness up|down|status`: the local environment behind `make dev-up`/`make dev-down`.
+"""`python -m tests.harness up|install-local|down|status`: the local environment behind `make dev-up`,
+`make install-local` and `make dev-down`.
 
 GEOPIN_DEV_DIR overrides where the state goes (default: .dev/ in the repository root).
 """
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FLAG",
         help="extra kube-apiserver flag, e.g. --apiserver-arg=--feature-gates=Foo=true (repeatable)",
     )
+    install = commands.add_parser(
+        "install-local", help="push the image to the replicas and helm install charts/geopin onto the nodes"
+    )
+    install.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an extra chart value")
     commands.add_parser("down", help="stop everything `up` started and remove the state directory")
     commands.add_parser("status", help="show what `up` started and whether it still runs")
     args = parser.parse_args(argv)
@@ -69,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except devenv.DevEnvError as error:
             print(f"error: {error}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "install-local":
+        from tests.harness import installlocal
+
+        try:
+            installlocal.install(dev_dir, args.set)
+        except installlocal.InstallError as error:
+            print(f"install-local: {error}", file=sys.stderr)
             return 1
         return 0
     if args.command == "down":

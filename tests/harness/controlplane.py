@@ -330,6 +330,9 @@ class ControlPlane(procs.Service):
         kubelet_client = self.ca.issue_client("kube-apiserver-kubelet-client", "kube-apiserver-kubelet-client")
         return [
             "--enable-admission-plugins=NodeRestriction",
+            # No kube-proxy: webhook (and aggregated API) calls go to a Service's endpoint address, not its
+            # ClusterIP (kubernetes/kubernetes#79739), so a webhook behind a Service is reachable.
+            "--enable-aggregator-routing=true",
             f"--kubelet-client-certificate={kubelet_client.cert_path}",
             f"--kubelet-client-key={kubelet_client.key_path}",
             f"--kubelet-certificate-authority={self.ca.cert_path}",

@@ -11,7 +11,8 @@ describes them in `.dev/`; `down` stops what `.dev/` lists and removes it (see d
                     "failover_delay_seconds", "state", "username", "password"}}
   run               `.dev/run CMD ARGS...`: CMD in the private name space, the run's CA trusted
   namespace.pid     the name space's holder process
-  nodes.json        [{"name", "region", "pid" (the kubelet), "containerd_pid", "dir"}]: each Ready at `up`
+  nodes.json        [{"name", "region", "pid" (the kubelet), "containerd_pid", "dir", "ip"}]: each Ready at
+                    `up`; "ip" is its address on lo (198.18.0.0/15), taken off again by `down`
   hosts             the /etc/hosts seen inside it
   pids              one pid per line, everything `up` started
   processes.json    [{"name", "pid", "argv0"}]: lets `down` skip pids the kernel has reused
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.harness import procs
+from tests.harness import nodeaddresses, procs
 from tests.harness.acr import AcrRegistrySet
 from tests.harness.controlplane import REPO_ROOT, ControlPlane, find_binaries
 from tests.harness.globalrouter import DEFAULT_FAILOVER_DELAY
@@ -120,6 +121,11 @@ def up(
         print(f"{dev_dir} is stale (nothing running): removing it", file=sys.stderr)
         for node_dir in recorded_node_dirs(dev_dir):
             kill_shims(NodePaths(node_dir).socket)  # they outlive containerd, and hold its mounts
+        listing = dev_dir / "nodes.json"
+        if listing.exists():
+            nodeaddresses.remove(
+                e["ip"] for e in json.loads(listing.read_text()) if e.get("ip", "127.0.0.1") != "127.0.0.1"
+            )
         shutil.rmtree(dev_dir)
     began = time.monotonic()
     logs = dev_dir / "logs"
@@ -147,6 +153,7 @@ def up(
         log_dir=logs,
         detach=True,
         control_plane=control_plane,
+        node_addresses=nodes > 0,
     )
     try:
         registries.start()
@@ -172,6 +179,7 @@ def up(
                         "pid": node.kubelet_pid,
                         "containerd_pid": node.containerd_pid,
                         "dir": str(node.paths.root),
+                        "ip": node.node_ip,
                     }
                     for node in node_env.nodes.values()
                 ],
@@ -194,7 +202,10 @@ def up(
     print(f"  credentials: {registries.auth[0]} / (password in {dev_dir / 'registries.json'})")
     print(f"  names resolve inside: {dev_dir / 'run'} CMD ARGS...")
     for node in node_env.nodes.values():
-        print(f"  node {node.name} ({node.region}, {node.node_image_version}): Ready in {node.ready_seconds:.1f}s")
+        print(
+            f"  node {node.name} ({node.region}, {node.node_image_version}, {node.node_ip}): "
+            f"Ready in {node.ready_seconds:.1f}s"
+        )
 
 
 def write_run_script(path: Path, path_dirs: Iterable[Path]) -> None:
@@ -244,7 +255,8 @@ def stop_nodes(dev_dir: Path, recorded: Sequence[Recorded], owned: set[int]) -> 
     def running(pid: int) -> Callable[[], bool]:
         return lambda: pid in owned and procs.pid_alive(pid)
 
-    for entry in json.loads(listing.read_text()):
+    entries = json.loads(listing.read_text())
+    for entry in entries:
         containerd = entry["containerd_pid"]
         teardown(
             NodePaths(Path(entry["dir"])),
@@ -253,6 +265,7 @@ def stop_nodes(dev_dir: Path, recorded: Sequence[Recorded], owned: set[int]) -> 
             stop_containerd=stopper(containerd),
             launcher=functools.partial(_in_namespace, [holder, containerd if containerd in owned else None]),
         )
+    nodeaddresses.remove(entry["ip"] for entry in entries if entry.get("ip", "127.0.0.1") != "127.0.0.1")
 
 
 def _in_namespace(members: Sequence[int | None], argv: Sequence[str]) -> list[str]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.harness import oci, procs
+from tests.harness import nodeaddresses, oci, procs
 from tests.harness.controlplane import ControlPlane
 from tests.harness.nodecleanup import NodeError, mounts_under
 from tests.harness.nodeconfig import AKS_WITH_GEO
@@ -111,7 +111,10 @@ class NodeEnvironment(procs.Service):
         log_dir: Path | None = None,
         detach: bool = False,
         control_plane: ControlPlane | None = None,
+        node_addresses: bool = False,
     ) -> None:
+        """``node_addresses``: give each node a routable address of its own (tests/harness/nodeaddresses.py)
+        instead of none, so that its hostNetwork Pods have that podIP and Services reach them."""
         self.ca = ca
         self.acr = acr
         self.workdir = workdir
@@ -126,6 +129,9 @@ class NodeEnvironment(procs.Service):
             log_dir=self.log_dir,
             detach=detach,
         )
+        # Node addresses: a pool picked now; each node takes one, on lo from its start to close().
+        self._address_pool = nodeaddresses.pick(len(node_regions) + 8) if node_addresses else []
+        self.addresses: list[str] = []
         self.nodes = NodeSet(
             [self._node(f"aks-nodepool1-{i}", region, credential_provider) for i, region in enumerate(node_regions)]
         )
@@ -139,6 +145,7 @@ class NodeEnvironment(procs.Service):
             region,
             self.control_plane,
             self.ca,
+            node_ip=self._take_address(),
             workdir=self.workdir / "nodes" / name,
             credential_provider=credential_provider,
             launcher=self.acr.command,
@@ -149,12 +156,21 @@ class NodeEnvironment(procs.Service):
         trust_acr(node, self.acr)
         return node
 
+    def _take_address(self) -> str:
+        if not self._address_pool:
+            if self.addresses:
+                raise NodeError("no node address left in this environment's pool")
+            return "127.0.0.1"  # no address of its own: its Node has none, its Pods no podIP
+        self.addresses.append(self._address_pool.pop(0))
+        return self.addresses[-1]
+
     def start(self) -> None:
         began = time.monotonic()
         try:
             if not self.acr.namespace.alive():
                 raise NodeError("start the ACR-shaped replicas first: the nodes run in their name space")
             private_fixed_paths(self.acr.command, self.workdir / "fixed")
+            nodeaddresses.add(self.addresses)
             self.control_plane.start()
             self.nodes.start()
         except BaseException:
@@ -169,6 +185,8 @@ class NodeEnvironment(procs.Service):
         """Start one more node and wait for it to be Ready; `close()` stops it if the caller has not."""
         node = self._node(name, region, credential_provider or self.credential_provider)
         self.extra.append(node)
+        if node.node_ip in self.addresses:
+            nodeaddresses.add([node.node_ip])
         node.start()
         return node
 
@@ -192,4 +210,7 @@ class NodeEnvironment(procs.Service):
         return mounts_under(self.workdir, self.acr.command)
 
     def close(self) -> None:
-        procs.close_all([*self.extra, *self.nodes.values(), self.control_plane])
+        try:
+            procs.close_all([*self.extra, *self.nodes.values(), self.control_plane])
+        finally:
+            nodeaddresses.remove(self.addresses)
