@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import os
+import socket
+from typing import Any, cast
 
 import kopf
 
@@ -63,6 +65,9 @@ def run(config: RunConfig) -> None:
     liveness = f"http://{host}:{config.health_port}/healthz" if config.health_port else None
     asyncio.run(
         kopf.operator(
+            # Kopf names itself after the user (getpass), which a container's UID need not have: 65532 has
+            # no passwd entry in geopin's image. Standalone, the name is only a label; the host's is enough.
+            identity=cast("Any", socket.gethostname()),
             standalone=True,
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,
