@@ -563,6 +563,10 @@ def test_host_network_binds_the_pod_ip_only() -> None:
     assert args[:2] == ["run", "--bind-address=$(POD_IP)"]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container(docs)["env"]
     assert _parser().parse_args(args).bind_address == "$(POD_IP)"  # the kubelet expands it
+    # Host ports: a surge pod would find every node taken, so the rollout replaces one pod at a time.
+    rolling = only(docs, "Deployment")["spec"]["strategy"]["rollingUpdate"]
+    assert rolling == {"maxUnavailable": 1, "maxSurge": 0}
+    assert only(render(), "Deployment")["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
 
 
 def test_no_metrics_reader_role_without_rbac() -> None:
