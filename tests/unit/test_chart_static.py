@@ -373,6 +373,7 @@ def test_probes_ports_env_and_args_follow_the_values() -> None:
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in c["env"]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
     assert c["args"][:5] == ["run", "--metrics-port=8080", "--health-port=8081", "--workers=8", "--log-format=json"]
     assert c["resources"]["requests"]
     assert c["resources"]["limits"]

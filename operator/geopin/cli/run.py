@@ -66,8 +66,8 @@ def run(config: RunConfig) -> None:
     asyncio.run(
         kopf.operator(
             # Kopf names itself after the user (getpass), which a container's UID need not have: 65532 has
-            # no passwd entry in geopin's image. Standalone, the name is only a label; the host's is enough.
-            identity=cast("Any", socket.gethostname()),
+            # no passwd entry in geopin's image. Standalone, the name is only a label: the Pod's, else the host's.
+            identity=cast("Any", os.environ.get("POD_NAME") or socket.gethostname()),
             standalone=True,
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,

@@ -55,7 +55,9 @@ class LeaderElector:
         self.kube = kube
         self.namespace = namespace
         self.name = name
-        self.identity = identity or f"{os.environ.get('HOSTNAME', 'geopin')}_{uuid.uuid4().hex[:8]}"
+        # The Pod's name (the chart sets POD_NAME): with hostNetwork, HOSTNAME is the node's, shared by replicas.
+        pod = os.environ.get("POD_NAME") or os.environ.get("HOSTNAME", "geopin")
+        self.identity = identity or f"{pod}_{uuid.uuid4().hex[:8]}"
         self.lease_duration = lease_duration
         self.renew_period = renew_period
         self.retry_period = retry_period
