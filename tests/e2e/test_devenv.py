@@ -3,6 +3,7 @@ with `.dev/run` and the ACR-shaped names, in a state directory of its own."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.harness import procs
+from tests.harness import nodeaddresses, procs
 from tests.harness.controlplane import REGION_LABEL, REPO_ROOT
 from tests.harness.devenv import recorded_processes
 from tests.harness.nodecleanup import mounts_under, shim_pids
@@ -141,6 +142,10 @@ def test_nodes_json_lists_a_ready_kubelet_that_runs_pods(dev_dir: Path) -> None:
     assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True"
     assert node["metadata"]["labels"][REGION_LABEL] == "eastus"
     assert node["metadata"]["labels"][NODE_IMAGE_LABEL] == AKS_WITH_GEO.node_image_version
+    # Its own address (on lo, 198.18.0.0/15): the Node's InternalIP, and so its hostNetwork Pods' IP.
+    assert ipaddress.ip_address(listed[0]["ip"]) in nodeaddresses.NETWORK
+    assert listed[0]["ip"] in nodeaddresses.on_host()
+    assert {a["type"]: a["address"] for a in node["status"]["addresses"]}["InternalIP"] == listed[0]["ip"]
     # The sandbox image is on the node already: a Pod runs without a registry, and leaves mounts behind
     # for `down` to clean (its rootfs, its sandbox's shm, its service-account token volume).
     overrides = json.dumps({"spec": {"hostNetwork": True}})
@@ -167,6 +172,7 @@ def findmnt_inside(dev_dir: Path) -> list[str]:
 
 def test_down_stops_everything_and_removes_the_directory(dev_dir: Path) -> None:
     node_dirs = [Path(n["dir"]) for n in json.loads((dev_dir / "nodes.json").read_text())]
+    node_ips = [n["ip"] for n in json.loads((dev_dir / "nodes.json").read_text())]
     recorded = recorded_processes(dev_dir)
     assert {p.name for p in recorded} >= {"etcd", "kube-apiserver", "hosts-namespace", "global-endpoint"}
     assert {p.name for p in recorded} >= {"aks-nodepool1-0-kubelet", "aks-nodepool1-0-containerd"}
@@ -178,3 +184,4 @@ def test_down_stops_everything_and_removes_the_directory(dev_dir: Path) -> None:
     # Nothing of the node is left: no shim, no container, no mount.
     assert shim_pids(NodePaths(node_dirs[0]).socket) == []
     assert mounts_under(dev_dir) == []
+    assert not set(node_ips) & nodeaddresses.on_host()  # the node's address is off lo again
