@@ -125,7 +125,8 @@ def _add_probe(commands: Any) -> None:
         "probe",
         help="probe a registry's regional endpoints once and print their health",
         description="Probe each region's endpoint of REGISTRY once, concurrently, as the operator does "
-        "(GET /v2/, or a manifest HEAD of --canary), and print the outcome of each.",
+        "(GET /v2/, or with --canary a manifest HEAD and a download of its config blob), and print the "
+        "outcome of each.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent(
             """
@@ -133,8 +134,10 @@ def _add_probe(commands: Any) -> None:
             --endpoint REGION=HOST[:PORT] names it; a registry that is not an Azure Container Registry needs
             an --endpoint for every --region. --global probes REGISTRY itself too (region "global").
 
-            outcomes: ok, timeout, connect, tls, http_5xx, throttled, unauthorized, not_found
-            (a 401 with a WWW-Authenticate challenge is ok: the registry is up and asks for credentials).
+            outcomes: ok, timeout, connect, tls, http_5xx, throttled, unauthorized, not_found, data_endpoint
+            (a 401 with a WWW-Authenticate challenge is ok: the registry is up and asks for credentials;
+            data_endpoint: with --canary, the blob download failed at the host the registry redirected
+            it to, e.g. <name>.<region>.data.azurecr.io, while the registry itself answered).
 
             -o json|yaml prints one object:
               registry: REGISTRY
@@ -180,7 +183,9 @@ def _add_probe(commands: Any) -> None:
         help="seconds per probe, authentication included (default 2, as spec.probe.timeoutSeconds)",
     )
     probe.add_argument(
-        "--canary", metavar="IMAGE", help="deep probe: HEAD this image's manifest (repo:tag) instead of GET /v2/"
+        "--canary",
+        metavar="IMAGE",
+        help="deep probe: HEAD this image's manifest (repo:tag) and download its config blob, instead of GET /v2/",
     )
     probe.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table", help="default table")
 
