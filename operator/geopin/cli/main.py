@@ -19,6 +19,7 @@ import yaml
 from geopin import __version__
 from geopin.cli.errors import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, CliError
 from geopin.core.config import RunConfig
+from geopin.core.nodes import DEFAULT_CREDENTIAL_FIX, parse_threshold
 from geopin.core.policy import InvalidPolicy, Policy, from_spec
 
 
@@ -73,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--lease-name", default="geopin", help="name of the leader-election Lease (default geopin)")
     run.add_argument("--arm-endpoint", help="Azure Resource Manager URL (default: the registry's cloud)")
+    run.add_argument(
+        "--node-image-credential-fix",
+        type=_node_image_release,
+        default=DEFAULT_CREDENTIAL_FIX,
+        metavar="RELEASE",
+        help="the first AKS node image (YYYYMM.DD) whose kubelet credential provider covers *.*.geo.azurecr.io; "
+        f"older nodes are at risk for credentials.nodeImageCheck (default {DEFAULT_CREDENTIAL_FIX})",
+    )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true")
 
@@ -108,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n  geopin version              # prints: geopin <version>\n",
     )
     return parser
+
+
+def _node_image_release(value: str) -> str:
+    try:
+        parse_threshold(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value.strip()
 
 
 def _positive_seconds(value: str) -> float:
@@ -353,6 +370,7 @@ def _run(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         workers=args.workers,
         arm_endpoint=args.arm_endpoint,
+        node_image_credential_fix=args.node_image_credential_fix,
         leader_election=args.leader_election,
         admission_mechanism=args.admission_mechanism,
         webhook_port=args.webhook_port,

@@ -20,7 +20,8 @@ from typing import Any
 
 from geopin.control.pull_secret_sync import PullSecretSync
 from geopin.core.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot, audit_changes, plan_workload
-from geopin.core.policy import AUTO_REGION, Mode, Policy, cluster_region_of
+from geopin.core.nodes import NodeRisk
+from geopin.core.policy import AUTO_REGION, Mode, NodeImageCheck, Policy, cluster_region_of
 from geopin.core.references import image_host, split_host
 from geopin.core.rewrite import Desired, changed_containers, json_patch, read_record
 from geopin.core.workloads import KINDS, WorkloadView, view_of
@@ -70,6 +71,10 @@ class PolicyBook:
     images: Callable[[str], ImageCache | None] | None = None
     # A policy as it stands now: its spec plus the replicas ARM discovered.
     effective: Callable[[str, Policy], Policy] | None = None
+    # Nodes whose kubelet has no credentials for regional hosts (nodeImageCheck); None: not known.
+    node_risk: Callable[[], NodeRisk | None] | None = None
+    # A pull secret's registry keys, (namespace, name) → keys, None while not read (nodeImageCheck: Enforce).
+    pull_secret_keys: Callable[[str, str], tuple[str, ...] | None] | None = None
     excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
     entries: dict[str, PolicyEntry] = field(default_factory=dict)
 
@@ -114,6 +119,8 @@ class PolicyBook:
         cache = self.images(entry.name) if self.images is not None else None
         policy = self.effective(entry.name, entry.policy) if self.effective is not None else entry.policy
         return PolicySnapshot(
+            node_credentials_enforced=self.enforces_node_credentials(policy),
+            pull_secret_keys=self.pull_secret_keys,
             policy=policy,
             cluster_region=self.cluster_region(entry.policy),
             healthy=healthy,
@@ -122,6 +129,13 @@ class PolicyBook:
             deleting=entry.deleting,
             excluded_namespaces=self.excluded_namespaces,
         )
+
+    def enforces_node_credentials(self, policy: Policy) -> bool:
+        """nodeImageCheck: Enforce, and a schedulable node cannot authenticate to regional hosts."""
+        if policy.credentials.node_image_check is not NodeImageCheck.ENFORCE or self.node_risk is None:
+            return False
+        risk = self.node_risk()
+        return risk is not None and risk.schedulable > 0
 
     def snapshots(self) -> list[PolicySnapshot]:
         return [s for e in sorted(self.entries.values(), key=lambda e: e.name) if (s := self.snapshot(e))]
@@ -141,6 +155,7 @@ class Reconciler:
         views: Callable[[WorkloadRef], WorkloadView | None],
         namespace_labels: Callable[[str], Mapping[str, str] | None],
         resolve: Callable[[str, list[tuple[str, str]]], Awaitable[None]] | None = None,
+        read_pull_secrets: Callable[[list[tuple[str, str]]], Awaitable[None]] | None = None,
         all_views: Callable[[], list[WorkloadView]] = list,
         workers: int = 8,
         retries: int = 5,
@@ -150,6 +165,7 @@ class Reconciler:
         self.views = views
         self.namespace_labels = namespace_labels
         self.resolve = resolve
+        self.read_pull_secrets = read_pull_secrets
         self.all_views = all_views
         self.pull_secrets = PullSecretSync(kube, self.post_event)
         self.workers = workers
@@ -177,7 +193,7 @@ class Reconciler:
         desired = plan_workload(view, snapshots, labels)
         if desired is None:
             return False
-        if desired.unknown:
+        if desired.undecided:
             return True
         if self.active:  # only the leader reports
             self._report_invalid(view, desired)
@@ -297,10 +313,10 @@ class Reconciler:
             if view is None:
                 return
             desired = self.desired(view)
-            if desired is not None and desired.unknown and self.resolve is not None:
-                await self._lookup(desired.unknown)
+            if desired is not None and desired.undecided:
+                await self._lookup(desired)
                 desired = self.desired(view)
-            if desired is None or desired.unknown:
+            if desired is None or desired.undecided:
                 return  # still undecidable (the registry did not answer): the next resync retries
             self._report_awaiting(view, desired)
             desired = await self.pull_secrets.prepare(view, desired, self._managing(view, desired))
@@ -345,12 +361,17 @@ class Reconciler:
             self.retries,
         )
 
-    async def _lookup(self, unknown: tuple[tuple[str, str, str], ...]) -> None:
-        assert self.resolve is not None
-        by_policy: dict[str, list[tuple[str, str]]] = {}
-        for policy, image, region in unknown:
-            by_policy.setdefault(policy, []).append((image, region))
-        await asyncio.gather(*(self.resolve(policy, pairs) for policy, pairs in by_policy.items()))
+    async def _lookup(self, desired: Desired) -> None:
+        """Ask the registries (manifests, digests) and the API server (pull secrets) what a decision needs."""
+        lookups: list[Awaitable[None]] = []
+        if self.resolve is not None:
+            by_policy: dict[str, list[tuple[str, str]]] = {}
+            for policy, image, region in desired.unknown:
+                by_policy.setdefault(policy, []).append((image, region))
+            lookups.extend(self.resolve(policy, pairs) for policy, pairs in by_policy.items())
+        if self.read_pull_secrets is not None and desired.unknown_secrets:
+            lookups.append(self.read_pull_secrets(list(desired.unknown_secrets)))
+        await asyncio.gather(*lookups)
 
     def _warn_gitops(self, view: WorkloadView, desired: Desired) -> None:
         """A GitOps tool sees geopin's template edit as drift: say so once per workload."""

@@ -12,7 +12,8 @@ from geopin.control.engine import PolicyBook, PolicyEntry, Reconciler, condition
 from geopin.control.monitor import PolicyMonitor, wall_time
 from geopin.core.decisions import PolicySnapshot
 from geopin.core.health import Target, preference_order
-from geopin.core.policy import GLOBAL_REGION, Mode, Policy
+from geopin.core.nodes import needs_node_credentials
+from geopin.core.policy import GLOBAL_REGION, Mode, NodeImageCheck, Policy
 from geopin.core.status import count_workloads
 from geopin.core.workloads import WorkloadView
 from geopin.io import metrics
@@ -32,6 +33,7 @@ class ReporterRuntime(Protocol):
     kube: Kube
 
     async def refresh_images(self) -> None: ...
+    async def refresh_pull_secrets(self) -> None: ...
     def effective(self, name: str, policy: Policy) -> Policy: ...
     def views(self) -> list[WorkloadView]: ...
     def all_namespace_labels(self) -> dict[str, dict[str, str]]: ...
@@ -72,6 +74,7 @@ class StatusReporter:
             if (version != seen_version and not busy) or idle_for >= resync:
                 if waiting:
                     await self.runtime.refresh_images()
+                await self.runtime.refresh_pull_secrets()
                 seen_version, idle_for = version, 0.0
                 for entry in list(self.runtime.book.entries.values()):
                     if not entry.deleting:
@@ -243,6 +246,10 @@ def report(
     last_active: str | None = last_status.get("activeRegion")
     if last_active is not None and last_active != target.region:
         reason = switch_reason(last_active, target, snapshot, monitor)
+        if target.is_global and snapshot.node_credentials_enforced:
+            reason = "NodeCredentialsAtRisk"
+        elif last_active == GLOBAL_REGION and _condition_reason(previous, "NodeCredentials") == ENFORCED:
+            reason = "NodeCredentialsCovered"
         status["lastSwitch"] = {"from": last_active, "to": target.region, "reason": reason, "time": now_iso()}
         switch = f"{last_active} -> {target.region} ({target.endpoint}): {reason}"
     elif "lastSwitch" in last_status:
@@ -281,10 +288,45 @@ def report(
         else:
             arm = (False, "ArmReachable", f"{len(monitor.discovered)} replicas discovered in ARM")
         items.append(("ControlPlaneUnavailable", *arm))
+    node_credentials = node_credentials_condition(runtime.book, snapshot)
+    if node_credentials is not None:
+        items.append(("NodeCredentials", *node_credentials))
     status["conditions"] = conditions(*items)
 
     _export(entry.name, policy.registry, target.region, target.endpoint, counts.by_region, counts.awaiting_by_region)
     return status, switch
+
+
+ENFORCED = "EnforcingGlobalEndpoint"
+
+
+def _condition_reason(conditions: list[dict[str, Any]], type_: str) -> str | None:
+    return next((c.get("reason") for c in conditions if c.get("type") == type_), None)
+
+
+def node_credentials_condition(book: PolicyBook, snapshot: PolicySnapshot) -> tuple[bool, str, str] | None:
+    """nodeImageCheck: can the nodes' kubelets authenticate to the policy's regional hosts?
+
+    Absent with ``Off``, without node information, or when no replica is a regional ACR host
+    (``<name>.<region>.geo.azurecr.io``): custom endpoints never were in the credential provider's list.
+    """
+    policy = snapshot.policy
+    check = policy.credentials.node_image_check
+    risk = book.node_risk() if book.node_risk is not None else None
+    if check is NodeImageCheck.OFF or risk is None:
+        return None
+    if not any(needs_node_credentials(r.endpoint) for r in policy.replicas):
+        return None
+    if not risk.at_risk:
+        return True, "NodeImagesCurrent", risk.message()
+    if snapshot.node_credentials_enforced:
+        return (
+            False,
+            ENFORCED,
+            f"{risk.message()}; workloads without pull secrets for the regional hosts use {policy.registry}",
+        )
+    advice = "" if check is NodeImageCheck.ENFORCE else "; upgrade the node image, or set nodeImageCheck: Enforce"
+    return False, "NodeImageTooOld", risk.message() + advice
 
 
 def _export(

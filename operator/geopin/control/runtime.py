@@ -14,13 +14,15 @@ from geopin.control.reporting import StatusReporter, policy_ref
 from geopin.core.config import RunConfig
 from geopin.core.endpoints import arm_endpoint
 from geopin.core.health import ReplicaState, Transition, preference_order
+from geopin.core.nodes import NodeInfo, NodeRisk, assess, node_info
 from geopin.core.policy import Policy
 from geopin.core.workloads import KINDS, PATCH_KINDS, WorkloadView, tracked, view_of
 from geopin.io.cache import ObjectCache
 from geopin.io.images import ImageCache
-from geopin.io.kube import REGION_LABEL, Kube
+from geopin.io.kube import Kube
 from geopin.io.leader import LeaderElector
 from geopin.io.probes import RegistryClient, credentials_from_dockerconfig
+from geopin.io.pull_secret_keys import PullSecretKeys
 from geopin.io.webhook import WebhookServer
 
 logger = logging.getLogger(__name__)
@@ -36,13 +38,15 @@ class Runtime:
     reconciler: Reconciler
     workloads: ObjectCache[WorkloadRef, WorkloadView] = field(default_factory=ObjectCache)
     namespaces: ObjectCache[str, dict[str, str]] = field(default_factory=ObjectCache)
-    nodes: ObjectCache[str, str] = field(default_factory=ObjectCache)
+    nodes: ObjectCache[str, NodeInfo] = field(default_factory=ObjectCache)
+    pull_secrets: PullSecretKeys = field(default_factory=PullSecretKeys)  # nodeImageCheck: Enforce
     monitors: dict[str, PolicyMonitor] = field(default_factory=dict)
     leading: bool = False
     elector: LeaderElector | None = None
     webhook: WebhookServer | None = None
     mutating_policies: MutatingPolicySync | None = None  # Admission mode through MutatingAdmissionPolicy
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _node_risk: tuple[int, NodeRisk] | None = None  # (nodes.changes it was computed at, the verdict)
 
     def view(self, ref: WorkloadRef) -> WorkloadView | None:
         return self.workloads.get(ref)
@@ -60,10 +64,7 @@ class Runtime:
         """LIST nodes, namespaces and every workload kind once, before Kopf's watches start."""
         began = time.monotonic()
         async for item in self.kube.list_all("/api/v1/nodes"):
-            labels = item["metadata"].get("labels") or {}
-            self.nodes.upsert(
-                item["metadata"]["name"], item["metadata"].get("resourceVersion"), labels.get(REGION_LABEL, "")
-            )
+            self.nodes.upsert(item["metadata"]["name"], item["metadata"].get("resourceVersion"), node_info(item))
         async for item in self.kube.list_all("/api/v1/namespaces"):
             meta = item["metadata"]
             self.namespaces.upsert(meta["name"], meta.get("resourceVersion"), dict(meta.get("labels") or {}))
@@ -226,4 +227,19 @@ class Runtime:
         monitor.start()
 
     def node_regions(self) -> list[str | None]:
-        return list(self.nodes.values())
+        return [node.region for node in self.nodes.values()]
+
+    def node_risk(self) -> NodeRisk:
+        """Nodes whose kubelet has no credentials for regional hosts; recomputed only when a node changed."""
+        if self._node_risk is None or self._node_risk[0] != self.nodes.changes:
+            self._node_risk = (self.nodes.changes, assess(self.nodes.values(), self.config.node_image_credential_fix))
+        return self._node_risk[1]
+
+    async def read_pull_secrets(self, refs: list[tuple[str, str]]) -> None:
+        await self.pull_secrets.resolve(self.kube, refs)
+
+    async def refresh_pull_secrets(self) -> None:
+        """Re-read pull secrets whose keys are older than their TTL; repoint what a change frees."""
+        if await self.pull_secrets.refresh_stale(self.kube):
+            self.reconciler.enqueue_if_needed(self.views())
+            self.reconciler.touch()

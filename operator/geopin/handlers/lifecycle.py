@@ -97,12 +97,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     book.usable = runtime.usable
     book.images = runtime.image_cache
     book.effective = runtime.effective
+    book.node_risk = runtime.node_risk
+    book.pull_secret_keys = runtime.pull_secrets.get
     runtime.reconciler = Reconciler(
         kube,
         book,
         runtime.view,
         runtime.namespace_labels,
         resolve=runtime.resolve_images,
+        read_pull_secrets=runtime.read_pull_secrets,
         all_views=runtime.views,
         workers=config.workers,
     )

@@ -33,6 +33,7 @@ class ObjectCache(Generic[K, V]):
     entries: dict[K, tuple[int, V]] = field(default_factory=dict)
     # A deleted key's last version: a LIST snapshot older than the deletion does not resurrect it.
     _deleted: dict[K, int] = field(default_factory=dict)
+    changes: int = 0  # bumped whenever an entry changes: what is derived from all entries can be kept till then
 
     def upsert(self, key: K, resource_version: str | None, value: V) -> None:
         version = _version(resource_version)
@@ -42,9 +43,12 @@ class ObjectCache(Generic[K, V]):
         if current is None or version == 0 or version >= current[0]:
             self.entries[key] = (version, value)
             self._deleted.pop(key, None)
+            if current is None or current[1] != value:
+                self.changes += 1
 
     def discard(self, key: K, resource_version: str | None = None) -> None:
-        self.entries.pop(key, None)
+        if self.entries.pop(key, None) is not None:
+            self.changes += 1
         self._deleted[key] = _version(resource_version)
 
     def get(self, key: K) -> V | None:

@@ -28,7 +28,6 @@ from geopin.core.workloads import Kind
 __all__ = ["FIELD_MANAGER", "Kube", "PatchOutcome", "load_api_client"]
 
 FIELD_MANAGER = "geopin"
-REGION_LABEL = "topology.kubernetes.io/region"
 POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
 
 logger = logging.getLogger(__name__)
