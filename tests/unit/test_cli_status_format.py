@@ -97,7 +97,13 @@ def test_summary_document_has_every_documented_field() -> None:
     assert (summary["activeRegion"], summary["activeEndpoint"]) == ("westus", "contoso.westus.geo.azurecr.io")
     assert summary["healthy"] == "1/2"
     assert summary["workloads"] == {"total": 46, "pinned": 42, "awaitingReplication": 1, "skipped": 3, "invalid": 0}
-    assert set(summary["conditions"]) == {"Ready", "Degraded", "FailedOver", "ControlPlaneUnavailable"}
+    assert set(summary["conditions"]) == {
+        "Ready",
+        "Degraded",
+        "FailedOver",
+        "ControlPlaneUnavailable",
+        "NodeCredentials",
+    }
     assert summary["conditions"]["Ready"]["status"] == "True"
     assert summary["conditions"]["Degraded"]["reason"] == "ReplicaUnavailable"
     assert summary["conditions"]["ControlPlaneUnavailable"] is None
@@ -195,6 +201,7 @@ def test_status_table() -> None:
     assert conditions["Degraded"] == ["True", "ReplicaUnavailable"]
     assert conditions["FailedOver"] == ["True", "FailedOver"]
     assert conditions["ControlPlaneUnavailable"] == ["-", "-"]
+    assert conditions["NodeCredentials"] == ["-", "-"]
     eastus = next(line for line in lines if line.startswith("  eastus"))
     assert eastus.split()[:5] == ["eastus", "contoso.eastus.geo.azurecr.io", "Unhealthy", "4", "2026-11-28T03:09:40Z"]
     assert "(5m ago)" in eastus

@@ -217,8 +217,8 @@ def _add_status(commands: Any) -> None:
             """
             The table output starts with one line per policy, then a block per policy: registry, cluster
             region, active region and endpoint, healthy replicas, workload counts, the Ready, Degraded,
-            FailedOver and ControlPlaneUnavailable conditions ("-" when absent), the replicas and the last
-            switch of the active endpoint.
+            FailedOver, ControlPlaneUnavailable and NodeCredentials conditions ("-" when absent), the replicas
+            and the last switch of the active endpoint.
 
             -o json|yaml prints one object:
               ok: true when every listed policy is Ready=True and not Degraded=True
@@ -226,7 +226,8 @@ def _add_status(commands: Any) -> None:
                 - name, registry, mode, generation, observedGeneration,
                   clusterRegion, activeRegion, activeEndpoint, healthy ("2/3"),
                   workloads: {total, pinned, awaitingReplication, skipped, invalid},
-                  conditions: {Ready, Degraded, FailedOver, ControlPlaneUnavailable}: each null when absent,
+                  conditions: {Ready, Degraded, FailedOver, ControlPlaneUnavailable, NodeCredentials}: each null
+                    when absent,
                     else {status, reason, message, lastTransitionTime},
                   replicas: [{region, endpoint, state, consecutiveFailures, latencyMilliseconds,
                               lastProbeTime, lastTransitionTime, message}],

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 GLOBAL_REGION = "global"
-CONDITION_TYPES = ("Ready", "Degraded", "FailedOver", "ControlPlaneUnavailable")
+CONDITION_TYPES = ("Ready", "Degraded", "FailedOver", "ControlPlaneUnavailable", "NodeCredentials")
 GROUP, VERSION, PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
 
 _REGION_RE = re.compile(r"^[a-z0-9]+\Z")
