@@ -38,10 +38,11 @@ from geopin.core.references import split_host
 from geopin.core.rewrite import SIBLING_SUFFIX
 
 if TYPE_CHECKING:
+    from geopin.control.notices import WorkloadNotices
     from geopin.core.decisions import PolicySnapshot
     from geopin.core.rewrite import Desired
     from geopin.core.workloads import WorkloadView
-    from geopin.io.kube import Kube
+    from geopin.io.kube import KubeAPI
 
 __all__ = ["PullSecretSync"]
 
@@ -51,10 +52,9 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "geopin"}
 
 
 class PullSecretSync:
-    def __init__(self, kube: Kube, post_event: Callable[[WorkloadView, str, str, str], None]) -> None:
+    def __init__(self, kube: KubeAPI, notices: WorkloadNotices) -> None:
         self.kube = kube
-        self.post_event = post_event
-        self._warned: set[tuple[str, str]] = set()
+        self.notices = notices
 
     async def _parsed(self, namespace: str, name: str) -> dict[str, DockerAuth] | None:
         data = await self.kube.get_secret_data(namespace, name)
@@ -90,23 +90,8 @@ class PullSecretSync:
             elif sibling is not None:
                 desired = replace(desired, pull_secrets=tuple(own))  # nothing to extend from
         if not covers(covering, host):
-            self._warn(view, host, own)
+            self.notices.missing_pull_secret(view, host, own)
         return desired
-
-    def _warn(self, view: WorkloadView, host: str, secrets: Iterable[str]) -> None:
-        key = (view.uid, host)
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        names = ", ".join(secrets)
-        self.post_event(
-            view,
-            "Warning",
-            "PullSecretMissingRegionalHost",
-            f"imagePullSecrets ({names}) have no credentials for {host}: the kubelet matches one DNS label per "
-            "'*' (a key for the global host does not cover regional hosts); set pullSecrets: Extend, or add a "
-            "key for the regional hosts",
-        )
 
     async def _ensure_sibling(self, namespace: str, name: str, data: dict[str, str]) -> None:
         path = f"/api/v1/namespaces/{namespace}/secrets/{name}"

@@ -11,11 +11,24 @@ brings an older object back.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+import logging
+import time
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-__all__ = ["ObjectCache"]
+from geopin.core.policy import cluster_region_of
+from geopin.core.workloads import KINDS, PATCH_KINDS, WorkloadRef, WorkloadView, tracked, view_of
+
+if TYPE_CHECKING:
+    from geopin.io.kube import KubeAPI
+
+__all__ = ["REGION_LABEL", "ClusterCache", "NodeRegions", "ObjectCache"]
+
+logger = logging.getLogger(__name__)
+
+REGION_LABEL = "topology.kubernetes.io/region"
+TOMBSTONES = 10_000  # deleted keys remembered; older ones cannot be in a LIST still in flight
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -45,7 +58,10 @@ class ObjectCache(Generic[K, V]):
 
     def discard(self, key: K, resource_version: str | None = None) -> None:
         self.entries.pop(key, None)
+        self._deleted.pop(key, None)
         self._deleted[key] = _version(resource_version)
+        if len(self._deleted) > TOMBSTONES:
+            del self._deleted[next(iter(self._deleted))]
 
     def get(self, key: K) -> V | None:
         found = self.entries.get(key)
@@ -59,3 +75,85 @@ class ObjectCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+class NodeRegions:
+    """Each node's region label, and the cluster's region (the one most nodes carry) kept with them.
+
+    Nodes send an event on every status update; only a change of a node's region recounts.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: ObjectCache[str, str] = ObjectCache()
+        self.region: str | None = None
+
+    def upsert(self, name: str, resource_version: str | None, labels: Mapping[str, str]) -> bool:
+        """A node as seen now; True when the cluster's region changed."""
+        region = labels.get(REGION_LABEL, "")
+        before = self.nodes.get(name)
+        self.nodes.upsert(name, resource_version, region)
+        return self.nodes.get(name) != before and self._recount()
+
+    def discard(self, name: str, resource_version: str | None) -> bool:
+        present = self.nodes.get(name) is not None
+        self.nodes.discard(name, resource_version)
+        return present and self._recount()
+
+    def _recount(self) -> bool:
+        region = cluster_region_of(self.nodes.values())
+        changed, self.region = region != self.region, region
+        return changed
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+@dataclass
+class ClusterCache:
+    """What geopin knows of the cluster: workloads, namespaces' labels, nodes' regions."""
+
+    workloads: ObjectCache[WorkloadRef, WorkloadView] = field(default_factory=ObjectCache)
+    namespaces: ObjectCache[str, dict[str, str]] = field(default_factory=ObjectCache)
+    nodes: NodeRegions = field(default_factory=NodeRegions)
+
+    def view(self, ref: WorkloadRef) -> WorkloadView | None:
+        return self.workloads.get(ref)
+
+    def views(self) -> list[WorkloadView]:
+        return self.workloads.values()
+
+    def namespace_labels(self, namespace: str) -> dict[str, str] | None:
+        return self.namespaces.get(namespace)
+
+    def all_namespace_labels(self) -> dict[str, dict[str, str]]:
+        return dict(self.namespaces.items())
+
+    def region(self) -> str | None:
+        """The cluster's region: the ``topology.kubernetes.io/region`` most nodes carry."""
+        return self.nodes.region
+
+    async def prime(self, kube: KubeAPI) -> None:
+        """LIST nodes, namespaces and every workload kind once, before Kopf's watches start."""
+        began = time.monotonic()
+        async for item in kube.list_all("/api/v1/nodes"):
+            meta = item["metadata"]
+            self.nodes.upsert(meta["name"], meta.get("resourceVersion"), meta.get("labels") or {})
+        async for item in kube.list_all("/api/v1/namespaces"):
+            meta = item["metadata"]
+            self.namespaces.upsert(meta["name"], meta.get("resourceVersion"), dict(meta.get("labels") or {}))
+        for name in PATCH_KINDS:
+            kind = KINDS[name]
+            prefix = f"/apis/{kind.group}/{kind.version}" if kind.group else f"/api/{kind.version}"
+            async for item in kube.list_all(f"{prefix}/{kind.plural}"):
+                if tracked(kind, item):
+                    self.upsert_workload(view_of(kind, item), item["metadata"].get("resourceVersion"))
+        logger.info(
+            "cache primed in %.1fs: %d workloads, %d namespaces, %d nodes",
+            time.monotonic() - began,
+            len(self.workloads),
+            len(self.namespaces),
+            len(self.nodes),
+        )
+
+    def upsert_workload(self, view: WorkloadView, resource_version: str | None) -> None:
+        self.workloads.upsert(view.ref, resource_version, view)
