@@ -308,24 +308,26 @@ def _plan(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextI
 
 
 def _probe(args: argparse.Namespace, stdout: TextIO) -> int:
-    from geopin.cli import status as cli_status
+    from geopin.cli import probe
+    from geopin.cli.output import render
 
-    endpoints = cli_status.parse_endpoints(args.endpoint)
-    targets = cli_status.probe_targets(args.registry, args.region, endpoints, args.include_global)
-    cli_status.check_canary(args.canary)
-    ca_bundle = cli_status.read_ca(args.ca)
-    client = cli_status.make_client(args.scheme, args.timeout, ca_bundle)
-    rows = cli_status.run_probes(client, targets, args.canary)
-    document = cli_status.probe_document(args.registry, rows)
+    endpoints = probe.parse_endpoints(args.endpoint)
+    targets = probe.probe_targets(args.registry, args.region, endpoints, args.include_global)
+    probe.check_canary(args.canary)
+    ca_bundle = probe.read_ca(args.ca)
+    client = probe.make_client(args.scheme, args.timeout, ca_bundle)
+    rows = probe.run_probes(client, targets, args.canary)
+    document = probe.probe_document(args.registry, rows)
     if args.output == "table":
-        stdout.write(cli_status.format_probe_table(rows))
+        stdout.write(probe.format_probe_table(rows))
     else:
-        stdout.write(cli_status.render(document, args.output))
+        stdout.write(render(document, args.output))
     return EXIT_OK if document["ok"] else EXIT_PROBLEM
 
 
 def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from geopin.cli import status as cli_status
+    from geopin.cli.output import render
 
     policies = cli_status.fetch_policies(args.kubeconfig, args.policy, args.request_timeout)
     document = cli_status.status_document(policies)
@@ -334,7 +336,7 @@ def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             print("geopin: no RegistryPolicies found", file=stderr)
         stdout.write(cli_status.format_status_table(document))
     else:
-        stdout.write(cli_status.render(document, args.output))
+        stdout.write(render(document, args.output))
     return cli_status.status_exit_code(document)
 
 
