@@ -204,7 +204,7 @@ class PolicyMonitor:
             return
         while True:
             self.apply_discovery(await discovery.refresh())
-            await asyncio.sleep(azure.refresh_seconds)  # the refresh period
+            await asyncio.sleep(azure.refresh_seconds)
 
     def apply_discovery(self, result: DiscoveryResult) -> None:
         """ARM's answer: the replica list (the last known one when ARM failed) and who is excluded."""

@@ -106,7 +106,7 @@ class LeaderElector:
                 raise
             except Exception:
                 logger.exception("leader election: unexpected error; campaigning on")
-            await asyncio.sleep(self.renew_period if self.leading else self.retry_period)  # the election's cadence
+            await asyncio.sleep(self.renew_period if self.leading else self.retry_period)
 
     async def _round(self) -> None:
         sent = self.clock()
