@@ -18,6 +18,7 @@ from typing import Any
 from geopin.cli.errors import EXIT_OK, EXIT_PROBLEM, CliError
 from geopin.cli.output import table
 from geopin.core.crd import GROUP, PLURAL, VERSION
+from geopin.core.text import one_line
 
 __all__ = [
     "CONDITION_TYPES",
@@ -45,7 +46,7 @@ def fetch_policies(kubeconfig: str | None, name: str | None, timeout: float) -> 
         configuration = load_configuration(kubeconfig)
     except Exception as e:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-        raise CliError(f"cannot load kubeconfig {where}: {_first_line(e)}") from None
+        raise CliError(f"cannot load kubeconfig {where}: {one_line(e)}") from None
     # A refused or silent API server fails fast: one connect retry, no read retry, bounded connect and read.
     configuration.retries = urllib3.util.Retry(total=1, connect=1, read=0, redirect=0, status=0)
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # kubeconfig's own choice; one-line output
@@ -122,13 +123,8 @@ def _connection_reason(error: BaseException, timeout: float) -> str:
             return os.strerror(e.errno).lower()
     if isinstance(error, urllib3.exceptions.ConnectTimeoutError | TimeoutError):
         return f"connect timeout after {timeout:g}s"
-    text = re.sub(r"<[^>]*>:\s*|\w*Connection(?:Pool)?\([^)]*\):\s*", "", _first_line(error))
+    text = re.sub(r"<[^>]*>:\s*|\w*Connection(?:Pool)?\([^)]*\):\s*", "", one_line(error))
     return text or type(error).__name__
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0].strip() if lines else type(error).__name__
 
 
 def _condition(status: Mapping[str, Any], type_: str) -> dict[str, Any] | None:

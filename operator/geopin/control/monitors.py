@@ -22,6 +22,7 @@ from geopin.control.monitor import PolicyMonitor
 from geopin.core.endpoints import arm_endpoint
 from geopin.core.health import ReplicaState, Transition, preference_order
 from geopin.core.policy import Policy
+from geopin.core.text import one_line
 from geopin.io.cache import ClusterCache
 from geopin.io.event_backlog import EventBacklog
 from geopin.io.images import ImageCache
@@ -247,7 +248,7 @@ class Monitors:
             raise ProbeSetupError(f"spec.probe: {e}") from None
 
     def _failed(self, name: str, error: Exception) -> None:
-        message = str(error) or type(error).__name__
+        message = one_line(error)
         if name in self.loops:
             message = f"{message}; probing with the previous settings"
         self._failed_at[name] = self.clock()
