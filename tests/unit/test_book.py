@@ -183,7 +183,7 @@ def test_snapshot_assumes_every_listed_replica_healthy() -> None:
     b.upsert(e)
     snap = b.snapshot(e)
     assert snap is not None
-    assert snap.healthy == frozenset({"eastus", "westus"})
+    assert snap.usable == frozenset({"eastus", "westus"})
     assert snap.cluster_region == "westus"
     assert snap.excluded_namespaces == frozenset({"kube-system", "geopin"})
     assert not snap.deleting

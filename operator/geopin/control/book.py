@@ -110,18 +110,14 @@ class PolicyBook:
         """What the policy knows now; None while it must not act (invalid, conflicting, still probing)."""
         if entry.policy is None or entry.conflict_with is not None:
             return None
-        if entry.deleting:
-            healthy: frozenset[str] = frozenset()  # restoring needs no health
-        else:
-            usable = self.health.usable(entry)
-            if usable is None:
-                return None
-            healthy = usable
+        usable = frozenset[str]() if entry.deleting else self.health.usable(entry)  # restoring needs no health
+        if usable is None:
+            return None
         cache = self.health.images(entry.name)
         return PolicySnapshot(
             policy=self.health.effective(entry.name, entry.policy),
             cluster_region=self.cluster_region(entry.policy),
-            healthy=healthy,
+            usable=usable,
             availability=cache.available if cache is not None else None,
             digest_of=cache.digest_of if cache is not None else None,
             deleting=entry.deleting,

@@ -68,7 +68,7 @@ class PolicyMonitor:
         self.listener = listener
         self.clock = clock
         self.tracker = HealthTracker(policy.probe, policy.replicas)
-        self.eligible: frozenset[str] | None = None  # None until every replica has a verdict
+        self.usable: frozenset[str] | None = None  # None until every replica has a verdict
         self.images = ImageCache()
         self._due: dict[str, float] = {}
         self._launched: dict[str, float] = {}
@@ -145,7 +145,7 @@ class PolicyMonitor:
     def _next_wake(self, now: float) -> float:
         """The earliest of: a probe due, a healthy replica's failback delay ending."""
         times = [self._probe_at(region, now) for region in self.tracker.replicas]
-        times += [h.eligible_at for h in self.tracker.replicas.values() if h.eligible_at > now]
+        times += [h.usable_at for h in self.tracker.replicas.values() if h.usable_at > now]
         return min([now + IDLE_WAKE_SECONDS, *times])
 
     async def _probe(self, region: str) -> None:
@@ -221,7 +221,7 @@ class PolicyMonitor:
 
     def _recompute(self) -> None:
         decided = self.tracker.decided and self._discovered_once
-        eligible = self.tracker.eligible(self.clock()) if decided else None
-        if eligible != self.eligible:
-            self.eligible = eligible
+        usable = self.tracker.usable(self.clock()) if decided else None
+        if usable != self.usable:
+            self.usable = usable
             self.listener.usable_changed(self.policy.name)

@@ -75,7 +75,7 @@ class Monitors:
         """The leader's own verdict; a standby reads the leader's from the status (for admission)."""
         if self.running:
             loop = self.loops.get(entry.name)
-            return loop.eligible if loop is not None else None
+            return loop.usable if loop is not None else None
         published = entry.observed_status.get("usableRegions")
         return frozenset(published) if isinstance(published, list) else None
 
@@ -184,7 +184,7 @@ class Monitors:
         return changed
 
     def _via(self, loop: PolicyMonitor) -> str:
-        usable = loop.eligible or frozenset()
+        usable = loop.usable or frozenset()
         order = preference_order(loop.spec_policy, policy_region(loop.spec_policy, self.cluster.region()))
         return next((region for region in order if region in usable), "")
 

@@ -207,7 +207,7 @@ class StatusReporter:
             "activeRegion": target.region,
             "activeEndpoint": target.endpoint,
             "healthySummary": f"{healthy}/{len(replicas)}",
-            "usableRegions": sorted(snapshot.healthy),  # what every replica's admission webhook uses
+            "usableRegions": sorted(snapshot.usable),  # what every replica's admission webhook uses
             "replicas": replicas,
             "workloads": counts.as_status(),
         }
@@ -400,9 +400,9 @@ def switch_reason(previous: str, target: Target, snapshot: PolicySnapshot, monit
     health = monitor.tracker.replicas.get(previous) if monitor is not None else None
     if health is not None and health.excluded:
         return "ReplicaExcluded"
-    if health is not None and previous not in snapshot.healthy:
+    if health is not None and previous not in snapshot.usable:
         return "ReplicaUnhealthy"
-    if previous == GLOBAL_REGION or (health is not None and previous in snapshot.healthy):
+    if previous == GLOBAL_REGION or (health is not None and previous in snapshot.usable):
         order = preference_order(snapshot.policy, snapshot.cluster_region)
         if previous == GLOBAL_REGION or (target.region in order and order.index(target.region) < order.index(previous)):
             return "ReplicaRecovered"

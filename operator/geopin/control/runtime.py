@@ -170,5 +170,5 @@ class Runtime:
             queued = self.reconciler.enqueue_if_needed(self.cluster.views())
             for policy in sorted(policies):
                 loop = self.monitors.loops.get(policy)
-                usable = sorted(loop.eligible or ()) if loop is not None else []
+                usable = sorted(loop.usable or ()) if loop is not None else []
                 logger.info("policy %s: usable replicas %s: %d workloads queued", policy, usable, queued)

@@ -41,7 +41,7 @@ class PolicySnapshot:
 
     policy: Policy
     cluster_region: str | None
-    healthy: frozenset[str]
+    usable: frozenset[str]
     deleting: bool = False
     excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
     # (image, region) → is the manifest there? None: not looked up yet. Used when replicationCheck is on.
@@ -56,7 +56,7 @@ class PolicySnapshot:
         return self.policy.mode in (Mode.PATCH, Mode.ADMISSION)
 
     def home(self) -> Target:
-        return choose(self.policy, self.cluster_region, self.healthy)
+        return choose(self.policy, self.cluster_region, self.usable)
 
 
 def is_selected(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mapping[str, str] | None) -> bool:
@@ -98,7 +98,7 @@ def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mappi
     awaiting: str | None = None
     target: Target | None = None
     for region in preference_order(policy, snapshot.cluster_region, preferred):
-        if region not in snapshot.healthy:
+        if region not in snapshot.usable:
             continue
         if check is not None and region != current:
             found = [check(image, region) for image in images]
