@@ -206,6 +206,3 @@ class HealthTracker:
         if health.state is ReplicaState.UNKNOWN or suspect or recovering:
             return min(QUICK_REPROBE_SECONDS, interval)
         return interval
-
-    def healthy_count(self) -> int:
-        return sum(h.reported_state is ReplicaState.HEALTHY for h in self.replicas.values())

@@ -60,10 +60,6 @@ class Desired:
     pull_secrets: tuple[str, ...] | None = None
     unknown: tuple[tuple[str, str, str], ...] = ()  # (policy, image, region) to look up first; nothing else set
 
-    @property
-    def managed(self) -> int:
-        return len(self.originals)
-
 
 def read_record(annotations: Mapping[str, str]) -> tuple[dict[str, str], bool]:
     """The ``geopin.io/original-images`` record, and whether it was malformed (then treated as empty)."""

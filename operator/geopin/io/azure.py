@@ -93,11 +93,6 @@ class DiscoveryResult:
     error: str | None  # one line, no secrets
     fetched_at: float | None  # time.monotonic() of the last successful fetch
 
-    @property
-    def known(self) -> bool:
-        """At least one refresh has ever succeeded."""
-        return self.fetched_at is not None
-
 
 _EMPTY = DiscoveryResult(replicas=(), fresh=False, error=None, fetched_at=None)
 

@@ -109,10 +109,6 @@ class ProbeResult:
     latency_seconds: float
     message: str
 
-    @property
-    def ok(self) -> bool:
-        return self.outcome is Outcome.OK
-
 
 @dataclass(frozen=True, slots=True)
 class BasicCredentials:
