@@ -22,12 +22,13 @@ from geopin.control.monitor import PolicyMonitor
 from geopin.core.endpoints import arm_endpoint
 from geopin.core.health import ReplicaState, Transition, preference_order
 from geopin.core.policy import Policy
+from geopin.core.pullsecrets import credentials_for, parse_dockerconfig
 from geopin.core.text import one_line
 from geopin.io.cache import ClusterCache
 from geopin.io.event_backlog import EventBacklog
 from geopin.io.images import ImageCache
 from geopin.io.kube import KubeAPI
-from geopin.io.probes import RegistryClient, credentials_from_dockerconfig
+from geopin.io.probes import BasicCredentials, RegistryClient
 
 if TYPE_CHECKING:
     from geopin.io.azure import ArmDiscovery
@@ -226,8 +227,8 @@ class Monitors:
                 data = await self.kube.get_secret_data(ref.namespace, ref.name)
                 if data is None:
                     logger.warning("policy %s: %s not found; probing anonymously", policy.name, where)
-                else:
-                    credentials = credentials_from_dockerconfig(data, policy.registry)
+                elif (auth := credentials_for(policy.registry, [parse_dockerconfig(data)])) is not None:
+                    credentials = BasicCredentials(auth.username, auth.password)
             except Exception as e:
                 raise ProbeSetupError(f"{where}: {e}") from None
         aad_credential = None

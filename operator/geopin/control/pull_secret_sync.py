@@ -19,7 +19,7 @@ is nothing here to check or extend.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +30,10 @@ from geopin.core.pullsecrets import (
     DockerAuth,
     MalformedPullSecret,
     covers,
-    key_matches,
+    credentials_for,
     parse_dockerconfig,
     sibling_dockerconfig,
 )
-from geopin.core.references import split_host
 from geopin.core.rewrite import SIBLING_SUFFIX
 
 if TYPE_CHECKING:
@@ -80,7 +79,7 @@ class PullSecretSync:
         covering = list(secrets.values())
         if policy.pull_secrets is PullSecrets.EXTEND and desired.pull_secrets is not None:
             sibling = next((n for n in desired.pull_secrets if n.endswith(SIBLING_SUFFIX)), None)
-            auth = _credentials_for(policy.registry, secrets.values())
+            auth = credentials_for(policy.registry, secrets.values())
             if sibling is not None and auth is not None:
                 regional = [e for r, e in policy.endpoints.items() if r != GLOBAL_REGION]
                 await self._ensure_sibling(
@@ -123,12 +122,3 @@ class PullSecretSync:
                 except ApiException as e:
                     if e.status != 404:
                         raise
-
-
-def _credentials_for(registry: str, secrets: Iterable[dict[str, DockerAuth]]) -> DockerAuth | None:
-    host, _ = split_host(registry)
-    for secret in secrets:
-        for key, auth in secret.items():
-            if key_matches(key, registry) or key_matches(key, host):
-                return auth
-    return None

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from geopin.core.references import InvalidReference, parse, same_host
+from geopin.core.references import InvalidReference, parse, same_host, split_host
 
 __all__ = [
     "DOCKERCFG_KEY",
@@ -44,6 +44,7 @@ __all__ = [
     "DockerAuth",
     "MalformedPullSecret",
     "covers",
+    "credentials_for",
     "key_matches",
     "missing_hosts",
     "parse_dockerconfig",
@@ -474,6 +475,16 @@ def key_matches(key: str, image_host: str, image_path: str = "") -> bool:
     # Lookup's fallback: credentials for index.docker.io serve Docker Hub images when nothing else matched.
     # The kubelet always passes a repository (host/path); judge a bare host as one.
     return stored == _DEFAULT_REGISTRY_KEY and _is_default_registry_match(f"{image_host}/{image_path.lstrip('/')}")
+
+
+def credentials_for(registry: str, secrets: Iterable[Mapping[str, DockerAuth]]) -> DockerAuth | None:
+    """The credentials the kubelet would use for ``registry`` (``host[:port]``), from the first secret that has any."""
+    host, _ = split_host(registry)
+    for secret in secrets:
+        for key, auth in secret.items():
+            if key_matches(key, registry) or key_matches(key, host):
+                return auth
+    return None
 
 
 def covers(secrets: Iterable[Mapping[str, DockerAuth]], host: str, path: str = "") -> bool:

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from geopin import __version__
-from geopin.core.references import InvalidReference, parse, same_host
+from geopin.core.references import InvalidReference, parse
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -68,7 +68,6 @@ __all__ = [
     "RegistryClient",
     "classify_exception",
     "classify_status",
-    "credentials_from_dockerconfig",
     "parse_challenge",
 ]
 
@@ -242,56 +241,6 @@ def parse_challenge(headers: httpx.Headers) -> Challenge | None:
     if bearer is not None and bearer.realm:
         return bearer
     return found.get("basic")
-
-
-# -- credentials -------------------------------------------------------------------------------
-
-
-def _auth_host(key: str) -> str:
-    """A docker config ``auths`` key (``host``, ``https://host/v1/``) → ``host[:port]``."""
-    for prefix in ("https://", "http://"):
-        if key.lower().startswith(prefix):
-            key = key[len(prefix) :]
-            break
-    return key.split("/", 1)[0]
-
-
-def credentials_from_dockerconfig(secret_data: Mapping[str, str], host: str) -> BasicCredentials | None:
-    """Basic credentials for ``host`` from a ``kubernetes.io/dockerconfigjson`` secret's ``data``.
-
-    The ``auths`` entry whose key names exactly ``host`` (case-insensitive, same port; a scheme or a
-    path in the key is ignored) wins; its ``auth`` (base64 ``user:password``) or ``username`` and
-    ``password``. None when no entry matches or it holds no credentials. ValueError (without any
-    secret in it) when the secret is not valid docker config JSON.
-    """
-    encoded = secret_data.get(".dockerconfigjson")
-    if not encoded:
-        raise ValueError("secret has no .dockerconfigjson")
-    try:
-        config = json.loads(base64.b64decode(encoded, validate=True))
-    except (binascii.Error, ValueError):
-        raise ValueError(".dockerconfigjson is not base64-encoded JSON") from None
-    auths = config.get("auths") if isinstance(config, dict) else None
-    if not isinstance(auths, dict):
-        raise ValueError(".dockerconfigjson has no auths object")
-    for key, entry in auths.items():
-        if not isinstance(key, str) or not isinstance(entry, dict) or not same_host(_auth_host(key), host):
-            continue
-        username, password = entry.get("username"), entry.get("password")
-        auth = entry.get("auth")
-        if isinstance(auth, str) and auth:
-            try:
-                decoded = base64.b64decode(auth, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                raise ValueError(f"auths[{key!r}].auth is not base64 of user:password") from None
-            user, colon, secret = decoded.partition(":")
-            if not colon:
-                raise ValueError(f"auths[{key!r}].auth is not base64 of user:password")
-            return BasicCredentials(username=user, password=secret)
-        if isinstance(username, str) and username and isinstance(password, str):
-            return BasicCredentials(username=username, password=password)
-        return None
-    return None
 
 
 # -- the client --------------------------------------------------------------------------------
