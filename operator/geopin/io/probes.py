@@ -54,6 +54,7 @@ import httpx
 
 from geopin import __version__
 from geopin.core.references import InvalidReference, parse
+from geopin.core.text import one_line
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -87,7 +88,6 @@ DEFAULT_TOKEN_SECONDS = 60.0
 # ACR refresh tokens are JWTs with an `exp`; when one cannot be read, assume this much.
 DEFAULT_REFRESH_TOKEN_SECONDS = 600.0
 MAX_MARGIN_SECONDS = 30.0
-MESSAGE_LIMIT = 240
 
 
 class Outcome(enum.StrEnum):
@@ -175,7 +175,7 @@ def classify_exception(error: BaseException, timeout_seconds: float | None = Non
     if tls is not None:
         verify_message = getattr(tls, "verify_message", None)
         if isinstance(tls, ssl.SSLCertVerificationError):
-            return Outcome.TLS, f"TLS certificate verify failed: {verify_message or _one_line(str(tls))}"
+            return Outcome.TLS, f"TLS certificate verify failed: {verify_message or one_line(str(tls))}"
         reason = getattr(tls, "reason", None)
         return Outcome.TLS, f"TLS error: {reason or type(tls).__name__}"
     if isinstance(error, httpx.ConnectError | httpx.ReadError | httpx.WriteError | httpx.CloseError):
@@ -184,12 +184,12 @@ def classify_exception(error: BaseException, timeout_seconds: float | None = Non
         detail = next((_os_error_text(e) for e in _chain(error) if isinstance(e, OSError) and e.errno), None)
         if detail:
             return Outcome.CONNECT, f"connect: {detail}"
-        return Outcome.CONNECT, f"connect: {_one_line(str(error)) or type(error).__name__}"
+        return Outcome.CONNECT, f"connect: {one_line(str(error)) or type(error).__name__}"
     if isinstance(error, httpx.TransportError):
-        return Outcome.CONNECT, f"{type(error).__name__}: {_one_line(str(error))}"
+        return Outcome.CONNECT, f"{type(error).__name__}: {one_line(str(error))}"
     if isinstance(error, OSError):
         return Outcome.CONNECT, f"connect: {_os_error_text(error)}"
-    return Outcome.CONNECT, f"{type(error).__name__}: {_one_line(str(error))}"
+    return Outcome.CONNECT, f"{type(error).__name__}: {one_line(str(error))}"
 
 
 def _os_error_text(error: OSError) -> str:
@@ -198,11 +198,6 @@ def _os_error_text(error: OSError) -> str:
     if error.errno:
         return os.strerror(error.errno).lower()
     return (error.strerror or type(error).__name__).lower()
-
-
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
 
 
 _PARAM_RE = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
@@ -589,7 +584,7 @@ class RegistryClient:
         for secret in secrets:
             if secret and len(secret) >= 4:
                 message = message.replace(secret, "***")
-        return _one_line(message)
+        return one_line(message)
 
 
 def _seconds(value: object, default: float) -> float:
