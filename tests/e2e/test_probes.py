@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 import pytest
 
-from geopin.core.pullsecrets import credentials_for, parse_dockerconfig
+from geopin.core.keyring import credentials_for
+from geopin.core.pullsecrets import parse_dockerconfig
 from geopin.io.probes import (
     BasicCredentials,
     Outcome,

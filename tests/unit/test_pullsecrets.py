@@ -11,6 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from geopin.core.keyring import _glob_match, covers, credentials_for, key_matches, missing_hosts
 from geopin.core.pullsecrets import (
     DOCKERCFG_KEY,
     DOCKERCONFIGJSON_KEY,
@@ -18,11 +19,6 @@ from geopin.core.pullsecrets import (
     SECRET_TYPE_DOCKERCONFIGJSON,
     DockerAuth,
     MalformedPullSecret,
-    _glob_match,
-    covers,
-    credentials_for,
-    key_matches,
-    missing_hosts,
     parse_dockerconfig,
     sibling_dockerconfig,
 )

@@ -21,8 +21,9 @@ from geopin.control.changes import Changes
 from geopin.control.monitor import PolicyMonitor
 from geopin.core.endpoints import arm_endpoint
 from geopin.core.health import ReplicaState, Transition, preference_order
+from geopin.core.keyring import credentials_for
 from geopin.core.policy import Policy
-from geopin.core.pullsecrets import credentials_for, parse_dockerconfig
+from geopin.core.pullsecrets import parse_dockerconfig
 from geopin.core.text import one_line
 from geopin.io.cache import ClusterCache
 from geopin.io.event_backlog import EventBacklog

@@ -25,15 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
+from geopin.core.keyring import covers, credentials_for
 from geopin.core.policy import GLOBAL_REGION, PullSecrets
-from geopin.core.pullsecrets import (
-    DockerAuth,
-    MalformedPullSecret,
-    covers,
-    credentials_for,
-    parse_dockerconfig,
-    sibling_dockerconfig,
-)
+from geopin.core.pullsecrets import DockerAuth, MalformedPullSecret, parse_dockerconfig, sibling_dockerconfig
 from geopin.core.rewrite import SIBLING_SUFFIX
 
 if TYPE_CHECKING:
