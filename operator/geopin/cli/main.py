@@ -35,6 +35,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_run(commands)
+    _add_plan(commands)
+    _add_probe(commands)
+    _add_status(commands)
+    commands.add_parser(
+        "version",
+        help="print the version",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  geopin version              # prints: geopin <version>\n",
+    )
+    return parser
+
+
+def _add_run(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         help="run the operator",
@@ -76,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true")
 
+
+def _add_plan(commands: Any) -> None:
     plan = commands.add_parser(
         "plan",
         help="print manifests rewritten as the operator would (offline)",
@@ -99,16 +115,6 @@ def _parser() -> argparse.ArgumentParser:
         "files", nargs="*", help="manifest files or directories (their *.yaml, *.yml); '-' or none for stdin"
     )
 
-    _add_probe(commands)
-    _add_status(commands)
-    commands.add_parser(
-        "version",
-        help="print the version",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  geopin version              # prints: geopin <version>\n",
-    )
-    return parser
-
 
 def _positive_seconds(value: str) -> float:
     try:
@@ -120,15 +126,8 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
-def _add_probe(commands: Any) -> None:
-    probe = commands.add_parser(
-        "probe",
-        help="probe a registry's regional endpoints once and print their health",
-        description="Probe each region's endpoint of REGISTRY once, concurrently, as the operator does "
-        "(GET /v2/, or a manifest HEAD of --canary), and print the outcome of each.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=textwrap.dedent(
-            """
+PROBE_EPILOG = textwrap.dedent(
+    """
             Each region's endpoint is <name>.<region>.geo.azurecr.io (same cloud suffix as REGISTRY) unless
             --endpoint REGION=HOST[:PORT] names it; a registry that is not an Azure Container Registry needs
             an --endpoint for every --region. --global probes REGISTRY itself too (region "global").
@@ -154,7 +153,17 @@ def _add_probe(commands: Any) -> None:
                   --ca ca.pem
               geopin probe localhost:5000 --region dev --endpoint dev=localhost:5000 --scheme http
             """
-        ),
+)
+
+
+def _add_probe(commands: Any) -> None:
+    probe = commands.add_parser(
+        "probe",
+        help="probe a registry's regional endpoints once and print their health",
+        description="Probe each region's endpoint of REGISTRY once, concurrently, as the operator does "
+        "(GET /v2/, or a manifest HEAD of --canary), and print the outcome of each.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=PROBE_EPILOG,
     )
     probe.add_argument("registry", metavar="REGISTRY", help="the global login server, e.g. contoso.azurecr.io")
     probe.add_argument(
