@@ -3,12 +3,17 @@
 # written at run time (read-only root filesystem). Build from the repository root:
 #   docker build -t geopin:0.1.0 --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" .
 # Dependencies come only from requirements/runtime.lock, every file checked against its hash.
-ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
+# Without a Docker daemon: `make image` (buildah), which passes a PYTHON_IMAGE built from Debian's
+# python3.11 when the official image cannot be pulled (docs/install.md).
+ARG PYTHON_IMAGE=docker.io/library/python:3.11.17-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+# PYTHONHASHSEED: a fixed string hash, so that the bytecode of set constants is the same in every
+# build (reproducible layers).
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONHASHSEED=0
 # A venv keeps the runtime files in one directory that the final stage copies whole.
 RUN python -m venv /opt/geopin
 COPY requirements/runtime.lock /src/requirements/runtime.lock
@@ -34,6 +39,7 @@ RUN python -m compileall -q -f -j 0 --invalidation-mode unchecked-hash /opt/geop
  && /opt/geopin/bin/geopin version
 
 FROM ${PYTHON_IMAGE}
+ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 ARG CREATED=unknown
@@ -47,7 +53,7 @@ LABEL org.opencontainers.image.title="geopin" \
       org.opencontainers.image.url="${SOURCE}" \
       org.opencontainers.image.documentation="${SOURCE}/blob/main/docs/install.md" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.11.17-slim-bookworm"
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 ENV PATH=/opt/geopin/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv controlplane lint test test-unit test-e2e dev-up dev-down demo lock clean
+.PHONY: help prereqs venv controlplane lint test test-unit test-e2e dev-up dev-down demo lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml requirements/dev.lock
 
 venv: $(STAMP) ## create .venv from the lock
 
+# First in the list of every target that starts the local environment, so that a fresh machine learns
+# what it lacks (or, as root, gets it) before minutes of building.
+prereqs: ## check (as root: install) the commands and packages the local environment needs
+	@PYTHON=$(PYTHON) hack/prereqs.sh
+
 controlplane: ## build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
 	@hack/controlplane/build.sh
 
@@ -31,19 +36,19 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy
 test-unit: $(STAMP) ## the pure core's tests (seconds)
 	$(BIN)/pytest tests/unit -q
 
-test-e2e: $(STAMP) controlplane ## end-to-end tests on the local control plane and registries
+test-e2e: prereqs $(STAMP) controlplane ## end-to-end tests on the local control plane and registries
 	$(BIN)/pytest tests/e2e -q
 
-test: lint controlplane ## the whole suite: what .ci/run runs
+test: prereqs lint controlplane ## the whole suite: what .ci/run runs
 	$(BIN)/pytest tests -q
 
-dev-up: $(STAMP) controlplane ## start the control plane and three registry replicas, write .dev/
+dev-up: prereqs $(STAMP) controlplane ## start the control plane and three registry replicas, write .dev/
 	$(BIN)/python -m tests.harness up
 
 dev-down: $(STAMP) ## stop what dev-up started and remove .dev/
 	$(BIN)/python -m tests.harness down
 
-demo: $(STAMP) controlplane ## the guided tour: environment, operator, policy, a pinned Deployment
+demo: prereqs $(STAMP) controlplane ## the guided tour: environment, operator, policy, a pinned Deployment
 	$(BIN)/python -m tests.harness.demo $(DEMO_ARGS)
 
 lock: ## re-resolve requirements/*.lock from pyproject.toml
@@ -59,7 +64,7 @@ CRD := registrypolicies.geopin.io.yaml
 CHART_ALL_FEATURES := --set serviceMonitor.enabled=true --set prometheusRule.enabled=true \
 	--set grafanaDashboard.enabled=true --set samplePolicy.enabled=true --set rbac.secrets.enabled=true \
 	--set azureWorkloadIdentity.enabled=true --set azureWorkloadIdentity.clientId=11111111-2222-3333-4444-555555555555 \
-	--set service.webhook.enabled=true
+	--set service.webhook.enabled=true --set networkPolicy.enabled=true --set priorityClass.create=true
 
 .PHONY: tools chart-lint deploy-render deploy-check
 
@@ -78,11 +83,21 @@ deploy-check: ## fail when the chart's CRD or deploy/geopin.yaml is out of date
 	@cmp -s deploy/crds/$(CRD) $(CHART)/crds/$(CRD) || { echo "$(CHART)/crds/$(CRD) differs from deploy/crds/: make deploy-render" >&2; exit 1; }
 	hack/render-deploy.sh --check
 
+# -- the image without a Docker daemon (hack/image/, docs/install.md) ----------------------------------
+.PHONY: image image-push
+
+image: $(STAMP) ## build the Dockerfile (buildah, no daemon) into build/image (OCI layout), check it runs, write its SBOM
+	hack/image/build.sh
+
+image-push: ## push build/image to REGISTRY=host:port [REPOSITORY=geopin] (REGISTRY_CA=file for a private CA)
+	@[ -n "$(REGISTRY)" ] || { echo "usage: make image-push REGISTRY=host:port [REPOSITORY=name] [REGISTRY_CA=ca.pem]" >&2; exit 2; }
+	REGISTRY_CA="$(REGISTRY_CA)" hack/image/push.sh "$(REGISTRY)" "$(or $(REPOSITORY),geopin)"
+
 # -- benchmarks (bench/, docs/performance.md): full sizes write bench/results/, smoke is what CI runs -----
 .PHONY: bench bench-smoke
 
-bench: $(STAMP) controlplane ## every benchmark at full size (about 20 min on 2 cores), results in bench/results/
+bench: prereqs $(STAMP) controlplane ## every benchmark at full size (about 20 min on 2 cores), results in bench/results/
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-smoke: $(STAMP) controlplane ## every benchmark at smoke size (under 3 min)
+bench-smoke: prereqs $(STAMP) controlplane ## every benchmark at smoke size (under 3 min)
 	$(BIN)/python -m bench --smoke $(BENCH_ARGS)

@@ -6,6 +6,9 @@
     registries     tests.harness.registries.RegistrySet: registries["eastus"].endpoint, .url, .client(),
                    .pause()/.resume()/.stop()/.restart()
     fault_registry registries["centralus"], healed (resumed/restarted) after the test whatever happened
+    acr            tests.harness.acr.AcrRegistrySet (root only): ACR-shaped replicas on per-run loopback
+                   addresses, their data endpoints, the global endpoint, the name space they resolve in;
+                   acr["eastus"].host/.ip/.data_host, acr.auth, acr.command(argv), acr.env(), acr.heal()
     kube           a kubernetes.client.ApiClient for the admin, closed after the test
 
 Every process is stopped at the end of the session, on failure too (the fixtures yield inside `with`),
@@ -18,7 +21,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.harness.acr import AcrRegistrySet
 from tests.harness.controlplane import ControlPlane
+from tests.harness.names import NamesError
 from tests.harness.pki import CA
 from tests.harness.registries import Registry, RegistrySet
 
@@ -43,6 +48,22 @@ def control_plane(ca: CA) -> Iterator[ControlPlane]:
 def registries(ca: CA) -> Iterator[RegistrySet]:
     with RegistrySet(ca) as regs:
         yield regs
+
+
+# Short enough for a test to wait out, long enough to see pulls through the global endpoint fail first.
+GLOBAL_FAILOVER_DELAY = 15.0
+
+
+@pytest.fixture(scope="session")
+def acr(ca: CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcrRegistrySet]:
+    try:
+        acr_set = AcrRegistrySet(
+            ca, workdir=tmp_path_factory.mktemp("acr"), global_failover_delay=GLOBAL_FAILOVER_DELAY
+        )
+    except NamesError as error:
+        pytest.fail(str(error), pytrace=False)
+    with acr_set:
+        yield acr_set
 
 
 @pytest.fixture

@@ -42,6 +42,10 @@ pytestmark = pytest.mark.e2e
 NAMESPACE = "geopin-chart"
 VALUE_SETS = {"defaults": (), "all-features": ALL_FEATURES, "secrets-per-namespace": (
     "rbac.secrets.enabled=true", f"rbac.secrets.namespaces={{{NAMESPACE},default}}", "replicaCount=1",
+), "network-policy-and-named-priority-class": (
+    "networkPolicy.enabled=true", "networkPolicy.metrics.podSelector.matchLabels.app=prometheus",
+    "priorityClass.create=true", "priorityClassName=geopin-chart-critical", "priorityClass.value=1000000000",
+    "priorityClass.preemptionPolicy=Never",
 )}  # fmt: skip
 
 DURATION = "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
@@ -254,8 +258,36 @@ def test_every_rendered_document_passes_server_side_dry_run(tools: Tools, sets: 
             assert kept["securityContext"] == sent["securityContext"]
             assert kept["containers"][0]["securityContext"] == sent["containers"][0]["securityContext"]
             assert kept["topologySpreadConstraints"] == sent["topologySpreadConstraints"]
+            assert kept.get("priorityClassName") == sent.get("priorityClassName")
         if doc["kind"] in ("PrometheusRule", "ServiceMonitor", "RegistryPolicy"):
             assert _kept(doc["spec"], stored["spec"]), f"{doc['kind']}: fields pruned or changed by the API server"
+        if doc["kind"] == "NetworkPolicy":
+            assert stored["spec"] == doc["spec"]
+        if doc["kind"] == "PriorityClass":
+            assert (stored["value"], stored["preemptionPolicy"]) == (doc["value"], doc["preemptionPolicy"])
+
+
+def test_the_charts_priority_class_gives_its_pods_their_priority(tools: Tools) -> None:
+    """Created for real (it is cluster-scoped), then a Pod from the Deployment's template is admitted
+    (server-side dry-run): the API server's Priority admission resolves the class into spec.priority."""
+    name = "geopin-chart-priority"
+    sets = ("priorityClass.create=true", f"priorityClassName={name}", "priorityClass.value=4242")
+    docs = tools.render("geopin", NAMESPACE, sets)
+    priority = next(d for d in docs if d["kind"] == "PriorityClass")
+    account = next(d for d in docs if d["kind"] == "ServiceAccount")
+    template = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": "geopin-priority",
+           "namespace": NAMESPACE}, "spec": template["spec"]}  # fmt: skip
+    tools.kubectl("apply", "-f", "-", stdin=json.dumps(account))
+    tools.kubectl("apply", "-f", "-", stdin=json.dumps(priority))
+    try:
+        stored, stderr = tools.dry_run(pod)
+        assert "Warning" not in stderr, stderr
+        assert (stored["spec"]["priorityClassName"], stored["spec"]["priority"]) == (name, 4242)
+        assert stored["spec"]["preemptionPolicy"] == "PreemptLowerPriority"
+    finally:
+        tools.kubectl("delete", "priorityclass", name, "--ignore-not-found")
+        tools.kubectl("delete", "-n", NAMESPACE, "serviceaccount", account["metadata"]["name"], "--ignore-not-found")
 
 
 def test_the_pod_security_check_would_catch_a_privileged_template(tools: Tools) -> None:

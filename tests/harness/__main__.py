@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 from tests.harness import devenv
+from tests.harness.globalrouter import DEFAULT_FAILOVER_DELAY
+from tests.harness.names import NamesError
 from tests.harness.registries import DEFAULT_REGIONS
 
 
@@ -17,12 +19,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.harness", description=__doc__)
     parser.add_argument("--dir", type=Path, default=None, help="state directory (default: $GEOPIN_DEV_DIR or .dev)")
     commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="start the control plane and the registry replicas, detached")
+    up = commands.add_parser("up", help="start the control plane and the ACR-shaped registry replicas, detached")
     up.add_argument("--regions", default=",".join(DEFAULT_REGIONS), help="registry replicas, comma-separated")
     up.add_argument(
         "--node-regions",
         default="eastus,eastus,eastus",
         help="topology.kubernetes.io/region of each of the nodes, comma-separated",
+    )
+    up.add_argument(
+        "--global-failover-delay",
+        type=float,
+        default=DEFAULT_FAILOVER_DELAY,
+        metavar="SECONDS",
+        help="seconds the emulated global endpoint keeps routing to a dead replica "
+        f"(default {DEFAULT_FAILOVER_DELAY:g})",
     )
     up.add_argument(
         "--apiserver-arg",
@@ -43,7 +53,11 @@ def main(argv: list[str] | None = None) -> int:
                 regions=[r for r in args.regions.split(",") if r],
                 node_regions=[r for r in args.node_regions.split(",") if r],
                 extra_apiserver_args=args.apiserver_arg,
+                global_failover_delay=args.global_failover_delay,
             )
+        except NamesError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         except devenv.DevEnvError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1

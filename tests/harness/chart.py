@@ -21,6 +21,9 @@ ALL_FEATURES = (
     "azureWorkloadIdentity.clientId=11111111-2222-3333-4444-555555555555",
     "service.webhook.enabled=true",
     "service.webhook.certSecret=geopin-webhook-tls",
+    "networkPolicy.enabled=true",
+    "networkPolicy.metrics.namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+    "priorityClass.create=true",
 )
 
 

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -27,7 +27,6 @@ from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import TracebackType
 
     from kubernetes.client import ApiClient
 
@@ -94,7 +93,7 @@ def _kubeconfig(server: str, ca: CA, user: str, client: CertPair) -> dict[str, A
     }
 
 
-class ControlPlane:
+class ControlPlane(procs.Service):
     """etcd + kube-apiserver + kube-controller-manager with their own CA, ports and temp dir.
 
     Use as a context manager or call start()/stop(). Attributes after start(): `url`, `kubeconfig`
@@ -134,16 +133,8 @@ class ControlPlane:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """`stop()`, for `with`."""
         self.stop()
 
     def start(self) -> None:

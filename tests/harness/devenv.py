@@ -1,14 +1,21 @@
-"""The local environment contract: `up` starts a detached control plane and replicas and describes
-them in `.dev/`; `down` stops what `.dev/` lists and removes it (see docs/architecture.md).
+"""The local environment contract: `up` starts a detached control plane and ACR-shaped replicas and
+describes them in `.dev/`; `down` stops what `.dev/` lists and removes it (see docs/testing.md).
 
 .dev/
   kubeconfig        admin kubeconfig (system:masters)
   ca.crt            the run's CA: trusts the apiserver and every registry
-  registries.json   {"eastus": {"endpoint": "127.0.0.1:PORT", "pid": N}, ...}
+  ca-bundle.crt     the system's CAs plus the run's CA (SSL_CERT_FILE under .dev/run)
+  registries.json   {"eastus": {"endpoint": "IP:443", "host": "contoso.eastus.geo.azurecr.io", "ip",
+                    "pid", "data_host", "data_ip", "data_pid", "username", "password"}, ...,
+                    "global": {"endpoint", "host": "contoso.azurecr.io", "ip", "pid", "order",
+                    "failover_delay_seconds", "state", "username", "password"}}
+  run               `.dev/run CMD ARGS...`: CMD in the private name space, the run's CA trusted
+  namespace.pid     the name space's holder process
+  hosts             the /etc/hosts seen inside it
   pids              one pid per line, everything `up` started
   processes.json    [{"name", "pid", "argv0"}]: lets `down` skip pids the kernel has reused
   logs/             one log per process
-  controlplane/ registries/ pki/   working state
+  controlplane/ acr/ pki/   working state
 """
 
 from __future__ import annotations
@@ -23,14 +30,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tests.harness import procs
-from tests.harness.controlplane import REPO_ROOT, ControlPlane
+from tests.harness.acr import AcrRegistrySet
+from tests.harness.controlplane import REPO_ROOT, ControlPlane, find_binaries
+from tests.harness.globalrouter import DEFAULT_FAILOVER_DELAY
+from tests.harness.names import require_root
 from tests.harness.pki import CA
-from tests.harness.registries import DEFAULT_REGIONS, RegistrySet
+from tests.harness.registries import DEFAULT_REGIONS
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
 DEFAULT_DEV_DIR = REPO_ROOT / ".dev"
+# `down` stops by rank: everything else first, then the apiserver, etcd, and the name space last.
+STOP_RANKS = {"kube-apiserver": 1, "etcd": 2, "hosts-namespace": 3}
+
+RUN_SCRIPT = """#!/bin/sh
+# Written by `make dev-up`. .dev/run CMD ARGS... runs CMD where the environment's names resolve (its
+# private mount namespace: contoso.azurecr.io, contoso.<region>.geo.azurecr.io, ...) and its CA is
+# trusted (SSL_CERT_FILE, REQUESTS_CA_BUNDLE); KUBECONFIG is the environment's. Exit status: CMD's.
+dev=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
+if [ "$(id -u)" != 0 ]; then
+  echo ".dev/run: needs root (it enters the environment's mount namespace)" >&2; exit 2
+fi
+if [ $# -eq 0 ]; then echo "usage: .dev/run CMD [ARGS...]" >&2; exit 2; fi
+pid=$(cat "$dev/namespace.pid" 2>/dev/null || true)
+inside=$(readlink "/proc/${pid:-0}/ns/mnt" 2>/dev/null || true)
+if [ -z "$pid" ] || [ -z "$inside" ] || [ "$inside" = "$(readlink /proc/self/ns/mnt)" ]; then
+  echo ".dev/run: the environment's name space is not running: make dev-down && make dev-up" >&2; exit 2
+fi
+export SSL_CERT_FILE="$dev/ca-bundle.crt" REQUESTS_CA_BUNDLE="$dev/ca-bundle.crt" KUBECONFIG="$dev/kubeconfig"
+export PATH="{path}:$PATH"
+exec nsenter --target "$pid" --mount --wd="$PWD" -- "$@"
+"""
 
 
 class DevEnvError(RuntimeError):
@@ -70,7 +101,9 @@ def up(
     regions: Sequence[str] = DEFAULT_REGIONS,
     node_regions: Sequence[str] = ("eastus", "eastus", "eastus"),
     extra_apiserver_args: Sequence[str] = (),
+    global_failover_delay: float = DEFAULT_FAILOVER_DELAY,
 ) -> None:
+    require_root("make dev-up")
     if dev_dir.exists():
         alive = [p for p in recorded_processes(dev_dir) if p.owned()]
         if alive:
@@ -82,30 +115,32 @@ def up(
     logs = dev_dir / "logs"
     logs.mkdir(parents=True)
     ca = CA(dev_dir / "pki")
+    binaries = find_binaries()
     control_plane = ControlPlane(
         node_regions=node_regions,
         extra_apiserver_args=extra_apiserver_args,
         ca=ca,
         workdir=dev_dir / "controlplane",
         log_dir=logs,
+        binaries=binaries,
         detach=True,
     )
-    registries = RegistrySet(ca, regions, workdir=dev_dir / "registries", log_dir=logs, detach=True)
+    registries = AcrRegistrySet(
+        ca, regions, workdir=dev_dir / "acr", log_dir=logs, detach=True, global_failover_delay=global_failover_delay
+    )
     try:
         control_plane.start()
         registries.start()
         shutil.copyfile(ca.cert_path, dev_dir / "ca.crt")
+        shutil.copyfile(registries.ca_bundle, dev_dir / "ca-bundle.crt")
         shutil.copyfile(control_plane.kubeconfig, dev_dir / "kubeconfig")
         (dev_dir / "kubeconfig").chmod(0o600)
-        (dev_dir / "registries.json").write_text(
-            json.dumps({name: {"endpoint": r.endpoint, "pid": r.pid} for name, r in registries.items()}, indent=2)
-            + "\n"
-        )
-        started = [*control_plane.processes, *(r.process for r in registries.values() if r.process)]
-        (dev_dir / "processes.json").write_text(
-            json.dumps([{"name": p.name, "pid": p.pid, "argv0": p.argv[0]} for p in started], indent=2) + "\n"
-        )
-        (dev_dir / "pids").write_text("".join(f"{p.pid}\n" for p in started))
+        (dev_dir / "registries.json").write_text(json.dumps(registries.describe(), indent=2) + "\n")
+        (dev_dir / "registries.json").chmod(0o600)  # it holds the replicas' password
+        (dev_dir / "hosts").symlink_to(registries.namespace.hosts_path)
+        (dev_dir / "namespace.pid").write_text(f"{registries.namespace.pid}\n")
+        write_run_script(dev_dir / "run", [REPO_ROOT / ".venv" / "bin", binaries])
+        record_processes(dev_dir, [*control_plane.processes, *registries.processes])
     except BaseException:
         registries.close()
         control_plane.stop()
@@ -115,7 +150,26 @@ def up(
     print(f"  export KUBECONFIG={dev_dir / 'kubeconfig'}")
     print(f"  CA: {dev_dir / 'ca.crt'}")
     for name, registry in registries.items():
-        print(f"  registry {name}: {registry.endpoint}")
+        print(f"  registry {name}: {registry.host} ({registry.address}), blobs via {registry.data_host}")
+    delay = registries.global_endpoint.failover_delay
+    print(f"  global endpoint: {registries.login_server} (emulated; fails over after {delay:g}s)")
+    print(f"  credentials: {registries.auth[0]} / (password in {dev_dir / 'registries.json'})")
+    print(f"  names resolve inside: {dev_dir / 'run'} CMD ARGS...")
+
+
+def write_run_script(path: Path, path_dirs: Iterable[Path]) -> None:
+    path.write_text(RUN_SCRIPT.replace("{path}", ":".join(str(d) for d in path_dirs)))
+    path.chmod(0o755)
+
+
+def record_processes(dev_dir: Path, started: Iterable[procs.Process]) -> None:
+    """processes.json and pids; argv0 is what /proc shows now (the name space holder has exec'd sleep)."""
+    entries = []
+    for process in started:
+        cmdline = procs.pid_cmdline(process.pid)
+        entries.append({"name": process.name, "pid": process.pid, "argv0": cmdline[0] if cmdline else process.argv[0]})
+    (dev_dir / "processes.json").write_text(json.dumps(entries, indent=2) + "\n")
+    (dev_dir / "pids").write_text("".join(f"{entry['pid']}\n" for entry in entries))
 
 
 def down(dev_dir: Path = DEFAULT_DEV_DIR) -> None:
@@ -124,10 +178,8 @@ def down(dev_dir: Path = DEFAULT_DEV_DIR) -> None:
         return
     recorded = recorded_processes(dev_dir)
     owned = {p.pid for p in recorded if p.owned()}
-    # Registries and the controller manager first, the apiserver next, etcd last.
-    ranks = {"kube-apiserver": 1, "etcd": 2}
-    for rank in (0, 1, 2):
-        pids = [p.pid for p in recorded if p.pid in owned and ranks.get(p.name, 0) == rank]
+    for rank in sorted({0, *STOP_RANKS.values()}):
+        pids = [p.pid for p in recorded if p.pid in owned and STOP_RANKS.get(p.name, 0) == rank]
         procs.terminate_pids(pids, timeout=10.0, owned=lambda pid: pid in owned)
     shutil.rmtree(dev_dir)
     print(f"stopped {len(owned)} processes and removed {dev_dir}")
@@ -140,10 +192,10 @@ def status(dev_dir: Path = DEFAULT_DEV_DIR) -> bool:
         return False
     recorded = recorded_processes(dev_dir)
     for p in recorded:
-        print(f"  {p.name:<26} pid {p.pid:<8} {'running' if p.owned() else 'NOT RUNNING'}")
+        print(f"  {p.name:<40} pid {p.pid:<8} {'running' if p.owned() else 'NOT RUNNING'}")
     if (dev_dir / "registries.json").exists():
         for name, entry in json.loads((dev_dir / "registries.json").read_text()).items():
-            print(f"  registry {name}: {entry['endpoint']}")
+            print(f"  registry {name}: {entry.get('host', '')} ({entry['endpoint']})")
     print(f"  KUBECONFIG={dev_dir / 'kubeconfig'}")
     return bool(recorded) and all(p.owned() for p in recorded)
 

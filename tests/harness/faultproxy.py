@@ -42,13 +42,15 @@ import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Self, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import httpx
 
+from tests.harness import procs
+from tests.harness.streams import pipe
+
 if TYPE_CHECKING:
     from collections.abc import Coroutine
-    from types import TracebackType
 
     from tests.harness.pki import CA
 
@@ -83,7 +85,7 @@ class _Connection:
             writer.transport.abort()
 
 
-class FaultProxy:
+class FaultProxy(procs.Service):
     """A TCP proxy on 127.0.0.1 in front of `upstream` ("127.0.0.1:PORT"). See the module docstring."""
 
     def __init__(self, upstream: str, ca: CA, *, mode: Mode = "pass", port: int = 0) -> None:
@@ -162,16 +164,8 @@ class FaultProxy:
         """An httpx client for the proxy: base URL, TLS verified against the run's CA."""
         return httpx.Client(base_url=self.url, verify=self.ca.ssl_context(), timeout=timeout)
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """`stop()`, for `with`."""
         self.stop()
 
     def start(self) -> None:
@@ -302,7 +296,7 @@ class FaultProxy:
     ) -> None:
         up_reader, up_writer = await asyncio.open_connection(self._upstream_host, self._upstream_port)
         conn.writers.append(up_writer)
-        await asyncio.gather(_pipe(reader, up_writer, conn), _pipe(up_reader, writer, conn))
+        await asyncio.gather(pipe(reader, up_writer, conn.abort), pipe(up_reader, writer, conn.abort))
 
     async def _answer_http(self, mode: Mode, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -325,18 +319,6 @@ class FaultProxy:
             await writer.drain()
             if not keep_alive:
                 return
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Connection) -> None:
-    """Copy one direction; pass EOF on as a half-close; on an error, abort both sides."""
-    try:
-        while data := await reader.read(_PIPE_CHUNK):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof() and not writer.transport.is_closing():
-            writer.write_eof()
-    except OSError:
-        conn.abort()
 
 
 async def _discard_until_eof(reader: asyncio.StreamReader) -> None:

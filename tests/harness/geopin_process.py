@@ -17,6 +17,7 @@ from tests.harness.controlplane import _kubeconfig
 from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
+    from tests.harness.acr import AcrRegistrySet
     from tests.harness.controlplane import ControlPlane
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +65,12 @@ class Operator:
         verbose: bool = False,
         env: dict[str, str] | None = None,
         groups: tuple[str, ...] = ("system:masters",),
+        names: AcrRegistrySet | None = None,
     ) -> None:
-        """``env``: extra environment variables for every start (they override the inherited ones);
-        ``groups``: the user's groups (the default bypasses RBAC)."""
+        """``env``: extra environment variables for every start (they override the inherited ones).
+        ``groups``: the user's groups (the default bypasses RBAC).
+        ``names``: run inside that set's name space, trusting its CA, as `.dev/run` does."""
+        self.names = names
         self.verbose = verbose
         self.env = dict(env or {})
         self.control_plane = control_plane
@@ -94,6 +98,9 @@ class Operator:
             *extra,
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        if self.names is not None:
+            argv = self.names.command(argv)
+            env = self.names.env(env)
         self.process = procs.spawn("geopin", argv, self.log_path, detach=False, env=env)
         wait_until(
             self._healthy, timeout=30, what=f"geopin health endpoint :{self.health_port}", ignore=(httpx.HTTPError,)

@@ -103,7 +103,8 @@ def blob_exists(client: httpx.Client, repo: str, digest: str) -> bool:
     response = client.head(f"/v2/{repo}/blobs/{digest}")
     if response.status_code == 404:
         return False
-    if response.status_code != 200:
+    # 307: the registry redirects blob reads to its data endpoint (ACR, and the ACR-shaped replicas).
+    if response.status_code not in (200, 307):
         raise RegistryAPIError(response, f"HEAD blob {repo}@{digest}")
     return True
 

@@ -11,11 +11,18 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, Protocol, Self
+
+import httpx
+
+from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from pathlib import Path
+    from types import TracebackType
+
+State = Literal["running", "paused", "stopped"]
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -149,3 +156,123 @@ def terminate_pids(pids: Iterable[int], timeout: float = 10.0, owned: Callable[[
     deadline = time.monotonic() + 5.0
     while any(pid_alive(pid) for pid in live) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+class Service:
+    """`with` support for the harness's services: `start()` on entry, `close()` on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+def close_all(parts: Iterable[Closable]) -> None:
+    """Close every part, even if closing one fails (the first error is re-raised at the end)."""
+    errors: list[Exception] = []
+    for part in parts:
+        try:
+            part.close()
+        except Exception as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]
+
+
+def wait_serving(
+    process: Process | None,
+    answers: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    error: type[Exception] = RuntimeError,
+) -> None:
+    """Poll `answers()` until it is true; a transport error counts as "not yet", an exited process fails."""
+
+    def ready() -> bool:
+        if process is None or not process.alive():
+            tail = process.log_tail() if process else ""
+            raise error(f"{what} exited; last log lines:\n{tail}")
+        try:
+            return answers()
+        except httpx.TransportError:
+            return False
+
+    wait_until(ready, timeout=timeout, interval=0.05, what=what)
+
+
+class Faultable(Service):
+    """A service that is one child process, with real faults: `stop()` is SIGKILL (connections refused),
+    `pause()` SIGSTOP (connections hang), `resume()` SIGCONT; `restart()` and `heal()` undo them.
+    Subclasses set `process` when they start, `label` (for errors) and `error` (the exception type)."""
+
+    label = "process"
+    error: type[Exception] = RuntimeError
+    process: Process | None = None
+    _paused = False
+
+    def start(self, *, wait: bool = True) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise self.error(f"{self.label} was never started")
+        return self.process.pid
+
+    @property
+    def state(self) -> State:
+        if self.process is None or not self.process.alive():
+            return "stopped"
+        return "paused" if self._paused else "running"
+
+    def stop(self) -> None:
+        """SIGKILL: the port stops listening, clients get connection refused."""
+        if self.process is not None and self.process.alive():
+            self.process.popen.kill()
+            self.process.popen.wait()
+        self._paused = False
+
+    def pause(self) -> None:
+        """SIGSTOP: the kernel still accepts connections, nothing answers, clients time out."""
+        self.send_signal(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        self.send_signal(signal.SIGCONT)
+        self._paused = False
+
+    def restart(self) -> None:
+        """Kill (if running or paused) and start again."""
+        self.stop()
+        self.start()
+
+    def heal(self) -> None:
+        """Whatever state a test left it in, make it serve again."""
+        if self.state == "paused":
+            self.resume()
+        if self.state == "stopped":
+            self.start()
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        if self.process is None or not self.process.alive():
+            raise self.error(f"{self.label} is not running")
+        self.process.popen.send_signal(sig)

@@ -9,31 +9,29 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import yaml
 
 from tests.harness import procs
-from tests.harness.waiting import wait_until
+from tests.harness.names import HTTPS_PORT, resolving_transport
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from types import TracebackType
 
     from tests.harness.pki import CA
 
 DEFAULT_REGIONS = ("eastus", "westus", "centralus")
 REGISTRY_BINARY = "docker-registry"
 
-State = Literal["running", "paused", "stopped"]
+State = procs.State
 
 
 class RegistryError(RuntimeError):
@@ -46,9 +44,14 @@ def htpasswd_line(user: str, password: str) -> str:
     return result.stdout.strip()
 
 
-class Registry:
-    """One docker-registry process. Attributes: `name`, `endpoint` ("127.0.0.1:PORT"), `url`,
-    `auth` ((user, password) or None), `ca`, `pid`, `state`."""
+class Registry(procs.Faultable):
+    """One docker-registry process. Attributes: `name`, `endpoint` ("127.0.0.1:PORT", or the ACR-shaped
+    `host` alone on port 443), `url`, `host`, `ip`, `port`, `address` ("IP:PORT", reachable without
+    names), `auth` ((user, password) or None), `ca`, `pid`, `state`.
+
+    `ip`, `host`, `tls_hosts` (extra names in the certificate), `redirect_url` (the data endpoint blob
+    downloads are redirected to) and `resolve` ({name: ip} for `client()`) serve the ACR-shaped set.
+    """
 
     def __init__(
         self,
@@ -62,17 +65,32 @@ class Registry:
         detach: bool = False,
         ready_timeout: float = 20.0,
         extra_config: Mapping[str, Any] | None = None,
+        ip: str = "127.0.0.1",
+        host: str | None = None,
+        tls_hosts: Sequence[str] = (),
+        redirect_url: str | None = None,
+        resolve: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
+        self.label = f"registry {name}"
+        self.error = RegistryError
         # Top-level config sections merged over the defaults (e.g. {"auth": {"token": {...}}}).
         self.extra_config = dict(extra_config or {})
         self.ca = ca
         self.auth = auth
         self.detach = detach
         self.ready_timeout = ready_timeout
+        self.ip = ip
         self.port = port or procs.free_port()
-        self.endpoint = f"127.0.0.1:{self.port}"
+        # The name clients use (an ACR-shaped host) or the listen address; port 443 goes unwritten.
+        self.host = host or ip
+        self.endpoint = self.host if self.port == HTTPS_PORT else f"{self.host}:{self.port}"
+        self.address = f"{ip}:{self.port}"
         self.url = f"https://{self.endpoint}"
+        self.tls_hosts = (*dict.fromkeys((self.host, *tls_hosts, ip)),)
+        self.redirect_url = redirect_url
+        # {name: ip} for the harness's own clients, which run outside the namespace where names resolve.
+        self.resolve = {self.host: ip, **(resolve or {})} if host else dict(resolve or {})
         self._owns_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix=f"geopin-registry-{name}-")) if workdir is None else workdir
         self.log_dir = log_dir or self.workdir
@@ -84,7 +102,10 @@ class Registry:
 
     def _write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        serving = self.ca.issue_server(f"registry-{self.name}")
+        if self.host == "127.0.0.1":
+            serving = self.ca.issue_server(f"registry-{self.name}")
+        else:
+            serving = self.ca.issue_server(f"registry-{self.name}", self.tls_hosts)
         config: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "info", "fields": {"service": "registry", "region": self.name}},
@@ -94,7 +115,7 @@ class Registry:
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
             "http": {
-                "addr": self.endpoint,
+                "addr": self.address,
                 "secret": secrets.token_hex(16),
                 "tls": {"certificate": str(serving.cert_path), "key": str(serving.key_path)},
                 "headers": {"X-Content-Type-Options": ["nosniff"]},
@@ -104,36 +125,16 @@ class Registry:
             htpasswd = self.workdir / "htpasswd"
             htpasswd.write_text(htpasswd_line(*self.auth) + "\n")
             config["auth"] = {"htpasswd": {"realm": f"geopin-{self.name}", "path": str(htpasswd)}}
+        if self.redirect_url is not None:
+            # Blob GETs and HEADs answer 307 to <redirect_url>/<storage path>, as ACR sends downloads to
+            # its data endpoint (distribution 2.8 keeps only the scheme and host of baseurl).
+            config["middleware"] = {"storage": [{"name": "redirect", "options": {"baseurl": self.redirect_url}}]}
         config.update(self.extra_config)
         path = self.workdir / "config.yml"
         path.write_text(yaml.safe_dump(config))
         return path
 
     # -- lifecycle -----------------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RegistryError(f"registry {self.name} was never started")
-        return self.process.pid
-
-    @property
-    def state(self) -> State:
-        if self.process is None or not self.process.alive():
-            return "stopped"
-        return "paused" if self._paused else "running"
 
     def start(self, *, wait: bool = True) -> None:
         if self.state != "stopped":
@@ -151,46 +152,17 @@ class Registry:
     def wait_ready(self, timeout: float | None = None) -> None:
         """Poll GET /v2/ until it answers 200 (or 401 with auth on)."""
 
-        def ready() -> bool:
-            if self.process is None or not self.process.alive():
-                tail = self.process.log_tail() if self.process else ""
-                raise RegistryError(f"registry {self.name} exited; last log lines:\n{tail}")
-            try:
-                with self.client(timeout=1.0, authenticated=False) as http:
-                    return http.get("/v2/").status_code in (200, 401)
-            except httpx.TransportError:
-                return False
+        def answers() -> bool:
+            with self.client(timeout=1.0, authenticated=False) as http:
+                return http.get("/v2/").status_code in (200, 401)
 
-        wait_until(ready, timeout=timeout or self.ready_timeout, interval=0.05, what=f"registry {self.name}")
-
-    def stop(self) -> None:
-        """SIGKILL: the port stops listening, clients get connection refused."""
-        if self.process is not None and self.process.alive():
-            self.process.popen.kill()
-            self.process.popen.wait()
-        self._paused = False
-
-    def pause(self) -> None:
-        """SIGSTOP: the kernel still accepts connections, nothing answers, clients time out."""
-        self._signal(signal.SIGSTOP)
-        self._paused = True
-
-    def resume(self) -> None:
-        """SIGCONT after pause()."""
-        self._signal(signal.SIGCONT)
-        self._paused = False
-
-    def restart(self) -> None:
-        """Kill (if running or paused) and start again on the same port with the same storage."""
-        self.stop()
-        self.start()
-
-    def heal(self) -> None:
-        """Whatever state a test left it in, make it serve again."""
-        if self.state == "paused":
-            self.resume()
-        if self.state == "stopped":
-            self.start()
+        procs.wait_serving(
+            self.process,
+            answers,
+            timeout=timeout or self.ready_timeout,
+            what=f"registry {self.name}",
+            error=RegistryError,
+        )
 
     def close(self) -> None:
         """Stop for good (SIGTERM, then SIGKILL at the deadline) and remove a temp workdir."""
@@ -203,45 +175,27 @@ class Registry:
                 shutil.rmtree(self.workdir, ignore_errors=True)
                 self._owns_workdir = False
 
-    def _signal(self, sig: signal.Signals) -> None:
-        if self.process is None or not self.process.alive():
-            raise RegistryError(f"registry {self.name} is not running")
-        self.process.popen.send_signal(sig)
-
     # -- clients -------------------------------------------------------------------------------
 
     def client(self, *, timeout: float = 10.0, authenticated: bool = True) -> httpx.Client:
         """An httpx client for this registry: base URL, TLS verified against the run's CA, basic auth."""
         auth = httpx.BasicAuth(*self.auth) if authenticated and self.auth is not None else None
-        return httpx.Client(base_url=self.url, verify=self.ca.ssl_context(), timeout=timeout, auth=auth)
+        verify = self.ca.ssl_context()
+        transport = resolving_transport(self.resolve, verify) if self.resolve else None
+        return httpx.Client(base_url=self.url, verify=verify, timeout=timeout, auth=auth, transport=transport)
 
 
-class RegistrySet(Mapping[str, Registry]):
-    """One Registry per region, started together; `registries["eastus"].endpoint` etc."""
+R = TypeVar("R", bound=Registry)
 
-    def __init__(
-        self,
-        ca: CA,
-        regions: Sequence[str] = DEFAULT_REGIONS,
-        *,
-        auth: tuple[str, str] | None = None,
-        workdir: Path | None = None,
-        log_dir: Path | None = None,
-        detach: bool = False,
-    ) -> None:
+
+class Replicas(procs.Service, Mapping[str, R]):
+    """Registries by region, started, healed and closed together; `replicas["eastus"].endpoint` etc."""
+
+    def __init__(self, ca: CA, registries: Mapping[str, R]) -> None:
         self.ca = ca
-        self._registries: dict[str, Registry] = {}
-        for region in regions:
-            self._registries[region] = Registry(
-                region,
-                ca,
-                auth=auth,
-                workdir=None if workdir is None else workdir / region,
-                log_dir=log_dir,
-                detach=detach,
-            )
+        self._registries = dict(registries)
 
-    def __getitem__(self, region: str) -> Registry:
+    def __getitem__(self, region: str) -> R:
         return self._registries[region]
 
     def __iter__(self) -> Iterator[str]:
@@ -249,18 +203,6 @@ class RegistrySet(Mapping[str, Registry]):
 
     def __len__(self) -> int:
         return len(self._registries)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self) -> None:
         began = time.monotonic()
@@ -280,11 +222,31 @@ class RegistrySet(Mapping[str, Registry]):
 
     def close(self) -> None:
         """Close every registry, even if closing one fails (the first error is re-raised at the end)."""
-        errors: list[Exception] = []
-        for registry in self.values():
-            try:
-                registry.close()
-            except Exception as error:
-                errors.append(error)
-        if errors:
-            raise errors[0]
+        procs.close_all(self.values())
+
+
+class RegistrySet(Replicas[Registry]):
+    """One Registry per region on 127.0.0.1 and a random port, started together."""
+
+    def __init__(
+        self,
+        ca: CA,
+        regions: Sequence[str] = DEFAULT_REGIONS,
+        *,
+        auth: tuple[str, str] | None = None,
+        workdir: Path | None = None,
+        log_dir: Path | None = None,
+        detach: bool = False,
+    ) -> None:
+        registries = {
+            region: Registry(
+                region,
+                ca,
+                auth=auth,
+                workdir=None if workdir is None else workdir / region,
+                log_dir=log_dir,
+                detach=detach,
+            )
+            for region in regions
+        }
+        super().__init__(ca, registries)

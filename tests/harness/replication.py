@@ -11,15 +11,14 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 import httpx
 
-from tests.harness import oci
+from tests.harness import oci, procs
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
-    from types import TracebackType
 
     from tests.harness.registries import Registry
 
@@ -64,7 +63,7 @@ def _copy_manifest(source: httpx.Client, target: httpx.Client, repo: str, digest
     return body, media_type
 
 
-class ReplicationEmulator:
+class ReplicationEmulator(procs.Service):
     """Copies from `source` to `targets`, each after its own lag (seconds; a float for all, or per name).
 
     start()/stop() run the background copier (also a context manager); replicate_now() copies
@@ -95,16 +94,8 @@ class ReplicationEmulator:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def close(self) -> None:
+        """`stop()`, for `with`."""
         self.stop()
 
     def set_lag(self, target: str, seconds: float) -> None:

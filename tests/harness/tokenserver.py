@@ -22,15 +22,16 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tests.harness import procs
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from types import TracebackType
 
     from tests.harness.pki import CA
 
@@ -45,7 +46,7 @@ class TokenRequest:
     status: int
 
 
-class TokenServer:
+class TokenServer(procs.Service):
     """Attributes: `realm` (URL), `service`, `issuer`, `requests`, `issued` (token strings)."""
 
     def __init__(
@@ -200,15 +201,3 @@ class TokenServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -112,7 +112,15 @@ def test_default_render_has_exactly_the_core_objects() -> None:
         ]
     )
     assert kinds(render(*ALL_FEATURES)) == sorted(
-        [*kinds(render()), "ConfigMap", "PrometheusRule", "RegistryPolicy", "ServiceMonitor"]
+        [
+            *kinds(render()),
+            "ConfigMap",
+            "NetworkPolicy",
+            "PriorityClass",
+            "PrometheusRule",
+            "RegistryPolicy",
+            "ServiceMonitor",
+        ]
     )
 
 
@@ -181,6 +189,93 @@ def test_webhook_rbac_args_and_ports_only_when_enabled() -> None:
     parsed = _parser().parse_args(args)
     assert (parsed.webhook_port, parsed.webhook_config) == (9443, "geopin")
     assert parsed.webhook_service == f"{NAMESPACE}/geopin:443"
+
+
+# -- NetworkPolicy and PriorityClass ---------------------------------------------------------------------
+
+
+def _ingress_ports(policy: dict[str, Any]) -> list[tuple[str, ...]]:
+    return [tuple(p["port"] for p in rule["ports"]) for rule in policy["spec"]["ingress"]]
+
+
+def test_network_policy_only_when_enabled() -> None:
+    assert "NetworkPolicy" not in kinds(render())
+    assert "NetworkPolicy" not in kinds(render("service.webhook.enabled=true"))
+
+
+def test_network_policy_admits_the_webhook_from_anywhere_and_metrics_from_the_selectors() -> None:
+    docs = render(
+        "networkPolicy.enabled=true",
+        "service.webhook.enabled=true",
+        r"networkPolicy.metrics.namespaceSelector.matchLabels.kubernetes\.io/metadata\.name=monitoring",
+        "networkPolicy.metrics.podSelector.matchExpressions[0].key=app.kubernetes.io/name",
+        "networkPolicy.metrics.podSelector.matchExpressions[0].operator=In",
+        "networkPolicy.metrics.podSelector.matchExpressions[0].values={prometheus}",
+    )
+    policy = only(docs, "NetworkPolicy")
+    deployment = only(docs, "Deployment")
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress stays open: API server, registries, ARM
+    webhook, health, metrics = policy["spec"]["ingress"]
+    assert webhook == {"ports": [{"port": "webhook", "protocol": "TCP"}]}  # no "from": every source
+    assert health == {"ports": [{"port": "health", "protocol": "TCP"}]}
+    assert metrics == {
+        "from": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {
+                    "matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": ["prometheus"]}]
+                },
+            }
+        ],
+        "ports": [{"port": "metrics", "protocol": "TCP"}],
+    }
+    # The named ports are the container's, so a changed port number follows.
+    named = {p["name"] for p in container(docs)["ports"]}
+    assert {port for ports in _ingress_ports(policy) for port in ports} == named == {"webhook", "health", "metrics"}
+
+
+def test_network_policy_without_the_webhook_and_with_default_selectors() -> None:
+    policy = only(render("networkPolicy.enabled=true"), "NetworkPolicy")
+    assert _ingress_ports(policy) == [("health",), ("metrics",)]
+    # {} and {}: every pod in every namespace, but not sources outside the cluster's pods.
+    assert policy["spec"]["ingress"][1]["from"] == [{"namespaceSelector": {}, "podSelector": {}}]
+
+
+def _pod_priority(docs: list[dict[str, Any]]) -> str | None:
+    spec: dict[str, Any] = only(docs, "Deployment")["spec"]["template"]["spec"]
+    return spec.get("priorityClassName")
+
+
+def test_priority_class_name_without_creating_one() -> None:
+    assert _pod_priority(render()) is None
+    assert "PriorityClass" not in kinds(render())
+    docs = render("priorityClassName=system-cluster-critical")
+    assert _pod_priority(docs) == "system-cluster-critical"
+    assert "PriorityClass" not in kinds(docs)
+
+
+def test_priority_class_created_with_the_release() -> None:
+    docs = render("priorityClass.create=true")
+    priority = only(docs, "PriorityClass")
+    assert priority["metadata"]["name"] == RELEASE == _pod_priority(docs)
+    assert "namespace" not in priority["metadata"]  # cluster-scoped
+    assert (priority["value"], priority["preemptionPolicy"], priority["globalDefault"]) == (
+        1000000,
+        "PreemptLowerPriority",
+        False,
+    )
+    named = render(
+        "priorityClass.create=true",
+        "priorityClassName=platform-operators",
+        "priorityClass.value=2000",
+        "priorityClass.preemptionPolicy=Never",
+    )
+    priority = only(named, "PriorityClass")
+    assert priority["metadata"]["name"] == "platform-operators" == _pod_priority(named)
+    assert (priority["value"], priority["preemptionPolicy"]) == (2000, "Never")
+    assert isinstance(priority["value"], int)  # not 2e+03: Helm's numbers are floats
 
 
 def test_secrets_only_when_enabled() -> None:
@@ -556,6 +651,11 @@ def test_the_readme_documents_every_value() -> None:
         "image.pullPolicy=Sometimes",
         "topologySpread.zoneWhenUnsatisfiable=Maybe",
         "azureWorkloadIdentity.clientId=not-a-guid",
+        "priorityClass.value=1000000001",  # above the user-defined maximum
+        "priorityClass.preemptionPolicy=Sometimes",
+        "priorityClassName=Not_A_Name",
+        "networkPolicy.metrics.podSelector.matchLabel.app=prometheus",  # a typo of matchLabels
+        "networkPolicy.metrics.namespaceSelector.matchExpressions[0].key=team",  # no operator
     ],
 )
 def test_helm_rejects_bad_values(bad: str) -> None:
@@ -625,7 +725,8 @@ def test_hadolint_passes() -> None:
 
 def test_dockerfile_contract() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11\.\d+-slim-bookworm$", text, re.MULTILINE)
+    assert re.search(r"^ARG PYTHON_IMAGE=docker\.io/library/python:3\.11\.\d+-slim-bookworm$", text, re.MULTILINE)
+    assert 'org.opencontainers.image.base.name="${PYTHON_IMAGE}"' in text
     assert text.count("FROM ${PYTHON_IMAGE}") == 2  # multi-stage, one pinned base
     assert re.search(r"^USER 65532:65532$", text, re.MULTILINE)
     assert 'ENTRYPOINT ["geopin"]' in text

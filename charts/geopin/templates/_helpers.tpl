@@ -52,3 +52,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/* The operator pods' PriorityClass: priorityClassName, else the full name when the chart creates one; empty means none. */}}
+{{- define "geopin.priorityClassName" -}}
+{{- if .Values.priorityClassName }}
+{{- .Values.priorityClassName }}
+{{- else if .Values.priorityClass.create }}
+{{- include "geopin.fullname" . }}
+{{- end }}
+{{- end }}
