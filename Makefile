@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help prereqs venv controlplane lint test test-unit test-e2e dev-up dev-down demo lock clean
+.PHONY: help prereqs venv controlplane nodes lint test test-unit test-e2e dev-up dev-down demo lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -28,6 +28,9 @@ prereqs: ## check (as root: install) the commands and packages the local environ
 controlplane: ## build (or find cached) etcd, kube-apiserver, kube-controller-manager, kubectl
 	@hack/controlplane/build.sh
 
+nodes: controlplane ## build (or find cached) kubelet, kube-scheduler, geopin-pod, geopin-runc (hack/node)
+	@hack/node/build.sh
+
 lint: $(STAMP) ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check operator tests
 	$(BIN)/ruff format --check operator tests
@@ -36,14 +39,16 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy
 test-unit: $(STAMP) ## the pure core's tests (seconds)
 	$(BIN)/pytest tests/unit -q
 
-test-e2e: prereqs $(STAMP) controlplane ## end-to-end tests on the local control plane and registries
+test-e2e: prereqs $(STAMP) controlplane nodes ## end-to-end tests on the local control plane and registries
 	$(BIN)/pytest tests/e2e -q
 
-test: prereqs lint controlplane ## the whole suite: what .ci/run runs
+test: prereqs lint controlplane nodes ## the whole suite: what .ci/run runs
 	$(BIN)/pytest tests -q
 
-dev-up: prereqs $(STAMP) controlplane ## start the control plane and three registry replicas, write .dev/
-	$(BIN)/python -m tests.harness up
+# NODES=2 for two real nodes; NODES=0 for the node-less environment (fake Node objects).
+NODES ?= 1
+dev-up: prereqs $(STAMP) controlplane nodes ## start the control plane, three ACR-shaped replicas and NODES real nodes (default 1), write .dev/
+	$(BIN)/python -m tests.harness up --nodes $(NODES)
 
 dev-down: $(STAMP) ## stop what dev-up started and remove .dev/
 	$(BIN)/python -m tests.harness down

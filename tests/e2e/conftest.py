@@ -10,6 +10,14 @@
                    addresses, their data endpoints, the global endpoint, the name space they resolve in;
                    acr["eastus"].host/.ip/.data_host, acr.auth, acr.command(argv), acr.env(), acr.heal()
     kube           a kubernetes.client.ApiClient for the admin, closed after the test
+    node_env       tests.harness.nodeenv.NodeEnvironment (root only): a second control plane, with
+                   kube-scheduler, and one real node (containerd + kubelet, aks-nodepool1-0, eastus,
+                   the 202607.29 credential provider list) in `acr`'s name space; .start_node(...),
+                   .push_pod_image(...), .mounts(). Only tests marked `nodes` use it: the rest of the
+                   suite keeps the node-less control plane above.
+    node_kube      an ApiClient for node_env's control plane
+    extra_nodes    start_node(name, region="eastus", credential_provider=...) for one test; every
+                   node it started is stopped after the test
 
 Every process is stopped at the end of the session, on failure too (the fixtures yield inside `with`),
 and attached processes die with pytest even if it is killed (PR_SET_PDEATHSIG).
@@ -17,18 +25,20 @@ and attached processes die with pytest even if it is killed (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.harness.acr import AcrRegistrySet
 from tests.harness.controlplane import ControlPlane
 from tests.harness.names import NamesError
+from tests.harness.nodeenv import NodeEnvironment
+from tests.harness.nodes import Node
 from tests.harness.pki import CA
 from tests.harness.registries import Registry, RegistrySet
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from kubernetes.client import ApiClient
 
@@ -64,6 +74,39 @@ def acr(ca: CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcrRegistr
         pytest.fail(str(error), pytrace=False)
     with acr_set:
         yield acr_set
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "nodes: needs real nodes (containerd + kubelet, root): the node_env fixture")
+
+
+@pytest.fixture(scope="session")
+def node_env(ca: CA, acr: AcrRegistrySet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeEnvironment]:
+    with NodeEnvironment(ca, acr, workdir=tmp_path_factory.mktemp("nodes")) as env:
+        yield env
+
+
+@pytest.fixture
+def node_kube(node_env: NodeEnvironment) -> Iterator[ApiClient]:
+    with node_env.control_plane.api_client() as api:
+        yield api
+
+
+@pytest.fixture
+def extra_nodes(node_env: NodeEnvironment) -> Iterator[Callable[..., Node]]:
+    started: list[Node] = []
+
+    def start_node(*args: Any, **kwargs: Any) -> Node:
+        node = node_env.start_node(*args, **kwargs)
+        started.append(node)
+        return node
+
+    try:
+        yield start_node
+    finally:
+        # A node that fails to stop is stopped again with node_env at the end of the session.
+        for node in started:
+            node_env.remove_node(node)
 
 
 @pytest.fixture

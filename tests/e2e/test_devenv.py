@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.harness import procs
-from tests.harness.controlplane import REPO_ROOT
+from tests.harness.controlplane import REGION_LABEL, REPO_ROOT
 from tests.harness.devenv import recorded_processes
+from tests.harness.nodecleanup import mounts_under, shim_pids
+from tests.harness.nodeconfig import AKS_WITH_GEO, SANDBOX_IMAGE, NodePaths
+from tests.harness.nodes import NODE_IMAGE_LABEL
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -129,10 +132,49 @@ def test_dev_run_refuses_clearly_without_root(dev_dir: Path) -> None:
     assert refused.stderr == ".dev/run: needs root (it enters the environment's mount namespace)\n"
 
 
+def test_nodes_json_lists_a_ready_kubelet_that_runs_pods(dev_dir: Path) -> None:
+    listed = json.loads((dev_dir / "nodes.json").read_text())
+    assert [(n["name"], n["region"]) for n in listed] == [("aks-nodepool1-0", "eastus")]
+    assert procs.pid_cmdline(listed[0]["pid"])[0].endswith("/kubelet")
+    shown = dev_run(dev_dir, "kubectl", "get", "node", "aks-nodepool1-0", "-o", "json")
+    node = json.loads(shown.stdout)
+    assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True"
+    assert node["metadata"]["labels"][REGION_LABEL] == "eastus"
+    assert node["metadata"]["labels"][NODE_IMAGE_LABEL] == AKS_WITH_GEO.node_image_version
+    # The sandbox image is on the node already: a Pod runs without a registry, and leaves mounts behind
+    # for `down` to clean (its rootfs, its sandbox's shm, its service-account token volume).
+    overrides = json.dumps({"spec": {"hostNetwork": True}})
+    started = dev_run(
+        dev_dir,
+        "kubectl",
+        "run",
+        "idle",
+        f"--image={SANDBOX_IMAGE}",
+        "--image-pull-policy=Never",
+        f"--overrides={overrides}",
+    )
+    assert started.returncode == 0, started.stderr
+    ready = dev_run(dev_dir, "kubectl", "wait", "--for=condition=Ready", "pod/idle", "--timeout=60s")
+    assert ready.returncode == 0, ready.stderr
+    assert len(mounts_under(dev_dir)) == 0  # the node's mounts live in the name space only
+    assert len(findmnt_inside(dev_dir)) >= 3
+
+
+def findmnt_inside(dev_dir: Path) -> list[str]:
+    shown = dev_run(dev_dir, "findmnt", "--list", "--noheadings", "--output", "TARGET")
+    return [line for line in shown.stdout.splitlines() if line.startswith(str(dev_dir.resolve()))]
+
+
 def test_down_stops_everything_and_removes_the_directory(dev_dir: Path) -> None:
+    node_dirs = [Path(n["dir"]) for n in json.loads((dev_dir / "nodes.json").read_text())]
     recorded = recorded_processes(dev_dir)
     assert {p.name for p in recorded} >= {"etcd", "kube-apiserver", "hosts-namespace", "global-endpoint"}
+    assert {p.name for p in recorded} >= {"aks-nodepool1-0-kubelet", "aks-nodepool1-0-containerd"}
+    assert shim_pids(NodePaths(node_dirs[0]).socket)
     stopped = harness(dev_dir, "down")
     assert stopped.returncode == 0, stopped.stderr
     assert not dev_dir.exists()
     assert not any(procs.pid_alive(p.pid) and p.owned() for p in recorded)
+    # Nothing of the node is left: no shim, no container, no mount.
+    assert shim_pids(NodePaths(node_dirs[0]).socket) == []
+    assert mounts_under(dev_dir) == []

@@ -6,6 +6,7 @@ GEOPIN_DEV_DIR overrides where the state goes (default: .dev/ in the repository 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -22,9 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="start the control plane and the ACR-shaped registry replicas, detached")
     up.add_argument("--regions", default=",".join(DEFAULT_REGIONS), help="registry replicas, comma-separated")
     up.add_argument(
+        "--nodes",
+        type=int,
+        default=int(os.environ.get("GEOPIN_NODES", "1")),
+        metavar="N",
+        help="real nodes, containerd + kubelet (default: $GEOPIN_NODES or 1); 0: fake Node objects only",
+    )
+    up.add_argument(
         "--node-regions",
         default="eastus,eastus,eastus",
-        help="topology.kubernetes.io/region of each of the nodes, comma-separated",
+        help="topology.kubernetes.io/region of the nodes, comma-separated (cycled over --nodes)",
     )
     up.add_argument(
         "--global-failover-delay",
@@ -54,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 node_regions=[r for r in args.node_regions.split(",") if r],
                 extra_apiserver_args=args.apiserver_arg,
                 global_failover_delay=args.global_failover_delay,
+                nodes=args.nodes,
             )
         except NamesError as error:
             print(f"error: {error}", file=sys.stderr)

@@ -1,7 +1,11 @@
 """A real local control plane: etcd, kube-apiserver and kube-controller-manager on 127.0.0.1.
 
-No kubelet and no scheduler: Deployments get ReplicaSets and Pods (Pending forever), which is
-all geopin needs to see. Binaries come from hack/controlplane/build.sh (or KUBEBUILDER_ASSETS).
+By default no kubelet and no scheduler: Deployments get ReplicaSets and Pods (Pending forever),
+which is all most of geopin's tests need to see, and three fake Node objects carry the region
+labels. With `with_nodes=True` it is ready for real kubelets (tests/harness/nodes.py): it also
+runs kube-scheduler, authorizes kubelets with the Node authorizer and NodeRestriction, and gives
+the API server a client certificate for kubelets. Binaries come from hack/controlplane/build.sh
+(or KUBEBUILDER_ASSETS); kube-scheduler from hack/node/build.sh (or GEOPIN_NODE_ASSETS).
 """
 
 from __future__ import annotations
@@ -94,7 +98,8 @@ def _kubeconfig(server: str, ca: CA, user: str, client: CertPair) -> dict[str, A
 
 
 class ControlPlane(procs.Service):
-    """etcd + kube-apiserver + kube-controller-manager with their own CA, ports and temp dir.
+    """etcd + kube-apiserver + kube-controller-manager (+ kube-scheduler `with_nodes`) with their
+    own CA, ports and temp dir. `node_regions` are fake Nodes; pass () when real kubelets register.
 
     Use as a context manager or call start()/stop(). Attributes after start(): `url`, `kubeconfig`
     (admin kubeconfig path), `ca`, `admin` (client cert pair), `audit_log_path`, `node_names`,
@@ -114,6 +119,8 @@ class ControlPlane(procs.Service):
         detach: bool = False,
         ready_timeout: float = 60.0,
         start_controller_manager: bool = True,
+        with_nodes: bool = False,
+        node_binaries: Path | None = None,
     ) -> None:
         self.node_regions = list(node_regions)
         self.extra_apiserver_args = list(extra_apiserver_args)
@@ -125,6 +132,8 @@ class ControlPlane(procs.Service):
         self.detach = detach
         self.ready_timeout = ready_timeout
         self.start_controller_manager = start_controller_manager
+        self.with_nodes = with_nodes
+        self._given_node_binaries = node_binaries
         self.processes: list[procs.Process] = []
         self.node_names = [f"geopin-node-{i}" for i in range(len(self.node_regions))]
         self.startup_seconds: float | None = None
@@ -175,7 +184,7 @@ class ControlPlane(procs.Service):
         pki_dir = self.workdir / "pki"
         self.ca = self._given_ca or CA(pki_dir)
 
-        etcd_port, etcd_peer_port, api_port, kcm_port = (procs.free_port() for _ in range(4))
+        etcd_port, etcd_peer_port, api_port, kcm_port, scheduler_port = (procs.free_port() for _ in range(5))
         self.etcd_url = f"http://127.0.0.1:{etcd_port}"
         self.url = f"https://127.0.0.1:{api_port}"
 
@@ -228,7 +237,7 @@ class ControlPlane(procs.Service):
             f"--tls-cert-file={serving.cert_path}",
             f"--tls-private-key-file={serving.key_path}",
             f"--client-ca-file={self.ca.cert_path}",
-            "--authorization-mode=RBAC",
+            "--authorization-mode=Node,RBAC" if self.with_nodes else "--authorization-mode=RBAC",
             f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
             "--allow-privileged=true",
             f"--service-account-issuer={self.url}/",
@@ -240,6 +249,7 @@ class ControlPlane(procs.Service):
             "--audit-log-mode=blocking",
             # The "kubernetes" Service would need a non-loopback endpoint; nothing here runs in-cluster.
             "--endpoint-reconciler-type=none",
+            *(self._kubelet_apiserver_args() if self.with_nodes else []),
             *self.extra_apiserver_args,
         ]
         kcm_argv = [
@@ -267,6 +277,8 @@ class ControlPlane(procs.Service):
         self._spawn("kube-apiserver", apiserver_argv)
         if self.start_controller_manager:
             self._spawn("kube-controller-manager", kcm_argv)
+        if self.with_nodes:
+            self._spawn("kube-scheduler", self._scheduler_argv(scheduler_port))
         # Importing the kubernetes client takes about a second: do it while the servers boot.
         import kubernetes.client  # noqa: F401
 
@@ -274,6 +286,10 @@ class ControlPlane(procs.Service):
         with httpx.Client(verify=self.ca.ssl_context(self.admin), timeout=2.0) as http:
             self._wait_ok(http, f"{self.url}/readyz", "kube-apiserver /readyz", deadline)
             self._create_nodes(deadline)
+            if self.with_nodes:
+                with httpx.Client(verify=self.ca.ssl_context(), timeout=2.0) as scheduler_http:
+                    scheduler_url = f"https://127.0.0.1:{scheduler_port}/healthz"
+                    self._wait_ok(scheduler_http, scheduler_url, "kube-scheduler /healthz", deadline)
             if self.start_controller_manager:
                 with httpx.Client(verify=self.ca.ssl_context(), timeout=2.0) as kcm_http:
                     kcm_url = f"https://127.0.0.1:{kcm_port}/healthz"
@@ -285,6 +301,37 @@ class ControlPlane(procs.Service):
                     "the default ServiceAccount",
                     deadline,
                 )
+
+    def _kubelet_apiserver_args(self) -> list[str]:
+        # Kubelets are users system:node:<name> in group system:nodes: the Node authorizer lets each
+        # read what its own Pods need, NodeRestriction lets it write only its own Node and Pods.
+        kubelet_client = self.ca.issue_client("kube-apiserver-kubelet-client", "kube-apiserver-kubelet-client")
+        return [
+            "--enable-admission-plugins=NodeRestriction",
+            f"--kubelet-client-certificate={kubelet_client.cert_path}",
+            f"--kubelet-client-key={kubelet_client.key_path}",
+            f"--kubelet-certificate-authority={self.ca.cert_path}",
+        ]
+
+    def _scheduler_argv(self, port: int) -> list[str]:
+        from tests.harness.nodes import find_node_binaries
+
+        client = self.ca.issue_client("kube-scheduler-client", "system:kube-scheduler")
+        serving = self.ca.issue_server("kube-scheduler")
+        kubeconfig = self.workdir / "kube-scheduler.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(_kubeconfig(self.url, self.ca, "system:kube-scheduler", client)))
+        bin_dir = self._given_node_binaries or find_node_binaries()
+        return [
+            str(bin_dir / "kube-scheduler"),
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--tls-cert-file={serving.cert_path}",
+            f"--tls-private-key-file={serving.key_path}",
+            "--leader-elect=false",
+        ]
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         self.processes.append(procs.spawn(name, argv, self.log_dir / f"{name}.log", detach=self.detach))

@@ -11,15 +11,17 @@ describes them in `.dev/`; `down` stops what `.dev/` lists and removes it (see d
                     "failover_delay_seconds", "state", "username", "password"}}
   run               `.dev/run CMD ARGS...`: CMD in the private name space, the run's CA trusted
   namespace.pid     the name space's holder process
+  nodes.json        [{"name", "region", "pid" (the kubelet), "containerd_pid", "dir"}]: each Ready at `up`
   hosts             the /etc/hosts seen inside it
   pids              one pid per line, everything `up` started
   processes.json    [{"name", "pid", "argv0"}]: lets `down` skip pids the kernel has reused
   logs/             one log per process
-  controlplane/ acr/ pki/   working state
+  controlplane/ acr/ nodes/ fixed/ pki/   working state
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -34,11 +36,14 @@ from tests.harness.acr import AcrRegistrySet
 from tests.harness.controlplane import REPO_ROOT, ControlPlane, find_binaries
 from tests.harness.globalrouter import DEFAULT_FAILOVER_DELAY
 from tests.harness.names import require_root
+from tests.harness.nodecleanup import direct, kill_shims, namespace_launcher, teardown
+from tests.harness.nodeconfig import NodePaths
+from tests.harness.nodeenv import NodeEnvironment
 from tests.harness.pki import CA
 from tests.harness.registries import DEFAULT_REGIONS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Callable, Iterable, Sequence
 
 DEFAULT_DEV_DIR = REPO_ROOT / ".dev"
 # `down` stops by rank: everything else first, then the apiserver, etcd, and the name space last.
@@ -102,7 +107,10 @@ def up(
     node_regions: Sequence[str] = ("eastus", "eastus", "eastus"),
     extra_apiserver_args: Sequence[str] = (),
     global_failover_delay: float = DEFAULT_FAILOVER_DELAY,
+    nodes: int = 1,
 ) -> None:
+    """Start everything detached. With `nodes` > 0, that many real nodes (containerd + kubelet) in
+    `node_regions` (cycled) and kube-scheduler; with 0, fake Node objects in `node_regions`."""
     require_root("make dev-up")
     if dev_dir.exists():
         alive = [p for p in recorded_processes(dev_dir) if p.owned()]
@@ -110,6 +118,8 @@ def up(
             names = ", ".join(f"{p.name}={p.pid}" for p in alive)
             raise DevEnvError(f"{dev_dir} exists and its processes are running ({names}); run `down` first")
         print(f"{dev_dir} is stale (nothing running): removing it", file=sys.stderr)
+        for node_dir in recorded_node_dirs(dev_dir):
+            kill_shims(NodePaths(node_dir).socket)  # they outlive containerd, and hold its mounts
         shutil.rmtree(dev_dir)
     began = time.monotonic()
     logs = dev_dir / "logs"
@@ -117,20 +127,31 @@ def up(
     ca = CA(dev_dir / "pki")
     binaries = find_binaries()
     control_plane = ControlPlane(
-        node_regions=node_regions,
+        node_regions=node_regions if nodes == 0 else (),
         extra_apiserver_args=extra_apiserver_args,
         ca=ca,
         workdir=dev_dir / "controlplane",
         log_dir=logs,
         binaries=binaries,
         detach=True,
+        with_nodes=nodes > 0,
     )
     registries = AcrRegistrySet(
         ca, regions, workdir=dev_dir / "acr", log_dir=logs, detach=True, global_failover_delay=global_failover_delay
     )
+    node_env = NodeEnvironment(
+        ca,
+        registries,
+        workdir=dev_dir,
+        node_regions=[node_regions[i % len(node_regions)] for i in range(nodes)],
+        log_dir=logs,
+        detach=True,
+        control_plane=control_plane,
+    )
     try:
-        control_plane.start()
         registries.start()
+        # The control plane, then the nodes (in the replicas' name space).
+        node_env.start()
         shutil.copyfile(ca.cert_path, dev_dir / "ca.crt")
         shutil.copyfile(registries.ca_bundle, dev_dir / "ca-bundle.crt")
         shutil.copyfile(control_plane.kubeconfig, dev_dir / "kubeconfig")
@@ -140,10 +161,27 @@ def up(
         (dev_dir / "hosts").symlink_to(registries.namespace.hosts_path)
         (dev_dir / "namespace.pid").write_text(f"{registries.namespace.pid}\n")
         write_run_script(dev_dir / "run", [REPO_ROOT / ".venv" / "bin", binaries])
-        record_processes(dev_dir, [*control_plane.processes, *registries.processes])
+        node_processes = [p for node in node_env.nodes.values() for p in node.processes]
+        record_processes(dev_dir, [*control_plane.processes, *node_processes, *registries.processes])
+        (dev_dir / "nodes.json").write_text(
+            json.dumps(
+                [
+                    {
+                        "name": node.name,
+                        "region": node.region,
+                        "pid": node.kubelet_pid,
+                        "containerd_pid": node.containerd_pid,
+                        "dir": str(node.paths.root),
+                    }
+                    for node in node_env.nodes.values()
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
     except BaseException:
+        node_env.close()
         registries.close()
-        control_plane.stop()
         shutil.rmtree(dev_dir, ignore_errors=True)
         raise
     print(f"dev environment up in {time.monotonic() - began:.1f}s")
@@ -155,6 +193,8 @@ def up(
     print(f"  global endpoint: {registries.login_server} (emulated; fails over after {delay:g}s)")
     print(f"  credentials: {registries.auth[0]} / (password in {dev_dir / 'registries.json'})")
     print(f"  names resolve inside: {dev_dir / 'run'} CMD ARGS...")
+    for node in node_env.nodes.values():
+        print(f"  node {node.name} ({node.region}, {node.node_image_version}): Ready in {node.ready_seconds:.1f}s")
 
 
 def write_run_script(path: Path, path_dirs: Iterable[Path]) -> None:
@@ -178,11 +218,50 @@ def down(dev_dir: Path = DEFAULT_DEV_DIR) -> None:
         return
     recorded = recorded_processes(dev_dir)
     owned = {p.pid for p in recorded if p.owned()}
+    stop_nodes(dev_dir, recorded, owned)
     for rank in sorted({0, *STOP_RANKS.values()}):
         pids = [p.pid for p in recorded if p.pid in owned and STOP_RANKS.get(p.name, 0) == rank]
         procs.terminate_pids(pids, timeout=10.0, owned=lambda pid: pid in owned)
     shutil.rmtree(dev_dir)
     print(f"stopped {len(owned)} processes and removed {dev_dir}")
+
+
+def recorded_node_dirs(dev_dir: Path) -> list[Path]:
+    listing = dev_dir / "nodes.json"
+    return [Path(entry["dir"]) for entry in json.loads(listing.read_text())] if listing.exists() else []
+
+
+def stop_nodes(dev_dir: Path, recorded: Sequence[Recorded], owned: set[int]) -> None:
+    """Each node in nodes.json: kubelet, pods, containerd, then whatever is still mounted under it."""
+    listing = dev_dir / "nodes.json"
+    if not listing.exists():
+        return
+    holder = next((p.pid for p in recorded if p.name == "hosts-namespace" and p.pid in owned), None)
+
+    def stopper(pid: int) -> Callable[[], None]:
+        return lambda: procs.terminate_pids([pid], timeout=10.0, owned=lambda p: p in owned)
+
+    def running(pid: int) -> Callable[[], bool]:
+        return lambda: pid in owned and procs.pid_alive(pid)
+
+    for entry in json.loads(listing.read_text()):
+        containerd = entry["containerd_pid"]
+        teardown(
+            NodePaths(Path(entry["dir"])),
+            stop_kubelet=stopper(entry["pid"]),
+            containerd_alive=running(containerd),
+            stop_containerd=stopper(containerd),
+            launcher=functools.partial(_in_namespace, [holder, containerd if containerd in owned else None]),
+        )
+
+
+def _in_namespace(members: Sequence[int | None], argv: Sequence[str]) -> list[str]:
+    """argv run in the mount namespace of the first live process of `members`. With none left the
+    namespace is gone, and its mounts with it: argv runs as it is."""
+    for pid in members:
+        if pid is not None and procs.pid_alive(pid):
+            return namespace_launcher(pid)(argv)
+    return direct(argv)
 
 
 def status(dev_dir: Path = DEFAULT_DEV_DIR) -> bool:
@@ -196,6 +275,9 @@ def status(dev_dir: Path = DEFAULT_DEV_DIR) -> bool:
     if (dev_dir / "registries.json").exists():
         for name, entry in json.loads((dev_dir / "registries.json").read_text()).items():
             print(f"  registry {name}: {entry.get('host', '')} ({entry['endpoint']})")
+    if (dev_dir / "nodes.json").exists():
+        for entry in json.loads((dev_dir / "nodes.json").read_text()):
+            print(f"  node {entry['name']} ({entry['region']}): kubelet pid {entry['pid']}")
     print(f"  KUBECONFIG={dev_dir / 'kubeconfig'}")
     return bool(recorded) and all(p.owned() for p in recorded)
 

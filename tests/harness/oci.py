@@ -14,7 +14,7 @@ import httpx
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping, Sequence
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -52,24 +52,38 @@ class Image:
         return sha256_digest(self.manifest)
 
 
-def build_image(files: Mapping[str, bytes] | None = None, *, architecture: str = "amd64") -> Image:
-    """A one-layer linux image holding `files` (path -> content); same input, same digest."""
+def build_image(
+    files: Mapping[str, bytes] | None = None,
+    *,
+    architecture: str = "amd64",
+    entrypoint: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    executables: Collection[str] = (),
+) -> Image:
+    """A one-layer linux image holding `files` (path -> content); same input, same digest.
+
+    Without `entrypoint` the image only carries data (its Cmd names a text file); with it, the image
+    runs `entrypoint` with `env`, and the paths in `executables` get mode 0755.
+    """
     files = files if files is not None else {"hello.txt": b"hello from geopin\n"}
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path, content in sorted(files.items()):
             info = tarfile.TarInfo(path)
             info.size = len(content)
-            info.mode = 0o644
+            info.mode = 0o755 if path in executables else 0o644
             info.mtime = 0
             tar.addfile(info, io.BytesIO(content))
     layer_tar = raw.getvalue()
     layer = gzip.compress(layer_tar, mtime=0)
+    run: dict[str, Any] = {"Cmd": ["/hello.txt"]}
+    if entrypoint is not None:
+        run = {"Entrypoint": list(entrypoint), "Env": [f"{k}={v}" for k, v in sorted((env or {}).items())]}
     config = _canonical_json(
         {
             "architecture": architecture,
             "os": "linux",
-            "config": {"Cmd": ["/hello.txt"]},
+            "config": run,
             "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer_tar)]},
         }
     )
@@ -82,6 +96,32 @@ def build_image(files: Mapping[str, bytes] | None = None, *, architecture: str =
         }
     )
     return Image(manifest=manifest, blobs={sha256_digest(config): config, sha256_digest(layer): layer})
+
+
+def layout_archive(image: Image, name: str) -> bytes:
+    """`image` as an OCI image layout in a tar, named `name` for `ctr images import`."""
+
+    def add(tar: tarfile.TarFile, path: str, data: bytes) -> None:
+        info = tarfile.TarInfo(path)
+        info.size = len(data)
+        info.mode = 0o644
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(data))
+
+    descriptor = {
+        "mediaType": image.media_type,
+        "digest": image.digest,
+        "size": len(image.manifest),
+        # containerd names an imported image after this annotation.
+        "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name},
+    }
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "oci-layout", _canonical_json({"imageLayoutVersion": "1.0.0"}))
+        add(tar, "index.json", _canonical_json({"schemaVersion": 2, "manifests": [descriptor]}))
+        for digest, data in sorted({**image.blobs, image.digest: image.manifest}.items()):
+            add(tar, f"blobs/sha256/{digest.removeprefix('sha256:')}", data)
+    return raw.getvalue()
 
 
 # -- low level: an httpx.Client whose base_url is the registry -----------------------------------
