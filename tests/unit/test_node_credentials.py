@@ -16,12 +16,15 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from geopin.cli.main import main
-from geopin.control.engine import PolicyBook, PolicyEntry
+from geopin.control.book import EveryListedReplica, PolicyBook, PolicyEntry
 from geopin.control.reporting import ENFORCED, node_credentials_condition
+from geopin.control.runtime import Runtime
+from geopin.core.config import RunConfig
 from geopin.core.decisions import PolicySnapshot, decide, plan_workload
 from geopin.core.nodes import (
     DEFAULT_CREDENTIAL_FIX,
     NodeInfo,
+    NodeRisk,
     assess,
     image_release,
     needs_node_credentials,
@@ -32,6 +35,7 @@ from geopin.core.policy import GLOBAL_REGION, InvalidPolicy, NodeImageCheck, Pol
 from geopin.core.workloads import KINDS, WorkloadView, view_of
 from geopin.io.cache import ObjectCache
 from geopin.io.pull_secret_keys import PullSecretKeys
+from tests.unit.fakekube import FakeKube
 
 OLD = "AKSUbuntu-2204gen2containerd-202605.10.0"
 NEW = "AKSUbuntu-2204gen2containerd-202607.29.0"
@@ -192,7 +196,7 @@ def enforced(
     return PolicySnapshot(
         policy=policy or contoso(credentials={"nodeImageCheck": "Enforce"}),
         cluster_region="eastus",
-        healthy=frozenset({"eastus", "westus"}),
+        usable=frozenset({"eastus", "westus"}),
         node_credentials_enforced=True,
         pull_secret_keys=lambda namespace, name: known.get(f"{namespace}/{name}"),
         **extra,
@@ -211,7 +215,7 @@ def test_without_pull_secrets_a_workload_goes_to_the_global_endpoint() -> None:
 
 
 def test_not_enforced_the_same_workload_is_pinned_regionally() -> None:
-    plain = PolicySnapshot(policy=contoso(), cluster_region="eastus", healthy=frozenset({"eastus", "westus"}))
+    plain = PolicySnapshot(policy=contoso(), cluster_region="eastus", usable=frozenset({"eastus", "westus"}))
     target = decide(plain, workload(), {}).target
     assert target is not None
     assert target.endpoint == EAST
@@ -281,6 +285,19 @@ def test_custom_endpoints_are_not_affected() -> None:
 # --------------------------------------------------------------------------- the policy book and the condition
 
 
+class KnownNodes:
+    """The book's NodeCredentialSource over a fixed list of nodes, no pull secrets read."""
+
+    def __init__(self, nodes: list[NodeInfo]) -> None:
+        self.nodes = nodes
+
+    def node_risk(self) -> NodeRisk | None:
+        return assess(self.nodes, DEFAULT_CREDENTIAL_FIX)
+
+    def pull_secret_keys(self, namespace: str, name: str) -> tuple[str, ...] | None:
+        return None
+
+
 def book_with(nodes: list[NodeInfo], check: str) -> tuple[PolicyBook, PolicyEntry]:
     entry = PolicyEntry(
         name="contoso",
@@ -289,9 +306,7 @@ def book_with(nodes: list[NodeInfo], check: str) -> tuple[PolicyBook, PolicyEntr
         generation=1,
         policy=contoso(credentials={"nodeImageCheck": check}),
     )
-    book = PolicyBook(
-        node_regions=lambda: [n.region for n in nodes], node_risk=lambda: assess(nodes, DEFAULT_CREDENTIAL_FIX)
-    )
+    book = PolicyBook(EveryListedReplica(), lambda: "eastus", nodes=KnownNodes(nodes))
     book.upsert(entry)
     return book, entry
 
@@ -332,7 +347,7 @@ def test_the_condition_is_absent_for_replicas_that_are_not_regional_acr_hosts() 
     local = from_spec(
         "contoso", {"registry": "contoso.azurecr.io", "replicas": [{"region": "eastus", "endpoint": "127.0.0.2:443"}]}
     )
-    snapshot = PolicySnapshot(policy=local, cluster_region="eastus", healthy=frozenset({"eastus"}))
+    snapshot = PolicySnapshot(policy=local, cluster_region="eastus", usable=frozenset({"eastus"}))
     assert node_credentials_condition(book, snapshot) is None
 
 
@@ -344,7 +359,7 @@ def dockerconfig(*hosts: str) -> dict[str, str]:
     return {".dockerconfigjson": base64.b64encode(json.dumps({"auths": auths}).encode()).decode()}
 
 
-class FakeKube:
+class SecretAnswers:
     def __init__(self, answers: dict[str, Any]) -> None:
         self.answers = answers
         self.reads: list[str] = []
@@ -360,7 +375,7 @@ class FakeKube:
 
 def test_pull_secret_keys_keep_keys_only_and_fail_safe() -> None:
     clock = [0.0]
-    kube = FakeKube(
+    kube = SecretAnswers(
         {
             "shop/acr": dockerconfig("*.*.geo.azurecr.io", "contoso.azurecr.io"),
             "shop/forbidden": ApiException(status=403, reason="Forbidden"),
@@ -385,3 +400,31 @@ def test_pull_secret_keys_keep_keys_only_and_fail_safe() -> None:
     assert asyncio.run(keys.refresh_stale(kube))  # type: ignore[arg-type]
     assert sorted(kube.reads) == ["shop/acr", "shop/broken", "shop/forbidden", "shop/missing"]
     assert keys.get("shop", "acr") == ("contoso.azurecr.io",)
+
+
+# --------------------------------------------------------------------------- the runtime's node events
+
+
+def test_only_a_node_event_that_changes_what_is_kept_wakes_the_status_loop() -> None:
+    async def scenario() -> None:
+        runtime = Runtime(RunConfig(operator_namespace="geopin-system"), FakeKube())
+        node = NodeInfo("a", "eastus", NEW, "apps")
+        runtime.node_changed("a", "1", node)
+        assert runtime.changes.status.is_set()
+        assert runtime.book.node_risk() == assess([node], DEFAULT_CREDENTIAL_FIX)
+        runtime.changes.status.clear()
+        runtime.node_changed("a", "2", node)  # a heartbeat: status only
+        assert not runtime.changes.status.is_set()
+        runtime.node_changed("a", "3", NodeInfo("a", "eastus", OLD, "apps"))  # the pool was downgraded
+        assert runtime.changes.status.is_set()
+        risk = runtime.book.node_risk()
+        assert risk is not None
+        assert risk.schedulable == 1
+        runtime.changes.status.clear()
+        runtime.node_changed("a", "4", NodeInfo("a", "eastus", OLD, "apps", schedulable=False))  # cordoned
+        assert runtime.changes.status.is_set()
+        risk = runtime.book.node_risk()
+        assert risk is not None
+        assert (risk.nodes, risk.schedulable) == (1, 0)
+
+    asyncio.run(scenario())

@@ -30,7 +30,6 @@ from geopin.io.probes import (
     RegistryClient,
     classify_exception,
     classify_status,
-    credentials_from_dockerconfig,
     parse_challenge,
 )
 
@@ -649,47 +648,3 @@ def test_secrets_stay_out_of_reprs() -> None:
     client = RegistryClient(credentials=credentials)
     assert PASSWORD not in repr(client)
     run(client.aclose())
-
-
-def dockerconfig(auths: dict[str, Any]) -> dict[str, str]:
-    return {".dockerconfigjson": base64.b64encode(json.dumps({"auths": auths}).encode()).decode()}
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def test_credentials_from_dockerconfig() -> None:
-    data = dockerconfig(
-        {
-            "contoso.azurecr.io": {"auth": b64(f"global:{PASSWORD}")},
-            "https://contoso.eastus.geo.azurecr.io/v1/": {"auth": b64("east:pa:ss:word")},
-            "Contoso.WestUS.geo.azurecr.io": {"username": "west", "password": "pw"},
-            "127.0.0.1:5000": {"auth": b64("local:pw")},
-            "empty.example": {},
-        }
-    )
-    assert credentials_from_dockerconfig(data, "contoso.azurecr.io") == BasicCredentials("global", PASSWORD)
-    assert credentials_from_dockerconfig(data, EP) == BasicCredentials("east", "pa:ss:word")
-    assert credentials_from_dockerconfig(data, "contoso.westus.geo.azurecr.io") == BasicCredentials("west", "pw")
-    assert credentials_from_dockerconfig(data, "127.0.0.1:5000") == BasicCredentials("local", "pw")
-    assert credentials_from_dockerconfig(data, "127.0.0.1:5001") is None  # same host, other port
-    assert credentials_from_dockerconfig(data, "contoso.centralus.geo.azurecr.io") is None  # no glob matching
-    assert credentials_from_dockerconfig(data, "evil.contoso.azurecr.io") is None
-    assert credentials_from_dockerconfig(data, "empty.example") is None
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        {},
-        {".dockerconfigjson": "%%%not base64%%%"},
-        {".dockerconfigjson": b64("not json")},
-        {".dockerconfigjson": b64(json.dumps({"credsStore": "x"}))},
-        dockerconfig({"h.example": {"auth": b64(f"no-colon-{PASSWORD}")}}),
-    ],
-)
-def test_credentials_from_a_malformed_dockerconfig(data: dict[str, str]) -> None:
-    with pytest.raises(ValueError, match=r"dockerconfigjson|auth") as caught:
-        credentials_from_dockerconfig(data, "h.example")
-    assert PASSWORD not in str(caught.value)

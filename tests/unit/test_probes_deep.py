@@ -241,4 +241,4 @@ def test_data_endpoint_makes_a_replica_unhealthy() -> None:
     transition = tracker.observe("eastus", Outcome.DATA_ENDPOINT.value, 2.0, message=f"data endpoint {DATA}: x")
     assert transition is not None
     assert str(transition.current) == "Unhealthy"
-    assert tracker.eligible(3.0) == frozenset()
+    assert tracker.usable(3.0) == frozenset()

@@ -36,6 +36,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_run(commands)
+    _add_plan(commands)
+    _add_probe(commands)
+    _add_status(commands)
+    commands.add_parser(
+        "version",
+        help="print the version",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  geopin version              # prints: geopin <version>\n",
+    )
+    return parser
+
+
+def _add_run(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         help="run the operator",
@@ -85,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true")
 
+
+def _add_plan(commands: Any) -> None:
     plan = commands.add_parser(
         "plan",
         help="print manifests rewritten as the operator would (offline)",
@@ -108,16 +124,6 @@ def _parser() -> argparse.ArgumentParser:
         "files", nargs="*", help="manifest files or directories (their *.yaml, *.yml); '-' or none for stdin"
     )
 
-    _add_probe(commands)
-    _add_status(commands)
-    commands.add_parser(
-        "version",
-        help="print the version",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  geopin version              # prints: geopin <version>\n",
-    )
-    return parser
-
 
 def _node_image_release(value: str) -> str:
     try:
@@ -137,16 +143,8 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
-def _add_probe(commands: Any) -> None:
-    probe = commands.add_parser(
-        "probe",
-        help="probe a registry's regional endpoints once and print their health",
-        description="Probe each region's endpoint of REGISTRY once, concurrently, as the operator does "
-        "(GET /v2/, or with --canary a manifest HEAD and a download of its config blob), and print the "
-        "outcome of each.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=textwrap.dedent(
-            """
+PROBE_EPILOG = textwrap.dedent(
+    """
             Each region's endpoint is <name>.<region>.geo.azurecr.io (same cloud suffix as REGISTRY) unless
             --endpoint REGION=HOST[:PORT] names it; a registry that is not an Azure Container Registry needs
             an --endpoint for every --region. --global probes REGISTRY itself too (region "global").
@@ -174,7 +172,18 @@ def _add_probe(commands: Any) -> None:
                   --ca ca.pem
               geopin probe localhost:5000 --region dev --endpoint dev=localhost:5000 --scheme http
             """
-        ),
+)
+
+
+def _add_probe(commands: Any) -> None:
+    probe = commands.add_parser(
+        "probe",
+        help="probe a registry's regional endpoints once and print their health",
+        description="Probe each region's endpoint of REGISTRY once, concurrently, as the operator does "
+        "(GET /v2/, or with --canary a manifest HEAD and a download of its config blob), and print the "
+        "outcome of each.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=PROBE_EPILOG,
     )
     probe.add_argument("registry", metavar="REGISTRY", help="the global login server, e.g. contoso.azurecr.io")
     probe.add_argument(
@@ -331,24 +340,26 @@ def _plan(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextI
 
 
 def _probe(args: argparse.Namespace, stdout: TextIO) -> int:
-    from geopin.cli import status as cli_status
+    from geopin.cli import probe
+    from geopin.cli.output import render
 
-    endpoints = cli_status.parse_endpoints(args.endpoint)
-    targets = cli_status.probe_targets(args.registry, args.region, endpoints, args.include_global)
-    cli_status.check_canary(args.canary)
-    ca_bundle = cli_status.read_ca(args.ca)
-    client = cli_status.make_client(args.scheme, args.timeout, ca_bundle)
-    rows = cli_status.run_probes(client, targets, args.canary)
-    document = cli_status.probe_document(args.registry, rows)
+    endpoints = probe.parse_endpoints(args.endpoint)
+    targets = probe.probe_targets(args.registry, args.region, endpoints, args.include_global)
+    probe.check_canary(args.canary)
+    ca_bundle = probe.read_ca(args.ca)
+    client = probe.make_client(args.scheme, args.timeout, ca_bundle)
+    rows = probe.run_probes(client, targets, args.canary)
+    document = probe.probe_document(args.registry, rows)
     if args.output == "table":
-        stdout.write(cli_status.format_probe_table(rows))
+        stdout.write(probe.format_probe_table(rows))
     else:
-        stdout.write(cli_status.render(document, args.output))
+        stdout.write(render(document, args.output))
     return EXIT_OK if document["ok"] else EXIT_PROBLEM
 
 
 def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from geopin.cli import status as cli_status
+    from geopin.cli.output import render
 
     policies = cli_status.fetch_policies(args.kubeconfig, args.policy, args.request_timeout)
     document = cli_status.status_document(policies)
@@ -357,7 +368,7 @@ def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             print("geopin: no RegistryPolicies found", file=stderr)
         stdout.write(cli_status.format_status_table(document))
     else:
-        stdout.write(cli_status.render(document, args.output))
+        stdout.write(render(document, args.output))
     return cli_status.status_exit_code(document)
 
 

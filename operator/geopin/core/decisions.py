@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from geopin.core.health import Target, choose, preference_order
+from geopin.core.keyring import key_matches
 from geopin.core.nodes import needs_node_credentials
 from geopin.core.policy import GLOBAL_REGION, Mode, Policy, PullSecrets
-from geopin.core.pullsecrets import key_matches
 from geopin.core.rewrite import (
     SIBLING_SUFFIX,
     Desired,
@@ -44,7 +44,7 @@ class PolicySnapshot:
 
     policy: Policy
     cluster_region: str | None
-    healthy: frozenset[str]
+    usable: frozenset[str]
     deleting: bool = False
     excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
     # (image, region) → is the manifest there? None: not looked up yet. Used when replicationCheck is on.
@@ -67,9 +67,9 @@ class PolicySnapshot:
         """Where a workload without preferences (nor pull secrets of its own) points now."""
         if self.node_credentials_enforced:
             endpoints = self.policy.endpoints
-            covered = frozenset(r for r in self.healthy if not needs_node_credentials(endpoints[r]))
+            covered = frozenset(r for r in self.usable if not needs_node_credentials(endpoints[r]))
             return choose(self.policy, self.cluster_region, covered)
-        return choose(self.policy, self.cluster_region, self.healthy)
+        return choose(self.policy, self.cluster_region, self.usable)
 
 
 def is_selected(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mapping[str, str] | None) -> bool:
@@ -143,7 +143,7 @@ def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mappi
     keys: tuple[str, ...] | None = None
     lacks_credentials = False
     for region in preference_order(policy, snapshot.cluster_region, preferred):
-        if region not in snapshot.healthy:
+        if region not in snapshot.usable:
             continue
         endpoint = policy.endpoints[region]
         if snapshot.node_credentials_enforced and needs_node_credentials(endpoint):

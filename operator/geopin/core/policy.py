@@ -41,7 +41,7 @@ __all__ = [
 AUTO_REGION = "auto"
 GLOBAL_REGION = "global"
 
-REGION_RE = re.compile(r"^[a-z0-9]+$")
+REGION_RE = endpoints.REGION_RE
 # host[:port]: DNS name or IPv4, optional port. Mirrors the CRD's pattern.
 HOST_RE = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]{1,5})?$"

@@ -66,10 +66,6 @@ class Desired:
         """Lookups must answer before this workload can be decided (nothing else is set then)."""
         return bool(self.unknown or self.unknown_secrets)
 
-    @property
-    def managed(self) -> int:
-        return len(self.originals)
-
 
 def read_record(annotations: Mapping[str, str]) -> tuple[dict[str, str], bool]:
     """The ``geopin.io/original-images`` record, and whether it was malformed (then treated as empty)."""

@@ -62,7 +62,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from geopin import __version__
-from geopin.core.references import InvalidReference, parse, same_host
+from geopin.core.references import InvalidReference, parse
+from geopin.core.text import one_line
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -77,7 +78,6 @@ __all__ = [
     "RegistryClient",
     "classify_exception",
     "classify_status",
-    "credentials_from_dockerconfig",
     "parse_challenge",
 ]
 
@@ -97,7 +97,6 @@ DEFAULT_TOKEN_SECONDS = 60.0
 # ACR refresh tokens are JWTs with an `exp`; when one cannot be read, assume this much.
 DEFAULT_REFRESH_TOKEN_SECONDS = 600.0
 MAX_MARGIN_SECONDS = 30.0
-MESSAGE_LIMIT = 240
 # A deep probe reads at most this much of the canary's config blob: enough to prove the download
 # path works, never a real layer's worth of traffic per probe.
 BLOB_READ_LIMIT = 64 * 1024
@@ -127,10 +126,6 @@ class ProbeResult:
     status: int | None
     latency_seconds: float
     message: str
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome is Outcome.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +194,7 @@ def classify_exception(error: BaseException, timeout_seconds: float | None = Non
     if tls is not None:
         verify_message = getattr(tls, "verify_message", None)
         if isinstance(tls, ssl.SSLCertVerificationError):
-            return Outcome.TLS, f"TLS certificate verify failed: {verify_message or _one_line(str(tls))}"
+            return Outcome.TLS, f"TLS certificate verify failed: {verify_message or one_line(str(tls))}"
         reason = getattr(tls, "reason", None)
         return Outcome.TLS, f"TLS error: {reason or type(tls).__name__}"
     if isinstance(error, httpx.ConnectError | httpx.ReadError | httpx.WriteError | httpx.CloseError):
@@ -208,12 +203,12 @@ def classify_exception(error: BaseException, timeout_seconds: float | None = Non
         detail = next((_os_error_text(e) for e in _chain(error) if isinstance(e, OSError) and e.errno), None)
         if detail:
             return Outcome.CONNECT, f"connect: {detail}"
-        return Outcome.CONNECT, f"connect: {_one_line(str(error)) or type(error).__name__}"
+        return Outcome.CONNECT, f"connect: {one_line(str(error)) or type(error).__name__}"
     if isinstance(error, httpx.TransportError):
-        return Outcome.CONNECT, f"{type(error).__name__}: {_one_line(str(error))}"
+        return Outcome.CONNECT, f"{type(error).__name__}: {one_line(str(error))}"
     if isinstance(error, OSError):
         return Outcome.CONNECT, f"connect: {_os_error_text(error)}"
-    return Outcome.CONNECT, f"{type(error).__name__}: {_one_line(str(error))}"
+    return Outcome.CONNECT, f"{type(error).__name__}: {one_line(str(error))}"
 
 
 def _os_error_text(error: OSError) -> str:
@@ -222,11 +217,6 @@ def _os_error_text(error: OSError) -> str:
     if error.errno:
         return os.strerror(error.errno).lower()
     return (error.strerror or type(error).__name__).lower()
-
-
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
 
 
 _PARAM_RE = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
@@ -265,56 +255,6 @@ def parse_challenge(headers: httpx.Headers) -> Challenge | None:
     if bearer is not None and bearer.realm:
         return bearer
     return found.get("basic")
-
-
-# -- credentials -------------------------------------------------------------------------------
-
-
-def _auth_host(key: str) -> str:
-    """A docker config ``auths`` key (``host``, ``https://host/v1/``) → ``host[:port]``."""
-    for prefix in ("https://", "http://"):
-        if key.lower().startswith(prefix):
-            key = key[len(prefix) :]
-            break
-    return key.split("/", 1)[0]
-
-
-def credentials_from_dockerconfig(secret_data: Mapping[str, str], host: str) -> BasicCredentials | None:
-    """Basic credentials for ``host`` from a ``kubernetes.io/dockerconfigjson`` secret's ``data``.
-
-    The ``auths`` entry whose key names exactly ``host`` (case-insensitive, same port; a scheme or a
-    path in the key is ignored) wins; its ``auth`` (base64 ``user:password``) or ``username`` and
-    ``password``. None when no entry matches or it holds no credentials. ValueError (without any
-    secret in it) when the secret is not valid docker config JSON.
-    """
-    encoded = secret_data.get(".dockerconfigjson")
-    if not encoded:
-        raise ValueError("secret has no .dockerconfigjson")
-    try:
-        config = json.loads(base64.b64decode(encoded, validate=True))
-    except (binascii.Error, ValueError):
-        raise ValueError(".dockerconfigjson is not base64-encoded JSON") from None
-    auths = config.get("auths") if isinstance(config, dict) else None
-    if not isinstance(auths, dict):
-        raise ValueError(".dockerconfigjson has no auths object")
-    for key, entry in auths.items():
-        if not isinstance(key, str) or not isinstance(entry, dict) or not same_host(_auth_host(key), host):
-            continue
-        username, password = entry.get("username"), entry.get("password")
-        auth = entry.get("auth")
-        if isinstance(auth, str) and auth:
-            try:
-                decoded = base64.b64decode(auth, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                raise ValueError(f"auths[{key!r}].auth is not base64 of user:password") from None
-            user, colon, secret = decoded.partition(":")
-            if not colon:
-                raise ValueError(f"auths[{key!r}].auth is not base64 of user:password")
-            return BasicCredentials(username=user, password=secret)
-        if isinstance(username, str) and username and isinstance(password, str):
-            return BasicCredentials(username=username, password=password)
-        return None
-    return None
 
 
 # -- the client --------------------------------------------------------------------------------
@@ -820,7 +760,7 @@ class RegistryClient:
         for secret in secrets:
             if secret and len(secret) >= 4:
                 message = message.replace(secret, "***")
-        return _one_line(message)
+        return one_line(message)
 
 
 @dataclass(slots=True)

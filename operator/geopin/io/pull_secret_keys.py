@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from geopin.core.pullsecrets import MalformedPullSecret, parse_dockerconfig
 
 if TYPE_CHECKING:
-    from geopin.io.kube import Kube
+    from geopin.io.kube import KubeAPI
 
 __all__ = ["PullSecretKeys"]
 
@@ -57,10 +57,10 @@ class PullSecretKeys:
         now = self.clock()
         return [ref for ref, entry in self._entries.items() if now - entry.read_at >= self.ttl]
 
-    async def resolve(self, kube: Kube, refs: Iterable[SecretRef]) -> None:
+    async def resolve(self, kube: KubeAPI, refs: Iterable[SecretRef]) -> None:
         await asyncio.gather(*(self._read(kube, namespace, name) for namespace, name in set(refs)))
 
-    async def refresh_stale(self, kube: Kube) -> bool:
+    async def refresh_stale(self, kube: KubeAPI) -> bool:
         """Re-read every entry older than ``ttl``; True when any secret's keys changed."""
         stale = self.stale()
         if not stale:
@@ -69,7 +69,7 @@ class PullSecretKeys:
         await self.resolve(kube, stale)
         return any(self.get(*ref) != keys for ref, keys in before.items())
 
-    async def _read(self, kube: Kube, namespace: str, name: str) -> None:
+    async def _read(self, kube: KubeAPI, namespace: str, name: str) -> None:
         async with self._limit:
             try:
                 data = await kube.get_secret_data(namespace, name)
