@@ -56,7 +56,7 @@ install-local: $(STAMP) tools ## after dev-up: the image (built unless build/ ha
 dev-down: $(STAMP) ## stop what dev-up started and remove .dev/
 	$(BIN)/python -m tests.harness down
 
-demo: prereqs $(STAMP) controlplane ## the guided tour: environment, operator, policy, a pinned Deployment
+demo: prereqs $(STAMP) controlplane nodes ## the guided tour: ACR-shaped replicas, a real node, geopin, real Pods through an outage
 	$(BIN)/python -m tests.harness.demo $(DEMO_ARGS)
 
 lock: ## re-resolve requirements/*.lock from pyproject.toml

@@ -307,6 +307,7 @@ DEFAULTED_FIELDS: dict[str, Any] = {
     "probe.scheme": lambda p: p.probe.scheme,
     "probe.caBundle": lambda p: p.probe.ca_bundle,
     "credentials.azureWorkloadIdentity": lambda p: p.credentials.azure_workload_identity,
+    "credentials.nodeImageCheck": lambda p: p.credentials.node_image_check,
 }
 
 

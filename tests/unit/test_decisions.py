@@ -45,7 +45,7 @@ FABRIKAM = policy("fabrikam.azurecr.io")
 
 
 def snapshot(p: Policy = CONTOSO, **extra: Any) -> PolicySnapshot:
-    fields: dict[str, Any] = {"cluster_region": "eastus", "healthy": frozenset({"eastus", "westus"}), **extra}
+    fields: dict[str, Any] = {"cluster_region": "eastus", "usable": frozenset({"eastus", "westus"}), **extra}
     return PolicySnapshot(policy=p, **fields)
 
 
@@ -239,7 +239,7 @@ def test_unlisted_preferred_region_is_ignored() -> None:
 
 def test_unhealthy_preferred_region_falls_back_to_home() -> None:
     workload = view(deployment(annotations={ANNOTATION_REGION: "westus"}))
-    assert target_of(snapshot(healthy=frozenset({"eastus"})), workload, {}) == Target(
+    assert target_of(snapshot(usable=frozenset({"eastus"})), workload, {}) == Target(
         "eastus", "contoso.eastus.geo.azurecr.io"
     )
 

@@ -150,7 +150,7 @@ def test_managed_images_are_rewritten(image: str, expected: str, with_annotation
     assert images_of(result) == {"containers/web": expected}
     assert json.loads(annotations_of(result)[ANNOTATION_ORIGINAL_IMAGES]) == {"containers/web": image}
     assert annotations_of(result)[ANNOTATION_PINNED_REGION] == "eastus"
-    assert desired.managed == 1
+    assert len(desired.originals) == 1
     assert desired.invalid == ()
     if with_annotations:
         assert annotations_of(result)["team"] == "a"
@@ -192,7 +192,7 @@ def test_mixed_containers_only_managed_ones_move() -> None:
     assert annotations_of(result)[ANNOTATION_ORIGINAL_IMAGES] == (
         '{"containers/web":"contoso.azurecr.io/web:1","initContainers/migrate":"contoso.azurecr.io/migrate:1"}'
     )
-    assert desired.managed == 2
+    assert len(desired.originals) == 2
     view = view_of(DEPLOYMENT, body)
     assert [c.key for c in changed_containers(view, desired)] == ["initContainers/migrate", "containers/web"]
 

@@ -19,6 +19,7 @@ import yaml
 from geopin import __version__
 from geopin.cli.errors import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, CliError
 from geopin.core.config import RunConfig
+from geopin.core.nodes import DEFAULT_CREDENTIAL_FIX, parse_threshold
 from geopin.core.policy import InvalidPolicy, Policy, from_spec
 
 
@@ -35,6 +36,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_run(commands)
+    _add_plan(commands)
+    _add_probe(commands)
+    _add_status(commands)
+    commands.add_parser(
+        "version",
+        help="print the version",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  geopin version              # prints: geopin <version>\n",
+    )
+    return parser
+
+
+def _add_run(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         help="run the operator",
@@ -102,9 +117,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--lease-name", default="geopin", help="name of the leader-election Lease (default geopin)")
     run.add_argument("--arm-endpoint", help="Azure Resource Manager URL (default: the registry's cloud)")
+    run.add_argument(
+        "--node-image-credential-fix",
+        type=_node_image_release,
+        default=DEFAULT_CREDENTIAL_FIX,
+        metavar="RELEASE",
+        help="the first AKS node image (YYYYMM.DD) whose kubelet credential provider covers *.*.geo.azurecr.io; "
+        f"older nodes are at risk for credentials.nodeImageCheck (default {DEFAULT_CREDENTIAL_FIX})",
+    )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true")
 
+
+def _add_plan(commands: Any) -> None:
     plan = commands.add_parser(
         "plan",
         help="print manifests rewritten as the operator would (offline)",
@@ -128,15 +153,13 @@ def _parser() -> argparse.ArgumentParser:
         "files", nargs="*", help="manifest files or directories (their *.yaml, *.yml); '-' or none for stdin"
     )
 
-    _add_probe(commands)
-    _add_status(commands)
-    commands.add_parser(
-        "version",
-        help="print the version",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  geopin version              # prints: geopin <version>\n",
-    )
-    return parser
+
+def _node_image_release(value: str) -> str:
+    try:
+        parse_threshold(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value.strip()
 
 
 def _positive_seconds(value: str) -> float:
@@ -159,21 +182,16 @@ def _webhook_timeout(value: str) -> int:
     return seconds
 
 
-def _add_probe(commands: Any) -> None:
-    probe = commands.add_parser(
-        "probe",
-        help="probe a registry's regional endpoints once and print their health",
-        description="Probe each region's endpoint of REGISTRY once, concurrently, as the operator does "
-        "(GET /v2/, or a manifest HEAD of --canary), and print the outcome of each.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=textwrap.dedent(
-            """
+PROBE_EPILOG = textwrap.dedent(
+    """
             Each region's endpoint is <name>.<region>.geo.azurecr.io (same cloud suffix as REGISTRY) unless
             --endpoint REGION=HOST[:PORT] names it; a registry that is not an Azure Container Registry needs
             an --endpoint for every --region. --global probes REGISTRY itself too (region "global").
 
-            outcomes: ok, timeout, connect, tls, http_5xx, throttled, unauthorized, not_found
-            (a 401 with a WWW-Authenticate challenge is ok: the registry is up and asks for credentials).
+            outcomes: ok, timeout, connect, tls, http_5xx, throttled, unauthorized, not_found, data_endpoint
+            (a 401 with a WWW-Authenticate challenge is ok: the registry is up and asks for credentials;
+            data_endpoint: with --canary, the blob download failed at the host the registry redirected
+            it to, e.g. <name>.<region>.data.azurecr.io, while the registry itself answered).
 
             -o json|yaml prints one object:
               registry: REGISTRY
@@ -193,7 +211,18 @@ def _add_probe(commands: Any) -> None:
                   --ca ca.pem
               geopin probe localhost:5000 --region dev --endpoint dev=localhost:5000 --scheme http
             """
-        ),
+)
+
+
+def _add_probe(commands: Any) -> None:
+    probe = commands.add_parser(
+        "probe",
+        help="probe a registry's regional endpoints once and print their health",
+        description="Probe each region's endpoint of REGISTRY once, concurrently, as the operator does "
+        "(GET /v2/, or with --canary a manifest HEAD and a download of its config blob), and print the "
+        "outcome of each.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=PROBE_EPILOG,
     )
     probe.add_argument("registry", metavar="REGISTRY", help="the global login server, e.g. contoso.azurecr.io")
     probe.add_argument(
@@ -219,7 +248,9 @@ def _add_probe(commands: Any) -> None:
         help="seconds per probe, authentication included (default 2, as spec.probe.timeoutSeconds)",
     )
     probe.add_argument(
-        "--canary", metavar="IMAGE", help="deep probe: HEAD this image's manifest (repo:tag) instead of GET /v2/"
+        "--canary",
+        metavar="IMAGE",
+        help="deep probe: HEAD this image's manifest (repo:tag) and download its config blob, instead of GET /v2/",
     )
     probe.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table", help="default table")
 
@@ -234,8 +265,8 @@ def _add_status(commands: Any) -> None:
             """
             The table output starts with one line per policy, then a block per policy: registry, cluster
             region, active region and endpoint, healthy replicas, workload counts, the Ready, Degraded,
-            FailedOver and ControlPlaneUnavailable conditions ("-" when absent), the replicas and the last
-            switch of the active endpoint.
+            FailedOver, ControlPlaneUnavailable and NodeCredentials conditions ("-" when absent), the replicas
+            and the last switch of the active endpoint.
 
             -o json|yaml prints one object:
               ok: true when every listed policy is Ready=True and not Degraded=True
@@ -243,7 +274,8 @@ def _add_status(commands: Any) -> None:
                 - name, registry, mode, generation, observedGeneration,
                   clusterRegion, activeRegion, activeEndpoint, healthy ("2/3"),
                   workloads: {total, pinned, awaitingReplication, skipped, invalid},
-                  conditions: {Ready, Degraded, FailedOver, ControlPlaneUnavailable}: each null when absent,
+                  conditions: {Ready, Degraded, FailedOver, ControlPlaneUnavailable, NodeCredentials}: each null
+                    when absent,
                     else {status, reason, message, lastTransitionTime},
                   replicas: [{region, endpoint, state, consecutiveFailures, latencyMilliseconds,
                               lastProbeTime, lastTransitionTime, message}],
@@ -347,24 +379,26 @@ def _plan(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextI
 
 
 def _probe(args: argparse.Namespace, stdout: TextIO) -> int:
-    from geopin.cli import status as cli_status
+    from geopin.cli import probe
+    from geopin.cli.output import render
 
-    endpoints = cli_status.parse_endpoints(args.endpoint)
-    targets = cli_status.probe_targets(args.registry, args.region, endpoints, args.include_global)
-    cli_status.check_canary(args.canary)
-    ca_bundle = cli_status.read_ca(args.ca)
-    client = cli_status.make_client(args.scheme, args.timeout, ca_bundle)
-    rows = cli_status.run_probes(client, targets, args.canary)
-    document = cli_status.probe_document(args.registry, rows)
+    endpoints = probe.parse_endpoints(args.endpoint)
+    targets = probe.probe_targets(args.registry, args.region, endpoints, args.include_global)
+    probe.check_canary(args.canary)
+    ca_bundle = probe.read_ca(args.ca)
+    client = probe.make_client(args.scheme, args.timeout, ca_bundle)
+    rows = probe.run_probes(client, targets, args.canary)
+    document = probe.probe_document(args.registry, rows)
     if args.output == "table":
-        stdout.write(cli_status.format_probe_table(rows))
+        stdout.write(probe.format_probe_table(rows))
     else:
-        stdout.write(cli_status.render(document, args.output))
+        stdout.write(render(document, args.output))
     return EXIT_OK if document["ok"] else EXIT_PROBLEM
 
 
 def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from geopin.cli import status as cli_status
+    from geopin.cli.output import render
 
     policies = cli_status.fetch_policies(args.kubeconfig, args.policy, args.request_timeout)
     document = cli_status.status_document(policies)
@@ -373,7 +407,7 @@ def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             print("geopin: no RegistryPolicies found", file=stderr)
         stdout.write(cli_status.format_status_table(document))
     else:
-        stdout.write(cli_status.render(document, args.output))
+        stdout.write(render(document, args.output))
     return cli_status.status_exit_code(document)
 
 
@@ -390,6 +424,7 @@ def _run(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         workers=args.workers,
         arm_endpoint=args.arm_endpoint,
+        node_image_credential_fix=args.node_image_credential_fix,
         leader_election=args.leader_election,
         admission_mechanism=args.admission_mechanism,
         webhook_port=args.webhook_port,

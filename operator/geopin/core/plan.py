@@ -48,13 +48,13 @@ def plan_documents(
         raise PlanUsageError("the policy says region: auto; give the cluster's region with --region")
     if not REGION_RE.fullmatch(cluster_region):
         raise PlanUsageError(f"--region {cluster_region!r} is not an Azure region name (lower-case letters and digits)")
-    healthy = frozenset(r.region for r in policy.replicas)
+    usable = frozenset(r.region for r in policy.replicas)
     if active_region is not None:
         if active_region != GLOBAL_REGION and policy.replica(active_region) is None:
             listed = ", ".join([r.region for r in policy.replicas] + [GLOBAL_REGION])
             raise PlanUsageError(f"--active-region {active_region!r} is not one of: {listed}")
-        healthy = frozenset({active_region}) - {GLOBAL_REGION}
-    snapshot = PolicySnapshot(policy=policy, cluster_region=cluster_region, healthy=healthy)
+        usable = frozenset({active_region}) - {GLOBAL_REGION}
+    snapshot = PolicySnapshot(policy=policy, cluster_region=cluster_region, usable=usable)
 
     docs = [d for d in documents if d is not None]
     namespace_labels: dict[str, Mapping[str, str]] = {

@@ -28,6 +28,7 @@ __all__ = [
     "FieldError",
     "InvalidPolicy",
     "Mode",
+    "NodeImageCheck",
     "Policy",
     "ProbeSettings",
     "PullSecrets",
@@ -40,7 +41,7 @@ __all__ = [
 AUTO_REGION = "auto"
 GLOBAL_REGION = "global"
 
-REGION_RE = re.compile(r"^[a-z0-9]+$")
+REGION_RE = endpoints.REGION_RE
 # host[:port]: DNS name or IPv4, optional port. Mirrors the CRD's pattern.
 HOST_RE = re.compile(
     r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]{1,5})?$"
@@ -57,6 +58,15 @@ class Mode(enum.StrEnum):
 class Fallback(enum.StrEnum):
     GLOBAL = "Global"
     STAY = "Stay"
+
+
+class NodeImageCheck(enum.StrEnum):
+    """``spec.credentials.nodeImageCheck``: what to do about AKS nodes whose kubelet has no
+    credentials for the regional hosts (node image older than ``geopin run --node-image-credential-fix``)."""
+
+    OFF = "Off"
+    REPORT = "Report"  # condition NodeCredentials=False naming the node pools at risk
+    ENFORCE = "Enforce"  # also: the global endpoint instead of a regional one while such a node is schedulable
 
 
 class PullSecrets(enum.StrEnum):
@@ -117,6 +127,7 @@ class SecretRef:
 class Credentials:
     secret_ref: SecretRef | None = None
     azure_workload_identity: bool = False
+    node_image_check: NodeImageCheck = NodeImageCheck.REPORT
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +371,17 @@ def _read_credentials(read: _Reader, credentials: Mapping[str, Any]) -> Credenti
     return Credentials(
         secret_ref=secret_ref,
         azure_workload_identity=read.boolean(credentials, "azureWorkloadIdentity", path, False),
+        node_image_check=_read_node_image_check(read, credentials, path),
     )
+
+
+def _read_node_image_check(read: _Reader, credentials: Mapping[str, Any], path: str) -> NodeImageCheck:
+    if credentials.get("nodeImageCheck") is False:
+        # YAML 1.1 (kubectl's and PyYAML's) reads a bare Off as the boolean false.
+        read.error(f"{path}.nodeImageCheck", 'write "Off" in quotes: a bare Off is read as the boolean false')
+        return NodeImageCheck.REPORT
+    check: NodeImageCheck = read.choice(credentials, "nodeImageCheck", path, NodeImageCheck, NodeImageCheck.REPORT)
+    return check
 
 
 def with_discovered(policy: Policy, discovered: Iterable[tuple[str, str]]) -> Policy:

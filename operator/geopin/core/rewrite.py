@@ -59,10 +59,12 @@ class Desired:
     # pullSecrets: Extend — the imagePullSecrets the pod spec should list (None: leave them as they are)
     pull_secrets: tuple[str, ...] | None = None
     unknown: tuple[tuple[str, str, str], ...] = ()  # (policy, image, region) to look up first; nothing else set
+    unknown_secrets: tuple[tuple[str, str], ...] = ()  # (namespace, name) of pull secrets to read first
 
     @property
-    def managed(self) -> int:
-        return len(self.originals)
+    def undecided(self) -> bool:
+        """Lookups must answer before this workload can be decided (nothing else is set then)."""
+        return bool(self.unknown or self.unknown_secrets)
 
 
 def read_record(annotations: Mapping[str, str]) -> tuple[dict[str, str], bool]:

@@ -83,6 +83,9 @@ class Container:
         return f"{self.list}/{self.name}"
 
 
+WorkloadRef = tuple[str, str, str]  # (kind, namespace, name)
+
+
 @dataclass(frozen=True, slots=True)
 class WorkloadView:
     kind: str
@@ -97,7 +100,7 @@ class WorkloadView:
     pull_secrets: tuple[str, ...] = ()  # the pod spec's imagePullSecrets names, in order
 
     @property
-    def ref(self) -> tuple[str, str, str]:
+    def ref(self) -> WorkloadRef:
         return (self.kind, self.namespace, self.name)
 
     @property

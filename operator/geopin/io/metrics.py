@@ -37,7 +37,8 @@ PROBE_DURATION = Histogram(
 )
 PROBE_FAILURES = Counter(
     "geopin_probe_failures_total",
-    "Failed replica probes by reason (timeout, connect, tls, http_5xx, throttled, unauthorized, not_found).",
+    "Failed replica probes by reason (timeout, connect, tls, http_5xx, throttled, unauthorized, not_found, "
+    "data_endpoint).",
     ["policy", "region", "reason"],
 )
 ACTIVE_REGION_INFO = Gauge(

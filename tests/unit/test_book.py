@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 
-from geopin.control.engine import PolicyBook, PolicyEntry, records_policy
+from geopin.control.book import EveryListedReplica, PolicyBook, PolicyEntry, records_policy
 from geopin.core.decisions import DEFAULT_EXCLUDED_NAMESPACES
+from geopin.core.nodes import NodeInfo
 from geopin.core.policy import Policy, cluster_region_of, from_spec
 from geopin.core.rewrite import encode_record
 from geopin.core.workloads import ANNOTATION_ORIGINAL_IMAGES, KINDS, WorkloadView, view_of
+from geopin.io.cache import NodeCache
 
 REPLICAS = [{"region": "eastus"}, {"region": "westus"}]
 OLD = "2026-01-01T00:00:00Z"
@@ -28,8 +30,16 @@ def entry(name: str, created: str = OLD, registry: str = "contoso.azurecr.io", *
     )
 
 
+def regions(nodes: Sequence[str | None]) -> NodeCache:
+    result = NodeCache()
+    for i, region in enumerate(nodes):
+        result.upsert(f"node-{i}", str(i + 1), NodeInfo(f"node-{i}", region or ""))
+    return result
+
+
 def book(*entries: PolicyEntry, nodes: Sequence[str | None] = ()) -> PolicyBook:
-    result = PolicyBook(node_regions=lambda: list(nodes))
+    majority = regions(nodes).region
+    result = PolicyBook(EveryListedReplica(), lambda: majority)
     for e in entries:
         result.upsert(e)
     return result
@@ -150,11 +160,20 @@ def test_explicit_region_wins_over_the_nodes() -> None:
     assert b.cluster_region(policy("p", region="eastus")) == "eastus"
 
 
-def test_node_regions_are_read_at_each_call() -> None:
-    nodes: list[str | None] = ["eastus"]
-    b = PolicyBook(node_regions=lambda: nodes)
+def test_the_cluster_region_follows_node_events_and_only_a_change_of_what_is_kept_counts() -> None:
+    nodes = regions(["eastus", "westus", "westus"])
+    b = PolicyBook(EveryListedReplica(), lambda: nodes.region)
+    assert b.cluster_region(policy("p")) == "westus"
+    assert not nodes.upsert("node-1", "10", NodeInfo("node-1", "westus"))  # a heartbeat
+    assert nodes.upsert("node-1", "11", NodeInfo("node-1", "eastus"))
     assert b.cluster_region(policy("p")) == "eastus"
-    nodes[:] = ["westus"]
+    assert not nodes.upsert("node-1", "9", NodeInfo("node-1", "westus"))  # an older version
+    assert nodes.discard("node-0", "12")  # eastus and westus tie: still the alphabetically first
+    assert b.cluster_region(policy("p")) == "eastus"
+    assert nodes.discard("node-1", "13")
+    assert b.cluster_region(policy("p")) == "westus"
+    assert not nodes.discard("node-1", "14")  # already gone
+    assert nodes.upsert("node-2", "15", NodeInfo("node-2", "westus", schedulable=False))  # a cordon is kept
     assert b.cluster_region(policy("p")) == "westus"
 
 
@@ -163,11 +182,11 @@ def test_node_regions_are_read_at_each_call() -> None:
 
 def test_snapshot_assumes_every_listed_replica_healthy() -> None:
     e = entry("p")
-    b = PolicyBook(node_regions=lambda: ["westus"], excluded_namespaces=DEFAULT_EXCLUDED_NAMESPACES | {"geopin"})
+    b = PolicyBook(EveryListedReplica(), lambda: "westus", DEFAULT_EXCLUDED_NAMESPACES | {"geopin"})
     b.upsert(e)
     snap = b.snapshot(e)
     assert snap is not None
-    assert snap.healthy == frozenset({"eastus", "westus"})
+    assert snap.usable == frozenset({"eastus", "westus"})
     assert snap.cluster_region == "westus"
     assert snap.excluded_namespaces == frozenset({"kube-system", "geopin"})
     assert not snap.deleting
