@@ -8,7 +8,7 @@ The grammar is the one of github.com/distribution/reference (``reference.go``)::
     remote-name   := path-component ["/" path-component]*
     path-component:= [a-z0-9]+ (separator [a-z0-9]+)*      separator := [_.] | __ | -+
     tag           := [\\w][\\w.-]{0,127}
-    digest        := algorithm ":" hex
+    digest        := algorithm ":" hex        (registered algorithms only, see below)
 
 As in Docker, the first component is a registry host only when it contains ``.`` or ``:``, is
 ``localhost``, or has an upper-case letter; otherwise the reference is a Docker Hub short name
@@ -36,7 +36,11 @@ _DOMAIN_RE = re.compile(rf"^{_DOMAIN}\Z")
 _PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*\Z")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}\Z", re.ASCII)
 _DIGEST_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}\Z")
-# Registered algorithms have a fixed, lower-case hex length (opencontainers/go-digest).
+# The digest grammar above admits any algorithm, but a digest is valid only for an algorithm that is
+# registered, with exactly its lower-case hex length: github.com/opencontainers/go-digest v1.0.0
+# (the version containerd and the kubelet use), algorithm.go registers sha256, sha384 and sha512
+# with anchored `^[a-f0-9]{64}$`, `{96}`, `{128}`; Digest.Validate answers ErrDigestUnsupported for
+# any other algorithm (md5, blake3, an upper-case SHA256) and ErrDigestInvalidFormat for a wrong length.
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
 
 NAME_TOTAL_LENGTH_MAX = 255
@@ -97,7 +101,9 @@ def _check_digest(reference: str, digest: str) -> None:
         raise InvalidReference(reference, f"invalid digest {digest!r}")
     algorithm, _, hex_value = digest.partition(":")
     expected = _DIGEST_HEX_LENGTH.get(algorithm)
-    if expected is not None and (len(hex_value) != expected or hex_value != hex_value.lower()):
+    if expected is None:
+        raise InvalidReference(reference, f"unsupported digest algorithm {algorithm!r} (sha256, sha384, sha512)")
+    if len(hex_value) != expected or hex_value != hex_value.lower():
         raise InvalidReference(reference, f"a {algorithm} digest is {expected} lower-case hex digits")
 
 
