@@ -283,6 +283,47 @@ def test_invalid_only_workload_gets_no_write() -> None:
     assert len(desired.invalid) == 1
 
 
+# --------------------------------------------------------------------------- the 255-character name limit
+
+# A path that fits 255 characters behind the global host but not behind the regional one.
+LONG_PATH = "team/" + "a" * (255 - len("contoso.azurecr.io/team/") - 2)
+LONG_IMAGE = f"contoso.azurecr.io/{LONG_PATH}:1"
+
+
+def test_a_rewrite_never_makes_the_name_longer_than_255() -> None:
+    assert len(f"contoso.azurecr.io/{LONG_PATH}") <= 255 < len(f"{EAST.endpoint}/{LONG_PATH}")
+    body = workload({"web": LONG_IMAGE, "api": "contoso.azurecr.io/api:1"})
+    once, desired, _ = step(body, EAST)
+    # containerd 1.x counts the host in the 255 characters: the long one stays on the global host.
+    assert images_of(once) == {"containers/web": LONG_IMAGE, "containers/api": f"{EAST.endpoint}/api:1"}
+    (too_long,) = desired.invalid
+    assert (too_long.container, too_long.image) == ("containers/web", LONG_IMAGE)
+    assert "255" in too_long.reason
+    twice, _, patch = step(once, EAST)
+    assert patch == []
+    restored, _, _ = step(twice, None)
+    assert images_of(restored) == images_of(body)
+    assert ANNOTATION_ORIGINAL_IMAGES not in annotations_of(restored)
+
+
+def test_a_long_name_written_earlier_is_still_recognised_and_restored() -> None:
+    """A regional name over 255 characters (as an older geopin wrote it) keeps its record: restored."""
+    moved = f"{EAST.endpoint}/{LONG_PATH}:1"
+    body = workload(
+        {"web": moved},
+        annotations={
+            ANNOTATION_ORIGINAL_IMAGES: encode_record({"containers/web": LONG_IMAGE}),
+            ANNOTATION_PINNED_REGION: "eastus",
+        },
+    )
+    restored, desired, _ = step(body, None)
+    assert images_of(restored) == {"containers/web": LONG_IMAGE}
+    assert desired.originals == {}
+    west, desired, _ = step(body, WEST)
+    assert images_of(west) == {"containers/web": LONG_IMAGE}  # moved back to a name that fits
+    assert desired.originals == {}
+
+
 # --------------------------------------------------------------------------- record, restore, idempotence
 
 

@@ -21,7 +21,16 @@ import functools
 import re
 from dataclasses import dataclass, replace
 
-__all__ = ["InvalidReference", "Reference", "image_host", "parse", "same_host", "split_host"]
+__all__ = [
+    "InvalidReference",
+    "Reference",
+    "image_host",
+    "name_fits_older_runtimes",
+    "parse",
+    "same_host",
+    "split_host",
+    "split_reference",
+]
 
 _ALNUM = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[_.]|__|-+)"
@@ -43,6 +52,11 @@ _DIGEST_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[
 # any other algorithm (md5, blake3, an upper-case SHA256) and ErrDigestInvalidFormat for a wrong length.
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
 
+# The repository path (the name without its host) is at most 255 characters. distribution/reference
+# v0.6.0, which containerd 2 and the kubelet use, checks `len(repo.path) > RepositoryNameTotalLengthMax`
+# in Parse (reference.go, commit aaca75e "Exclude domain from name length check"). Older parsers
+# (distribution/reference <= v0.5.0, containerd 1.x's reference/docker) count the host too: see
+# ``name_fits_older_runtimes``, which a rewrite must respect because only the host changes.
 NAME_TOTAL_LENGTH_MAX = 255
 
 
@@ -131,16 +145,12 @@ def parse(reference: str) -> Reference:
         if not _TAG_RE.match(tag):
             raise InvalidReference(reference, f"invalid tag {tag!r}")
 
-    if len(name) > NAME_TOTAL_LENGTH_MAX:
-        raise InvalidReference(reference, f"repository name longer than {NAME_TOTAL_LENGTH_MAX} characters")
+    host, path = split_reference(name)
+    if host is not None and not _DOMAIN_RE.match(host):
+        raise InvalidReference(reference, f"invalid registry host {host!r}")
 
-    host: str | None = None
-    path = name
-    first, slash, rest = name.partition("/")
-    if slash and (any(c in first for c in ".:") or first == "localhost" or first != first.lower()):
-        host, path = first, rest
-        if not _DOMAIN_RE.match(host):
-            raise InvalidReference(reference, f"invalid registry host {host!r}")
+    if len(path) > NAME_TOTAL_LENGTH_MAX:
+        raise InvalidReference(reference, f"repository name longer than {NAME_TOTAL_LENGTH_MAX} characters")
 
     if not _PATH_RE.match(path):
         if path != path.lower():
@@ -148,6 +158,21 @@ def parse(reference: str) -> Reference:
         raise InvalidReference(reference, f"invalid repository path {path!r}")
 
     return Reference(host=host, path=path, tag=tag, digest=digest if at else None)
+
+
+def split_reference(reference: str) -> tuple[str | None, str]:
+    """(registry host, what follows ``host/``) of any string, valid or not, by Docker's rule: the first
+    component is a host when it contains ``.`` or ``:``, is ``localhost`` or has an upper-case letter."""
+    first, slash, rest = reference.partition("/")
+    if slash and (any(c in first for c in ".:") or first == "localhost" or first != first.lower()):
+        return first, rest
+    return None, reference
+
+
+def name_fits_older_runtimes(ref: Reference) -> bool:
+    """Is host/path at most 255 characters, as containerd 1.x and distribution/reference <= v0.5.0 require?"""
+    name = ref.path if ref.host is None else f"{ref.host}/{ref.path}"
+    return len(name) <= NAME_TOTAL_LENGTH_MAX
 
 
 def image_host(image: str) -> str | None:

@@ -27,7 +27,14 @@ from typing import Any
 from geopin.core.endpoints import parse_regional
 from geopin.core.health import Target
 from geopin.core.policy import Policy
-from geopin.core.references import InvalidReference, Reference, parse
+from geopin.core.references import (
+    InvalidReference,
+    Reference,
+    name_fits_older_runtimes,
+    parse,
+    same_host,
+    split_reference,
+)
 from geopin.core.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
     ANNOTATION_PINNED_REGION,
@@ -91,22 +98,36 @@ def _try_parse(image: str) -> Reference | None:
         return None
 
 
+def _appended_digest(rest: str, original_rest: str) -> bool:
+    """Is ``rest`` the ``original_rest`` with a digest appended (digestPinning)?"""
+    if "@" in original_rest or not rest.startswith(original_rest + "@"):
+        return False
+    try:
+        parse(f"x.io/a@{rest[len(original_rest) + 1 :]}")
+    except InvalidReference:
+        return False
+    return True
+
+
 def is_rewrite_of(image: str, original: str, policy: Policy) -> bool:
-    """Is ``image`` the ``original`` moved to one of the policy's endpoints (optionally digest-pinned)?"""
+    """Is ``image`` the ``original`` moved to one of the policy's endpoints (optionally digest-pinned)?
+
+    Compared as text, host against the rest, so that a reference that does not parse (any more) is
+    still recognised: a record must never be dropped because the current image fails to parse.
+    """
     if image == original:
         return True
-    ref, orig = _try_parse(image), _try_parse(original)
-    if ref is None or orig is None or ref.host is None or not policy.manages_host(orig.host):
+    host, rest = split_reference(image)
+    original_host, original_rest = split_reference(original)
+    if host is None or not policy.manages_host(original_host):
         return False
-    if ref.path != orig.path or ref.tag != orig.tag:
+    if rest != original_rest and not _appended_digest(rest, original_rest):
         return False
-    if ref.digest != orig.digest and not (orig.digest is None and ref.digest is not None):
-        return False
-    if any(ref.host == endpoint for endpoint in policy.endpoints.values()):
+    if any(same_host(host, endpoint) for endpoint in policy.endpoints.values()):
         return True
     # A pin to a geo-replica of this registry that has since left the policy (spec edit, ARM discovery):
     # still geopin's own rewrite, or the workload would stay on the removed replica and lose its original.
-    regional = parse_regional(ref.host)
+    regional = parse_regional(host)
     if regional is None or regional.kind != "geo":
         return False
     return policy.manages_host(f"{regional.registry}.{regional.suffix}")
@@ -171,8 +192,9 @@ def desired_state(
         try:
             ref = parse(intent)
         except InvalidReference as e:
+            # Left as the user wrote it: a recorded original that no longer parses is restored.
             invalid.append(InvalidImage(container.key, intent, e.reason))
-            images[container.key] = container.image
+            images[container.key] = intent
             continue
         if not policy.manages_host(ref.host) or target is None:
             images[container.key] = intent
@@ -182,6 +204,14 @@ def desired_state(
             moved = intent
         else:
             moved_ref = ref.with_host(target.endpoint)
+            if not name_fits_older_runtimes(moved_ref):
+                reason = (
+                    f"{target.endpoint} would make the name longer than 255 characters, which container "
+                    f"runtimes before containerd 2 refuse; it stays on {ref.host}"
+                )
+                invalid.append(InvalidImage(container.key, intent, reason))
+                images[container.key] = intent
+                continue
             digest = None
             if digests is not None:  # digestPinning on
                 kept = pinned_digest(container.image, intent) if intent != container.image else None
