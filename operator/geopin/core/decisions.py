@@ -25,6 +25,7 @@ from geopin.core.rewrite import (
 )
 from geopin.core.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
+    ANNOTATION_PINNED_ENDPOINTS,
     ANNOTATION_PINNED_REGION,
     ANNOTATION_REGION,
     WorkloadView,
@@ -137,11 +138,12 @@ def _already_digest_pinned(view: WorkloadView, policy: Policy) -> bool:
 def _applied(view: WorkloadView, desired: Desired) -> WorkloadView:
     """The view as it would be after ``desired`` is written (for folding the next policy)."""
     containers = tuple(replace(c, image=desired.images.get(c.key, c.image)) for c in view.containers)
-    annotations = {
-        k: v for k, v in view.annotations.items() if k not in (ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION)
-    }
+    written = (ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION, ANNOTATION_PINNED_ENDPOINTS)
+    annotations = {k: v for k, v in view.annotations.items() if k not in written}
     if desired.originals:
         annotations[ANNOTATION_ORIGINAL_IMAGES] = encode_record(desired.originals)
+        if desired.pinned_endpoints:
+            annotations[ANNOTATION_PINNED_ENDPOINTS] = encode_record(desired.pinned_endpoints)
         if desired.pinned_region is not None:
             annotations[ANNOTATION_PINNED_REGION] = desired.pinned_region
         elif ANNOTATION_PINNED_REGION in view.annotations:

@@ -4,7 +4,10 @@ Level-based: the desired state is computed from what the object holds now, never
 For each container the *intent* is the image the user asked for:
 
 - if ``geopin.io/original-images`` records an original for the container and the current image is
-  that original moved to one of the policy's endpoints, the intent is the recorded original;
+  that original moved to one of the policy's endpoints, the intent is the recorded original. An
+  endpoint counts when the policy lists it now, when it is a ``<name>.<region>.geo`` host of the
+  registry, or when ``geopin.io/pinned-endpoints`` says geopin wrote it (an explicit endpoint that
+  the policy has since changed or dropped);
 - otherwise the intent is the current image (the user changed it since, or geopin never touched it;
   a stale record entry is dropped).
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from geopin.core.endpoints import parse_regional
@@ -33,10 +36,12 @@ from geopin.core.references import (
     name_fits_older_runtimes,
     parse,
     same_host,
+    split_host,
     split_reference,
 )
 from geopin.core.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
+    ANNOTATION_PINNED_ENDPOINTS,
     ANNOTATION_PINNED_REGION,
     Container,
     Kind,
@@ -66,6 +71,8 @@ class Desired:
     # pullSecrets: Extend — the imagePullSecrets the pod spec should list (None: leave them as they are)
     pull_secrets: tuple[str, ...] | None = None
     unknown: tuple[tuple[str, str, str], ...] = ()  # (policy, image, region) to look up first; nothing else set
+    # geopin.io/pinned-endpoints: registry → explicit endpoint its images point to (empty → no annotation)
+    pinned_endpoints: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def managed(self) -> int:
@@ -84,6 +91,38 @@ def read_record(annotations: Mapping[str, str]) -> tuple[dict[str, str], bool]:
     if not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
         return {}, True
     return {str(k): v for k, v in record.items()}, False
+
+
+def read_pinned_endpoints(annotations: Mapping[str, str]) -> dict[str, str]:
+    """The ``geopin.io/pinned-endpoints`` map (registry → endpoint); a malformed one counts as empty."""
+    raw = annotations.get(ANNOTATION_PINNED_ENDPOINTS)
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, str)}
+
+
+def registry_key(registry: str) -> str:
+    """A registry as a key of ``geopin.io/pinned-endpoints``: lower-case host, port kept."""
+    name, port = split_host(registry)
+    return name if port is None else f"{name}:{port}"
+
+
+def implied_by_registry(host: str, policy: Policy) -> bool:
+    """Is ``host`` the registry's global host, or one of its ``<name>.<region>.geo.<suffix>`` hosts?"""
+    if policy.manages_host(host):
+        return True
+    regional = parse_regional(host)
+    return (
+        regional is not None
+        and regional.kind == "geo"
+        and policy.manages_host(f"{regional.registry}.{regional.suffix}")
+    )
 
 
 def encode_record(record: Mapping[str, str]) -> str:
@@ -109,8 +148,11 @@ def _appended_digest(rest: str, original_rest: str) -> bool:
     return True
 
 
-def is_rewrite_of(image: str, original: str, policy: Policy) -> bool:
+def is_rewrite_of(image: str, original: str, policy: Policy, pinned_endpoint: str | None = None) -> bool:
     """Is ``image`` the ``original`` moved to one of the policy's endpoints (optionally digest-pinned)?
+
+    ``pinned_endpoint`` is the explicit endpoint ``geopin.io/pinned-endpoints`` records for the
+    registry: geopin wrote it, whatever the policy says now.
 
     Compared as text, host against the rest, so that a reference that does not parse (any more) is
     still recognised: a record must never be dropped because the current image fails to parse.
@@ -123,17 +165,18 @@ def is_rewrite_of(image: str, original: str, policy: Policy) -> bool:
         return False
     if rest != original_rest and not _appended_digest(rest, original_rest):
         return False
+    if pinned_endpoint is not None and same_host(host, pinned_endpoint):
+        return True
     if any(same_host(host, endpoint) for endpoint in policy.endpoints.values()):
         return True
     # A pin to a geo-replica of this registry that has since left the policy (spec edit, ARM discovery):
     # still geopin's own rewrite, or the workload would stay on the removed replica and lose its original.
-    regional = parse_regional(host)
-    if regional is None or regional.kind != "geo":
-        return False
-    return policy.manages_host(f"{regional.registry}.{regional.suffix}")
+    return implied_by_registry(host, policy)
 
 
-def intent_of(container: Container, record: Mapping[str, str], policy: Policy) -> tuple[str, bool]:
+def intent_of(
+    container: Container, record: Mapping[str, str], policy: Policy, pinned_endpoint: str | None = None
+) -> tuple[str, bool]:
     """(the image the user asked for, whether the record entry belongs to another policy)."""
     recorded = record.get(container.key)
     if recorded is None:
@@ -141,15 +184,16 @@ def intent_of(container: Container, record: Mapping[str, str], policy: Policy) -
     recorded_ref = _try_parse(recorded)
     if recorded_ref is not None and not policy.manages_host(recorded_ref.host):
         return recorded, True
-    return (recorded if is_rewrite_of(container.image, recorded, policy) else container.image), False
+    return (recorded if is_rewrite_of(container.image, recorded, policy, pinned_endpoint) else container.image), False
 
 
 def managed_intents(view: WorkloadView, policy: Policy) -> dict[str, str]:
     """Container key → the user's image, for every valid image on the policy's registry."""
     record, _ = read_record(view.annotations)
+    pinned_endpoint = read_pinned_endpoints(view.annotations).get(registry_key(policy.registry))
     intents: dict[str, str] = {}
     for container in view.containers:
-        intent, foreign = intent_of(container, record, policy)
+        intent, foreign = intent_of(container, record, policy, pinned_endpoint)
         ref = None if foreign else _try_parse(intent)
         if ref is not None and policy.manages_host(ref.host):
             intents[container.key] = intent
@@ -176,13 +220,15 @@ def desired_state(
     it. A digest geopin appended earlier is kept on a repoint, so a failover never changes what runs.
     """
     record, malformed = read_record(view.annotations)
+    pinned_endpoints = read_pinned_endpoints(view.annotations)
+    pinned_endpoint = pinned_endpoints.pop(registry_key(policy.registry), None)
     images: dict[str, str] = {}
     originals: dict[str, str] = {}
     invalid: list[InvalidImage] = []
     present = {c.key for c in view.containers}
 
     for container in view.containers:
-        intent, foreign = intent_of(container, record, policy)
+        intent, foreign = intent_of(container, record, policy, pinned_endpoint)
         if foreign:
             # Another policy's record (one policy per registry): neither ours to rewrite nor to drop.
             images[container.key] = container.image
@@ -225,6 +271,10 @@ def desired_state(
     # Entries for containers that no longer exist are stale: dropped with the rest of the record.
     originals = {k: v for k, v in originals.items() if k in present}
     ours = any(not _is_foreign(v, policy) for v in originals.values())
+    if ours and target is not None and not implied_by_registry(target.endpoint, policy):
+        pinned_endpoints[registry_key(policy.registry)] = target.endpoint
+    # Only registries the record still holds keep an entry.
+    recorded = {registry_key(host) for v in originals.values() if (host := split_reference(v)[0]) is not None}
     return Desired(
         images=images,
         originals=originals,
@@ -234,6 +284,7 @@ def desired_state(
         else (view.annotations.get(ANNOTATION_PINNED_REGION) if originals else None),
         invalid=tuple(invalid),
         record_was_malformed=malformed,
+        pinned_endpoints={k: v for k, v in pinned_endpoints.items() if k in recorded},
     )
 
 
@@ -267,14 +318,17 @@ def json_patch(kind: Kind, view: WorkloadView, desired: Desired) -> JsonPatch:
     wanted = {
         ANNOTATION_ORIGINAL_IMAGES: encode_record(desired.originals) if desired.originals else None,
         ANNOTATION_PINNED_REGION: desired.pinned_region if desired.originals else None,
+        ANNOTATION_PINNED_ENDPOINTS: (
+            encode_record(desired.pinned_endpoints) if desired.originals and desired.pinned_endpoints else None
+        ),
     }
     annotation_ops: JsonPatch = []
     for key, new in wanted.items():
         current = view.annotations.get(key)
         pointer = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
         if current == new:
-            if ops and current is not None and key == ANNOTATION_ORIGINAL_IMAGES:
-                # The images were computed from this record: a concurrent change to it must fail the patch.
+            if ops and current is not None and key != ANNOTATION_PINNED_REGION:
+                # The images were computed from these: a concurrent change to them must fail the patch.
                 annotation_ops.append({"op": "test", "path": pointer, "value": current})
             continue
         if current is not None:

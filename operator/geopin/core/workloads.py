@@ -15,6 +15,7 @@ from geopin.core.gitops import managed_by
 
 __all__ = [
     "ANNOTATION_ORIGINAL_IMAGES",
+    "ANNOTATION_PINNED_ENDPOINTS",
     "ANNOTATION_PINNED_REGION",
     "ANNOTATION_REGION",
     "ANNOTATION_SKIP",
@@ -33,7 +34,16 @@ ANNOTATION_SKIP = "geopin.io/skip"
 ANNOTATION_REGION = "geopin.io/region"
 ANNOTATION_ORIGINAL_IMAGES = "geopin.io/original-images"
 ANNOTATION_PINNED_REGION = "geopin.io/pinned-region"
-_OWN_ANNOTATIONS = (ANNOTATION_SKIP, ANNOTATION_REGION, ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION)
+# registry → explicit endpoint its images point to (one that the registry's name does not imply): how
+# geopin recognises its own rewrite once the policy changes or drops that endpoint.
+ANNOTATION_PINNED_ENDPOINTS = "geopin.io/pinned-endpoints"
+_OWN_ANNOTATIONS = (
+    ANNOTATION_SKIP,
+    ANNOTATION_REGION,
+    ANNOTATION_ORIGINAL_IMAGES,
+    ANNOTATION_PINNED_REGION,
+    ANNOTATION_PINNED_ENDPOINTS,
+)
 
 # Ephemeral containers exist only on Pods and are rewritten only in Admission mode.
 CONTAINER_LISTS = ("initContainers", "containers")
