@@ -1,0 +1,90 @@
+"""`geopin plan` on real-world manifests: every value it does not rewrite comes out as kubectl reads it in."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from geopin.cli.main import main
+
+POLICY = """\
+apiVersion: geopin.io/v1alpha1
+kind: RegistryPolicy
+metadata: {name: contoso}
+spec:
+  registry: contoso.azurecr.io
+  region: eastus
+  replicas: [{region: eastus}, {region: westus}]
+"""
+
+
+def plan(tmp_path: Path, manifests: str, *extra: str) -> tuple[int, str, str]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["plan", "--policy", str(policy), *extra, "-"], io.StringIO(manifests), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+# Values YAML 1.1 reads differently from kubectl (sigs.k8s.io/yaml, go-yaml v2): each line must come out as it went in.
+TRICKY = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  annotations:
+    backup-window: 12:30
+    released: 2024-01-01t10:00:00.5+01:00
+    note: "yes"
+spec:
+  replicas: 0x2
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+        - name: web
+          image: contoso.azurecr.io/shop/web:1
+          args: [--at, 12:30, --retries, 0o7]
+          env:
+            - name: TZ_OFFSET
+              value: 5:30
+      volumes:
+        - name: cfg
+          configMap: {name: cfg, defaultMode: 0o644}
+"""
+KEPT_LINES = [
+    "    backup-window: 12:30",
+    "    released: 2024-01-01t10:00:00.5+01:00",
+    '    note: "yes"',
+    "  replicas: 0x2",
+    "          args: [--at, 12:30, --retries, 0o7]",
+    "              value: 5:30",
+    "          configMap: {name: cfg, defaultMode: 0o644}",
+]
+
+
+def test_plan_keeps_every_value_it_does_not_rewrite(tmp_path: Path) -> None:
+    code, out, err = plan(tmp_path, TRICKY)
+    assert code == 0, err
+    lines = out.splitlines()
+    for line in KEPT_LINES:
+        assert line in lines, f"{line!r} not in the output:\n{out}"
+    assert "          image: contoso.eastus.geo.azurecr.io/shop/web:1" in lines
+    # YAML 1.1's sexagesimal reading of 12:30 and 5:30
+    assert "750" not in out
+    assert "330" not in out
+
+
+@pytest.mark.parametrize("comment", ["# rendered by helm\n", ""])
+def test_plan_keeps_comments_and_key_order(tmp_path: Path, comment: str) -> None:
+    manifest = comment + TRICKY
+    code, out, _ = plan(tmp_path, manifest)
+    assert code == 0
+    if comment:
+        assert comment.strip() in out.splitlines()
+    keys = [line.split(":")[0] for line in out.splitlines() if line and not line.startswith((" ", "-", "#"))]
+    assert keys == ["apiVersion", "kind", "metadata", "spec"]
