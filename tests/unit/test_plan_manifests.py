@@ -88,3 +88,60 @@ def test_plan_keeps_comments_and_key_order(tmp_path: Path, comment: str) -> None
         assert comment.strip() in out.splitlines()
     keys = [line.split(":")[0] for line in out.splitlines() if line and not line.startswith((" ", "-", "#"))]
     assert keys == ["apiVersion", "kind", "metadata", "spec"]
+
+
+# --------------------------------------------------------------------------- which documents are workloads
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: shop{annotations}}}
+spec:
+  template:
+    spec:
+      containers:
+{containers}
+"""
+
+
+def deployment(name: str = "web", containers: str = "", annotations: str = "") -> str:
+    containers = containers or "        - {name: web, image: contoso.azurecr.io/shop/web:1}"
+    return DEPLOYMENT.format(name=name, containers=containers, annotations=annotations)
+
+
+def test_plan_leaves_a_controller_owned_replicaset_as_the_operator_does(tmp_path: Path) -> None:
+    replicasets = """\
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata:
+  name: web-5d8f
+  namespace: shop
+  ownerReferences: [{apiVersion: apps/v1, kind: Deployment, name: web, uid: u-1, controller: true}]
+spec:
+  template:
+    spec:
+      containers: [{name: web, image: contoso.azurecr.io/shop/web:1}]
+---
+apiVersion: apps/v1
+kind: ReplicaSet
+metadata: {name: standalone, namespace: shop}
+spec:
+  template:
+    spec:
+      containers: [{name: web, image: contoso.azurecr.io/shop/web:1}]
+"""
+    code, out, err = plan(tmp_path, replicasets)
+    assert code == 0, err
+    owned, standalone = out.split("---\n")[1:]
+    assert "containers: [{name: web, image: contoso.azurecr.io/shop/web:1}]" in owned
+    assert "geopin.io" not in owned
+    assert "containers: [{name: web, image: contoso.eastus.geo.azurecr.io/shop/web:1}]" in standalone
+    assert "1 images rewritten in 1 workloads" in err
+
+
+def test_a_deployment_of_another_api_group_is_not_a_workload(tmp_path: Path) -> None:
+    other = deployment().replace("apiVersion: apps/v1", "apiVersion: example.com/v1")
+    code, out, err = plan(tmp_path, other)
+    assert code == 0, err
+    assert "contoso.azurecr.io/shop/web:1" in out
+    assert "0 images rewritten in 0 workloads" in err

@@ -16,11 +16,9 @@ import jsonpatch
 from geopin.core.decisions import PolicySnapshot, plan_workload
 from geopin.core.policy import AUTO_REGION, GLOBAL_REGION, REGION_RE, Policy
 from geopin.core.rewrite import JsonPatch, changed_containers, json_patch
-from geopin.core.workloads import KINDS, PATCH_KINDS, view_of
+from geopin.core.workloads import patch_kind, view_of
 
 __all__ = ["PlanResult", "PlanUsageError", "apply_patches", "plan_documents"]
-
-TEMPLATE_KINDS = {name: KINDS[name] for name in PATCH_KINDS}
 
 
 class PlanUsageError(ValueError):
@@ -91,9 +89,9 @@ def _same_style(tree: Any, op: dict[str, Any]) -> dict[str, Any]:
 def _plan_one(
     doc: Any, snapshot: PolicySnapshot, namespace_labels: Mapping[str, Mapping[str, str]], result: PlanResult
 ) -> JsonPatch:
-    if not isinstance(doc, dict) or doc.get("kind") not in TEMPLATE_KINDS:
+    kind = patch_kind(doc) if isinstance(doc, dict) else None
+    if kind is None:
         return []
-    kind = TEMPLATE_KINDS[doc["kind"]]
     metadata = doc.get("metadata")
     if not isinstance(metadata, dict):
         result.warnings.append(f"{doc['kind']} without metadata: left as it is")

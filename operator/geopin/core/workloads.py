@@ -26,6 +26,7 @@ __all__ = [
     "Kind",
     "WorkloadView",
     "is_standalone",
+    "patch_kind",
     "tracked",
     "view_of",
 ]
@@ -156,8 +157,21 @@ def view_of(kind: Kind, body: Mapping[str, Any]) -> WorkloadView:
 def is_standalone(body: Mapping[str, Any]) -> bool:
     """Not managed by a controller (a Deployment's ReplicaSets, a CronJob's Jobs are not ours)."""
     owners = body.get("metadata", {}).get("ownerReferences") or []
-    return not any(owner.get("controller") for owner in owners)
+    return not any(isinstance(owner, Mapping) and owner.get("controller") is True for owner in owners)
 
 
 def tracked(kind: Kind, body: Mapping[str, Any]) -> bool:
+    """Is this object of a watched kind a workload of its own? The one rule the operator and plan share."""
     return kind.kind != "ReplicaSet" or is_standalone(body)
+
+
+def patch_kind(body: Mapping[str, Any]) -> Kind | None:
+    """The kind of a manifest whose pod template Patch mode rewrites, or None (``geopin plan``)."""
+    name = body.get("kind")
+    kind = KINDS.get(name) if isinstance(name, str) else None
+    if kind is None or kind.kind not in PATCH_KINDS:
+        return None
+    api_version = body.get("apiVersion")
+    if isinstance(api_version, str) and api_version.rpartition("/")[0] != kind.group:
+        return None  # the same kind name in another API group is not what the operator watches
+    return kind if tracked(kind, body) else None
