@@ -109,6 +109,45 @@ def deployment(name: str = "web", containers: str = "", annotations: str = "") -
     return DEPLOYMENT.format(name=name, containers=containers, annotations=annotations)
 
 
+def test_a_kubectl_get_list_has_its_items_rewritten(tmp_path: Path) -> None:
+    """`kubectl get deploy -o yaml` prints a v1 List; a typed DeploymentList is read the same way."""
+    listing = """\
+apiVersion: v1
+kind: List
+metadata: {resourceVersion: ""}
+items:
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web, namespace: shop}
+    spec:
+      template:
+        spec:
+          containers:
+            - {name: web, image: contoso.azurecr.io/shop/web:1}
+  - apiVersion: v1
+    kind: Service
+    metadata: {name: web, namespace: shop}
+    spec: {ports: [{port: 80}]}
+---
+apiVersion: apps/v1
+kind: DeploymentList
+items:
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: api, namespace: shop}
+    spec:
+      template:
+        spec:
+          containers:
+            - {name: api, image: contoso.azurecr.io/shop/api:2}
+"""
+    code, out, err = plan(tmp_path, listing)
+    assert code == 0, err
+    assert "            - {name: web, image: contoso.eastus.geo.azurecr.io/shop/web:1}" in out.splitlines()
+    assert "            - {name: api, image: contoso.eastus.geo.azurecr.io/shop/api:2}" in out.splitlines()
+    assert "geopin plan: 2 images rewritten in 2 workloads" in err
+
+
 def test_plan_leaves_a_controller_owned_replicaset_as_the_operator_does(tmp_path: Path) -> None:
     replicasets = """\
 apiVersion: apps/v1

@@ -7,7 +7,7 @@ document it was read from, whose other values stay exactly as they were. Pure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,15 +55,32 @@ def plan_documents(
         healthy = frozenset({active_region}) - {GLOBAL_REGION}
     snapshot = PolicySnapshot(policy=policy, cluster_region=cluster_region, healthy=healthy)
 
-    namespace_labels: dict[str, Mapping[str, str]] = {
-        d["metadata"]["name"]: d["metadata"].get("labels") or {}
-        for d in documents
-        if isinstance(d, dict) and d.get("kind") == "Namespace" and d.get("metadata", {}).get("name")
-    }
+    namespace_labels: dict[str, Mapping[str, str]] = {}
+    for obj, _ in (found for doc in documents for found in _objects(doc)):
+        metadata = obj.get("metadata")
+        if obj.get("kind") == "Namespace" and isinstance(metadata, Mapping) and isinstance(metadata.get("name"), str):
+            labels = metadata.get("labels")
+            namespace_labels[metadata["name"]] = labels if isinstance(labels, Mapping) else {}
     result = PlanResult(target=f"{snapshot.home().region} ({snapshot.home().endpoint})")
     for doc in documents:
-        result.patches.append(_plan_one(doc, snapshot, namespace_labels, result))
+        patch: JsonPatch = []
+        for obj, pointer in _objects(doc):
+            patch += _plan_one(obj, pointer, snapshot, namespace_labels, result)
+        result.patches.append(patch)
     return result
+
+
+def _objects(doc: Any, pointer: str = "") -> Iterator[tuple[dict[str, Any], str]]:
+    """Every object of a document with its JSON pointer: the document itself, or the items of a List
+    (``kind: List`` as ``kubectl get -o yaml`` prints it, or a typed one such as ``DeploymentList``)."""
+    if not isinstance(doc, dict):
+        return
+    items = doc.get("items")
+    if isinstance(doc.get("kind"), str) and doc["kind"].endswith("List") and isinstance(items, list):
+        for index, item in enumerate(items):
+            yield from _objects(item, f"{pointer}/items/{index}")
+    else:
+        yield doc, pointer
 
 
 def apply_patches(trees: Sequence[Any], result: PlanResult) -> list[Any]:
@@ -87,9 +104,14 @@ def _same_style(tree: Any, op: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plan_one(
-    doc: Any, snapshot: PolicySnapshot, namespace_labels: Mapping[str, Mapping[str, str]], result: PlanResult
+    doc: dict[str, Any],
+    pointer: str,
+    snapshot: PolicySnapshot,
+    namespace_labels: Mapping[str, Mapping[str, str]],
+    result: PlanResult,
 ) -> JsonPatch:
-    kind = patch_kind(doc) if isinstance(doc, dict) else None
+    """The patch of one object, its paths under ``pointer``."""
+    kind = patch_kind(doc)
     if kind is None:
         return []
     metadata = doc.get("metadata")
@@ -111,4 +133,4 @@ def _plan_one(
     ops = json_patch(kind, view, desired)
     for container in changed_containers(view, desired):
         result.rewritten.append(f"{where}: {container.key}: {container.image} -> {desired.images[container.key]}")
-    return ops
+    return [{**op, "path": pointer + op["path"]} for op in ops]
