@@ -184,3 +184,50 @@ def test_a_deployment_of_another_api_group_is_not_a_workload(tmp_path: Path) -> 
     assert code == 0, err
     assert "contoso.azurecr.io/shop/web:1" in out
     assert "0 images rewritten in 0 workloads" in err
+
+
+# --------------------------------------------------------------------------- bad input: one line, exit 1
+
+BAD_INPUT = [
+    (
+        deployment(annotations=", annotations: {geopin.io/skip: true}"),
+        "metadata.annotations.geopin.io/skip: must be a string",
+    ),
+    (deployment(containers="        - {image: contoso.azurecr.io/shop/web:1}"), "containers[0].name: required"),
+    (
+        deployment(containers="        - {name: 7, image: contoso.azurecr.io/shop/web:1}"),
+        "containers[0].name: must be a string",
+    ),
+    (
+        deployment(containers="        - {name: [a], image: contoso.azurecr.io/shop/web:1}"),
+        "containers[0].name: must be a string",
+    ),
+    (deployment(annotations=", annotations: [a, b]"), "metadata.annotations: must be an object"),
+    (deployment(annotations=", labels: [a, b]"), "metadata.labels: must be an object"),
+    (
+        deployment(annotations=", annotations: {geopin.io/original-images: 5}"),
+        "metadata.annotations.geopin.io/original-images: must be a string",
+    ),
+    (
+        deployment(annotations=", annotations: {geopin.io/original-images: {a: b}}"),
+        "metadata.annotations.geopin.io/original-images: must be a string",
+    ),
+    (deployment(containers="        - just-a-string"), "containers[0]: must be an object"),
+    (deployment(containers="        - {name: web, image: 5}"), "containers[0].image: must be a string"),
+    (
+        DEPLOYMENT.format(name="web", annotations="", containers="").replace("containers:\n", "containers: 5\n"),
+        "spec.template.spec.containers: must be a list",
+    ),
+]
+
+
+@pytest.mark.parametrize(("manifest", "field"), BAD_INPUT, ids=[b[1] for b in BAD_INPUT])
+def test_bad_input_is_a_one_line_warning_naming_document_and_field(tmp_path: Path, manifest: str, field: str) -> None:
+    code, out, err = plan(tmp_path, manifest)
+    assert code == 1
+    assert "Traceback" not in err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith("warning: Deployment shop/web: ")
+    assert field in warnings[0]
+    assert "contoso.eastus.geo" not in out  # left as it is

@@ -16,7 +16,7 @@ import jsonpatch
 from geopin.core.decisions import PolicySnapshot, plan_workload
 from geopin.core.policy import AUTO_REGION, GLOBAL_REGION, REGION_RE, Policy
 from geopin.core.rewrite import JsonPatch, changed_containers, json_patch
-from geopin.core.workloads import patch_kind, view_of
+from geopin.core.workloads import patch_kind, shape_errors, view_of
 
 __all__ = ["PlanResult", "PlanUsageError", "apply_patches", "plan_documents"]
 
@@ -110,18 +110,20 @@ def _plan_one(
     namespace_labels: Mapping[str, Mapping[str, str]],
     result: PlanResult,
 ) -> JsonPatch:
-    """The patch of one object, its paths under ``pointer``."""
+    """The patch of one object (its paths under ``pointer``), or none with a warning when it is malformed."""
     kind = patch_kind(doc)
     if kind is None:
         return []
     metadata = doc.get("metadata")
-    if not isinstance(metadata, dict):
-        result.warnings.append(f"{doc['kind']} without metadata: left as it is")
-        return []
-    namespace = metadata.get("namespace") or "default"
-    view = view_of(kind, {**doc, "metadata": {**metadata, "namespace": namespace}})
-    where = f"{kind.kind} {namespace}/{view.name}"
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    namespace = (metadata.get("namespace") if isinstance(metadata, dict) else None) or "default"
+    where = f"{kind.kind} {namespace}/{name}" if isinstance(name, str) and isinstance(namespace, str) else kind.kind
     result.workloads += 1
+    if problems := shape_errors(kind, doc):
+        result.warnings.append(f"{where}: {'; '.join(problems)}; left as it is")
+        return []
+    assert isinstance(metadata, dict)
+    view = view_of(kind, {**doc, "metadata": {**metadata, "namespace": namespace}})
     labels = namespace_labels.get(namespace)
     if labels is None and not snapshot.policy.namespace_selector.empty:
         result.warnings.append(f"{where}: namespace {namespace!r} not in the input; its labels are unknown")

@@ -27,6 +27,7 @@ __all__ = [
     "WorkloadView",
     "is_standalone",
     "patch_kind",
+    "shape_errors",
     "tracked",
     "view_of",
 ]
@@ -175,3 +176,68 @@ def patch_kind(body: Mapping[str, Any]) -> Kind | None:
     if isinstance(api_version, str) and api_version.rpartition("/")[0] != kind.group:
         return None  # the same kind name in another API group is not what the operator watches
     return kind if tracked(kind, body) else None
+
+
+def shape_errors(kind: Kind, body: Mapping[str, Any]) -> list[str]:
+    """What the API server's schema would reject in the fields geopin reads, as ``field: problem``.
+
+    Only offline manifests (``geopin plan``) can be malformed; objects from the API server never are.
+    """
+    errors: list[str] = []
+    metadata = body.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return ["metadata: must be an object"]
+    for field in ("name", "namespace"):
+        if metadata.get(field) is not None and not isinstance(metadata[field], str):
+            errors.append(f"metadata.{field}: must be a string")
+    for field in ("labels", "annotations"):
+        values = metadata.get(field)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            errors.append(f"metadata.{field}: must be an object")
+            continue
+        errors += [
+            f"metadata.{field}.{key}: {_not_a_string(value)}"
+            for key, value in values.items()
+            if not isinstance(value, str)
+        ]
+    owners = metadata.get("ownerReferences")
+    if owners is not None and not (isinstance(owners, list) and all(isinstance(o, Mapping) for o in owners)):
+        errors.append("metadata.ownerReferences: must be a list of objects")
+    path = ""
+    node: Any = body
+    for key in kind.pod_spec_path:
+        path = f"{path}.{key}" if path else key
+        node = node.get(key)
+        if node is None:
+            return errors
+        if not isinstance(node, Mapping):
+            return [*errors, f"{path}: must be an object"]
+    for list_name in CONTAINER_LISTS:
+        containers = node.get(list_name)
+        if containers is None:
+            continue
+        if not isinstance(containers, list):
+            errors.append(f"{path}.{list_name}: must be a list")
+            continue
+        for index, container in enumerate(containers):
+            where = f"{path}.{list_name}[{index}]"
+            if not isinstance(container, Mapping):
+                errors.append(f"{where}: must be an object")
+                continue
+            name, image = container.get("name"), container.get("image")
+            if name is None:
+                errors.append(f"{where}.name: required")
+            elif not isinstance(name, str):
+                errors.append(f"{where}.name: must be a string")
+            if image is not None and not isinstance(image, str):
+                errors.append(f"{where}.image: must be a string")
+    return errors
+
+
+def _not_a_string(value: Any) -> str:
+    if isinstance(value, Mapping | list):
+        return "must be a string"
+    text = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return f'must be a string (quote it: "{text}")'
