@@ -231,3 +231,16 @@ def test_bad_input_is_a_one_line_warning_naming_document_and_field(tmp_path: Pat
     assert warnings[0].startswith("warning: Deployment shop/web: ")
     assert field in warnings[0]
     assert "contoso.eastus.geo" not in out  # left as it is
+
+
+def test_duplicate_container_names_leave_the_workload_untouched(tmp_path: Path) -> None:
+    manifest = deployment(
+        containers="        - {name: web, image: contoso.azurecr.io/shop/web:1}\n"
+        "        - {name: web, image: contoso.azurecr.io/shop/api:2}"
+    )
+    code, out, err = plan(tmp_path, manifest)
+    assert code == 1
+    assert "warning: Deployment shop/web: spec.template.spec.containers[1].name: 'web' is used twice" in err
+    assert "- {name: web, image: contoso.azurecr.io/shop/web:1}" in out
+    assert "- {name: web, image: contoso.azurecr.io/shop/api:2}" in out
+    assert "geopin.io/original-images" not in out

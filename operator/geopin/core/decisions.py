@@ -164,6 +164,8 @@ def plan_workload(
     For a workload template (``admission=False``) Patch-mode policies pin and Admission-mode ones
     restore; for a Pod at creation (``admission=True``) only Admission-mode policies act, and pin.
     """
+    if len({c.key for c in view.containers}) != len(view.containers):
+        return None  # one record key would stand for two containers (the API server refuses such Pods)
     current = view
     result: Desired | None = None
     invalid: list[InvalidImage] = []

@@ -182,6 +182,7 @@ def shape_errors(kind: Kind, body: Mapping[str, Any]) -> list[str]:
     """What the API server's schema would reject in the fields geopin reads, as ``field: problem``.
 
     Only offline manifests (``geopin plan``) can be malformed; objects from the API server never are.
+    Duplicate container names are included: one record key would stand for two containers.
     """
     errors: list[str] = []
     metadata = body.get("metadata")
@@ -214,6 +215,7 @@ def shape_errors(kind: Kind, body: Mapping[str, Any]) -> list[str]:
             return errors
         if not isinstance(node, Mapping):
             return [*errors, f"{path}: must be an object"]
+    seen: set[tuple[str, str]] = set()
     for list_name in CONTAINER_LISTS:
         containers = node.get(list_name)
         if containers is None:
@@ -231,6 +233,10 @@ def shape_errors(kind: Kind, body: Mapping[str, Any]) -> list[str]:
                 errors.append(f"{where}.name: required")
             elif not isinstance(name, str):
                 errors.append(f"{where}.name: must be a string")
+            elif (list_name, name) in seen:
+                errors.append(f"{where}.name: {name!r} is used twice")
+            else:
+                seen.add((list_name, name))
             if image is not None and not isinstance(image, str):
                 errors.append(f"{where}.image: must be a string")
     return errors
