@@ -111,7 +111,11 @@ class HealthTracker:
     - ``failureThreshold`` consecutive failures make a replica Unhealthy; ``successThreshold``
       consecutive successes make it Healthy again. An Unknown replica (just started, or just listed)
       is Healthy after its first success, so a restart does not wait to trust a working replica.
-    - A 429 is reported but counts as "up" unless ``throttlingIsFailure`` (as ACR's own failover does).
+    - A 429 is reported but not counted unless ``throttlingIsFailure`` (as ACR's own failover does): it
+      gives an Unknown replica its first verdict (it answers), and otherwise neither interrupts a run of
+      failures nor counts towards a recovery, so failures between 429s still make a replica Unhealthy.
+    - An Excluded replica is still probed, but its changes underneath are not transitions: what is
+      reported (and announced) stays Excluded until ARM includes it again.
     - A replica that recovers, or comes back from ARM exclusion, is *eligible* for workloads only after
       ``failbackDelaySeconds`` of uninterrupted health: a flapping replica attracts nothing back.
     """
@@ -149,7 +153,11 @@ class HealthTracker:
         health.last_outcome = outcome
         health.message = message or outcome
         previous = health.state
-        if self.is_failure(outcome):
+        if outcome == _THROTTLED and not self.settings.throttling_is_failure:
+            if previous is ReplicaState.UNKNOWN:
+                health.state = ReplicaState.HEALTHY
+                health.eligible_at = max(health.eligible_at, now)
+        elif self.is_failure(outcome):
             health.consecutive_failures += 1
             health.consecutive_successes = 0
             if (
@@ -166,7 +174,7 @@ class HealthTracker:
             elif previous is ReplicaState.UNHEALTHY and health.consecutive_successes >= self.settings.success_threshold:
                 health.state = ReplicaState.HEALTHY
                 health.eligible_at = now + self.settings.failback_delay_seconds
-        if health.state is previous:
+        if health.state is previous or health.excluded:
             return None
         health.last_transition_time = now
         return Transition(region, previous, health.state, health.message)
