@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from geopin.core.health import QUICK_REPROBE_SECONDS, HealthTracker, ReplicaState, Transition
@@ -98,6 +98,10 @@ class PolicyMonitor:
             old, self.client = self.client, client
         self._recompute()
         return old
+
+    def restore(self, status: Mapping[str, Any]) -> None:
+        """Failback delays under way when the last status was written (a restart, a new leader)."""
+        self.tracker.restore(status, self.clock(), time.time())
 
     def trigger(self, region: str) -> None:
         """Probe this replica now (a passive signal such as a kubelet pull error)."""

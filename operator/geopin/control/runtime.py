@@ -222,6 +222,7 @@ class Runtime:
             on_transition=on_transition,
             discovery=discovery,
         )
+        monitor.restore(entry.observed_status)
         self.monitors[entry.name] = monitor
         monitor.start()
 
