@@ -132,3 +132,25 @@ def test_no_credential_in_any_message_in_any_encoding(
     text = "\n".join([*found, *(r.getMessage() for r in caplog.records)])
     assert leaks(token, text) == [], text
     assert leaks(password, text) == [], text
+
+
+def test_a_realm_that_is_not_a_url_is_reported_not_raised() -> None:
+    """A registry's challenge names the token endpoint; a malformed one must not escape probe()."""
+
+    async def scenario() -> str:
+        async def challenge(request: web.Request) -> web.StreamResponse:
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer realm="http://[::1",service="r"'})
+
+        app = web.Application()
+        app.router.add_route("*", "/v2/{tail:.*}", challenge)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            async with RegistryClient(scheme="http", timeout_seconds=2) as client:
+                result = await client.probe(f"127.0.0.1:{runner.addresses[0][1]}", CANARY)
+        finally:
+            await runner.cleanup()
+        return f"{result.outcome}: {result.message}"
+
+    assert asyncio.run(scenario()) == "connect: request not sent: the URL is not valid (InvalidURL)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +21,12 @@ from geopin.core.health import QUICK_REPROBE_SECONDS, HealthTracker, ReplicaStat
 from geopin.core.policy import with_discovered
 from geopin.io import metrics
 from geopin.io.images import ImageCache
+from geopin.io.probes import Outcome, ProbeResult
 
 if TYPE_CHECKING:
     from geopin.core.policy import Policy
     from geopin.io.azure import ArmDiscovery, DiscoveredReplica, DiscoveryResult
-    from geopin.io.probes import ProbeResult, RegistryClient
+    from geopin.io.probes import RegistryClient
 
 __all__ = ["PolicyMonitor"]
 
@@ -134,6 +136,7 @@ class PolicyMonitor:
         return suspect and overlapping and now >= self._launched.get(region, 0.0) + QUICK_REPROBE_SECONDS
 
     async def _probe(self, region: str) -> None:
+        started = self.clock()
         try:
             health = self.tracker.replicas.get(region)
             if health is None:
@@ -142,8 +145,16 @@ class PolicyMonitor:
             self._record(region, result)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("probing %s of policy %s failed unexpectedly", region, self.policy.name)
+        except Exception as error:
+            # Not registry trouble the client could classify, but a failed probe all the same: without
+            # an observation the replica's state would freeze. The stack is logged, never the
+            # exception's text, which may quote a request header and so a credential.
+            name = type(error).__name__
+            stack = "".join(traceback.format_tb(error.__traceback__))
+            logger.error("probing %s of policy %s failed unexpectedly (%s):\n%s", region, self.policy.name, name, stack)
+            if region in self.tracker.replicas:
+                latency = max(self.clock() - started, 0.0)
+                self._record(region, ProbeResult(Outcome.CONNECT, None, latency, f"probe failed unexpectedly ({name})"))
         finally:
             current = asyncio.current_task()
             inflight = self._inflight.get(region, {})

@@ -198,6 +198,8 @@ def classify_exception(error: BaseException, timeout_seconds: float | None = Non
         return Outcome.CONNECT, f"connect: {detail or type(error).__name__}"
     if isinstance(error, httpx.LocalProtocolError | UnicodeError):
         return Outcome.CONNECT, f"request not sent: a header value is not valid HTTP ({type(error).__name__})"
+    if isinstance(error, httpx.InvalidURL):
+        return Outcome.CONNECT, "request not sent: the URL is not valid (InvalidURL)"
     if isinstance(error, httpx.RemoteProtocolError):
         return Outcome.CONNECT, "the registry broke off the HTTP exchange (RemoteProtocolError)"
     if isinstance(error, httpx.TransportError):
@@ -471,8 +473,9 @@ class RegistryClient:
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
             return await self._http.request(method, url, **kwargs)
-        except (httpx.HTTPError, ssl.SSLError, UnicodeError) as e:
-            # UnicodeError: httpx encodes header values as ASCII while building the request.
+        except (httpx.HTTPError, httpx.InvalidURL, ssl.SSLError, UnicodeError) as e:
+            # UnicodeError: httpx encodes header values as ASCII while building the request;
+            # InvalidURL: a challenge's realm that is not a URL.
             outcome, message = classify_exception(e, self.timeout_seconds)
             raise ProbeError(outcome, self._scrub(message)) from None
 
