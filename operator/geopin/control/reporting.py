@@ -59,10 +59,38 @@ class StatusReporter:
     def __init__(self, runtime: ReporterRuntime) -> None:
         self.runtime = runtime
         self.written: dict[str, dict[str, Any]] = {}  # policy uid → last status written (or read)
+        self.active: dict[str, str] = {}  # policy uid → active region as last decided
+        self.switches: dict[str, dict[str, str]] = {}  # policy uid → lastSwitch, from the decision
+        self._posting: set[asyncio.Task[None]] = set()
+
+    def decided(self, entry: PolicyEntry) -> None:
+        """Count and announce a move of the policy's active endpoint when it is decided (api.md), not
+        once the repoint it causes has settled. Called when the usable replicas change, and on every
+        pass for what else moves it (a spec edit, the cluster's region)."""
+        snapshot = None if entry.deleting else self.runtime.book.snapshot(entry)
+        if snapshot is None or entry.policy is None:
+            return
+        target = snapshot.home()
+        last = self.written.get(entry.uid, entry.observed_status)
+        previous = self.active.get(entry.uid, last.get("activeRegion"))
+        self.active[entry.uid] = target.region
+        if previous is None or previous == target.region:
+            return
+        reason = switch_reason(previous, target, snapshot, self.runtime.monitors.get(entry.name))
+        self.switches[entry.uid] = {"from": previous, "to": target.region, "reason": reason, "time": now_iso()}
+        metrics.ENDPOINT_SWITCHES.labels(entry.name, entry.policy.registry, previous, target.region, reason).inc()
+        message = f"{previous} -> {target.region} ({target.endpoint}): {reason}"
+        task = asyncio.get_running_loop().create_task(
+            self.runtime.kube.post_event(policy_ref(entry), "Normal", "EndpointSwitched", message)
+        )
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
 
     async def run(self) -> None:
         seen_version, idle_for = -1, 0.0
         while True:
+            for entry in list(self.runtime.book.entries.values()):
+                self.decided(entry)
             version = self.runtime.reconciler.version
             waiting = any(s.get("workloads", {}).get("awaitingReplication") for s in self.written.values())
             resync = AWAITING_RESYNC_SECONDS if waiting else RESYNC_SECONDS
@@ -100,15 +128,11 @@ class StatusReporter:
             settling = bool(last) and not reconciler.idle and reconciler.busy_for < CONVERGING_AFTER_SECONDS
             if settling and self.runtime.mutating_policies is None:
                 return
-            status, switch = report(self.runtime, entry, last)
+            self.decided(entry)
+            status = report(self.runtime, entry, last, self.switches.get(entry.uid))
             await self.sync_mutating_policy(entry, status)
             if settling:
                 return
-            if switch and entry.policy is not None:
-                previous, target = last.get("activeRegion"), status.get("activeRegion")
-                reason = status["lastSwitch"]["reason"]
-                metrics.ENDPOINT_SWITCHES.labels(entry.name, entry.policy.registry, previous, target, reason).inc()
-                await self.runtime.kube.post_event(policy_ref(entry), "Normal", "EndpointSwitched", switch)
             if _differs(status, last):
                 await self.runtime.kube.patch_policy_status(entry.name, status)
                 self.written[entry.uid] = status
@@ -186,11 +210,14 @@ def switch_reason(previous: str, target: Target, snapshot: PolicySnapshot, monit
 
 
 def report(
-    runtime: ReporterRuntime, entry: PolicyEntry, last_status: dict[str, Any]
-) -> tuple[dict[str, Any], str | None]:
+    runtime: ReporterRuntime,
+    entry: PolicyEntry,
+    last_status: dict[str, Any],
+    last_switch: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """One level-based pass for a policy: queue any divergent workload, then compute its status.
 
-    Returns the status and, when the active region changed since the last status, the switch message.
+    ``last_switch`` is the move of the active endpoint last decided (StatusReporter.decided).
     """
     reconciler = runtime.reconciler
     views = runtime.views()
@@ -211,7 +238,7 @@ def report(
         else:
             reason, message = "InvalidSpec", entry.error or "invalid spec"
         status["conditions"] = conditions(("Ready", False, reason, message))
-        return status, None
+        return status
 
     snapshot = runtime.book.snapshot(entry)
     if snapshot is None:  # still probing: nothing is decided, nothing is rewritten
@@ -221,7 +248,7 @@ def report(
         status["replicas"] = replicas_status(
             monitor, PolicySnapshot(entry.policy, None, frozenset()), last_status.get("replicas")
         )
-        return status, None
+        return status
 
     policy = entry.policy
     target = snapshot.home()
@@ -239,14 +266,8 @@ def report(
         workloads=counts.as_status(),
     )
 
-    switch: str | None = None
-    last_active: str | None = last_status.get("activeRegion")
-    if last_active is not None and last_active != target.region:
-        reason = switch_reason(last_active, target, snapshot, monitor)
-        status["lastSwitch"] = {"from": last_active, "to": target.region, "reason": reason, "time": now_iso()}
-        switch = f"{last_active} -> {target.region} ({target.endpoint}): {reason}"
-    elif "lastSwitch" in last_status:
-        status["lastSwitch"] = last_status["lastSwitch"]
+    if (switched := last_switch or last_status.get("lastSwitch")) is not None:
+        status["lastSwitch"] = switched
 
     if entry.error:
         ready = (False, "InvalidSpec", f"keeping the last valid spec: {entry.error}")
@@ -284,7 +305,7 @@ def report(
     status["conditions"] = conditions(*items)
 
     _export(entry.name, policy.registry, target.region, target.endpoint, counts.by_region, counts.awaiting_by_region)
-    return status, switch
+    return status
 
 
 def _export(

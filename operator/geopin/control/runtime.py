@@ -42,6 +42,7 @@ class Runtime:
     elector: LeaderElector | None = None
     webhook: WebhookServer | None = None
     mutating_policies: MutatingPolicySync | None = None  # Admission mode through MutatingAdmissionPolicy
+    reporter: StatusReporter | None = None  # while leading
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def view(self, ref: WorkloadRef) -> WorkloadView | None:
@@ -130,6 +131,8 @@ class Runtime:
         """A policy's usable replicas changed: repoint what must move, now."""
         queued = self.reconciler.enqueue_if_needed(self.views())
         self.reconciler.touch()
+        if self.reporter is not None and (entry := self.book.entries.get(policy)) is not None:
+            self.reporter.decided(entry)
         usable = sorted(self.usable(policy) or ())
         logger.info("policy %s: usable replicas %s: %d workloads queued", policy, usable, queued)
 
@@ -139,7 +142,8 @@ class Runtime:
         """Start probing and writing: this replica leads (or runs alone)."""
         self.leading = True
         await self.reconciler.start()
-        self.tasks.append(asyncio.create_task(StatusReporter(self).run(), name="geopin-status"))
+        self.reporter = StatusReporter(self)
+        self.tasks.append(asyncio.create_task(self.reporter.run(), name="geopin-status"))
         for entry in list(self.book.entries.values()):
             if entry.policy is not None:
                 await self.ensure_monitor(entry)
@@ -150,6 +154,7 @@ class Runtime:
     async def unlead(self) -> None:
         """Stop probing and writing (leadership lost, or shutting down)."""
         self.leading = False
+        self.reporter = None
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
