@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import yaml as pyyaml
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import TaggedScalar
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.nodes import ScalarNode
@@ -48,6 +49,17 @@ class PlainScalar(str):
     """A plain (unquoted) scalar as its source text; printed as that text again."""
 
     __slots__ = ()
+
+
+class TaggedText(str):
+    """A scalar with an explicit type tag (``!!float '1e-55'``) as its source text, tag and quoting."""
+
+    tag: str
+    style: str | None
+
+
+# The tags whose values ruamel.yaml would construct and print in its own format.
+_TYPE_TAGS = tuple(f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "timestamp"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +126,18 @@ def _construct_plain(constructor: Any, node: Any) -> PlainScalar:
     return PlainScalar(node.value)
 
 
+def _construct_tagged(constructor: Any, node: Any) -> Any:
+    implicit_string = node.ctag.handle is None and node.style is not None and str(node.tag) == _STR_TAG
+    if implicit_string:  # a quoted scalar: ruamel.yaml keeps its quotes
+        return constructor.construct_yaml_str(node)
+    text = TaggedText(node.value)
+    text.tag, text.style = str(node.tag), node.style or None
+    return text
+
+
 _Constructor.add_constructor(_PLAIN_TAG, _construct_plain)
+for _tag in _TYPE_TAGS:
+    _Constructor.add_constructor(_tag, _construct_tagged)
 
 
 def _reader() -> YAML:
@@ -132,6 +155,10 @@ def kubectl_value(tree: Any, depth: int = 0) -> Any:
         raise ManifestError(f"nested deeper than {MAX_DEPTH} levels (or a recursive alias)")
     if isinstance(tree, PlainScalar):
         return kubectl_scalar(str(tree))
+    if isinstance(tree, TaggedText):
+        return str(tree) if tree.tag.endswith((":str", ":timestamp")) else kubectl_scalar(str(tree))
+    if isinstance(tree, TaggedScalar):  # a tag of another vocabulary (!Ref): its text
+        return str(tree.value)
     if isinstance(tree, dict):
         result: dict[Any, Any] = {}
         merged: dict[Any, Any] = {}
@@ -196,12 +223,20 @@ def _represent_plain(representer: Any, data: PlainScalar) -> Any:
     return representer.represent_scalar(_STR_TAG, str(data), style=None)
 
 
+def _represent_tagged(representer: Any, data: TaggedText) -> Any:
+    style = data.style
+    if data.tag == _STR_TAG and style is None and not _read_as_string_everywhere(str(data)):
+        style = "'"  # on output every plain scalar counts as a string, so a !!str tag would be dropped
+    return representer.represent_scalar(data.tag, str(data), style=style)
+
+
 def _represent_str(representer: Any, data: str) -> Any:
     style = None if _read_as_string_everywhere(data) else "'"
     return representer.represent_scalar(_STR_TAG, data, style=style)
 
 
 _Representer.add_representer(PlainScalar, _represent_plain)
+_Representer.add_representer(TaggedText, _represent_tagged)
 _Representer.add_representer(str, _represent_str)
 
 
@@ -226,6 +261,26 @@ def _writer() -> YAML:
 
 def dump(trees: list[Any], stream: TextIO) -> None:
     """Print round-trip trees as one multi-document stream."""
+    for tree in trees:
+        _spell_empty_keys(tree)
     buffer = io.StringIO()
     _writer().dump_all(trees, buffer)
     stream.write(buffer.getvalue())
+
+
+def _spell_empty_keys(tree: Any, depth: int = 0) -> None:
+    """An empty plain key (a null key, ``: value``) cannot be printed empty again: ``~`` is null to every
+    reader, as it was. (An empty plain *value* prints as it was.)"""
+    if depth > MAX_DEPTH:
+        return
+    if isinstance(tree, dict):
+        if any(type(key) is PlainScalar and key == "" for key in tree):
+            items = list(tree.items())
+            tree.clear()
+            for key, value in items:
+                tree[PlainScalar("~") if type(key) is PlainScalar and key == "" else key] = value
+        for value in tree.values():
+            _spell_empty_keys(value, depth + 1)
+    elif isinstance(tree, list):
+        for item in tree:
+            _spell_empty_keys(item, depth + 1)

@@ -99,7 +99,10 @@ def _same_style(tree: Any, op: dict[str, Any]) -> dict[str, Any]:
         return op
     old = jsonpatch.JsonPointer(op["path"]).resolve(tree, None)
     if isinstance(old, str) and type(old) is not str:
-        return {**op, "value": type(old)(op["value"])}
+        value = type(old)(op["value"])
+        if hasattr(old, "__dict__"):
+            vars(value).update(vars(old))  # a tag, a style
+        return {**op, "value": value}
     return op
 
 
