@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -1005,57 +1004,3 @@ def test_stay_fallback_keeps_the_current_pin_in_decide() -> None:
 
 
 # -- failback delay across a restart or a change of leader ----------------------------------------------
-
-
-def _status_row(region: str, state: str, since_wall: float) -> dict[str, Any]:
-    """A status.replicas row as the leader writes it (lastTransitionTime in whole seconds, UTC)."""
-    stamp = datetime.fromtimestamp(since_wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return {"region": region, "endpoint": endpoint(region), "state": state, "lastTransitionTime": stamp}
-
-
-def test_a_failback_delay_under_way_survives_a_restart() -> None:
-    """The home replica recovered 20 s before the restart: workloads move back 300 s after the recovery."""
-    wall, now = 1_700_000_000.0, 50.0  # the new process's wall clock and its monotonic clock
-    status = {
-        "replicas": [
-            _status_row(HOME, "Healthy", wall - 20),
-            _status_row("westus", "Healthy", wall - 900),
-            _status_row("centralus", "Healthy", wall - 900),
-        ],
-        "usableRegions": ["centralus", "westus"],  # eastus healthy but waiting out its delay
-    }
-    t = tracker(failback_delay_seconds=300)
-    t.restore(status, now=now, wall_now=wall)
-    make_healthy_at_startup(t, now)
-    assert HOME not in t.usable(now + 279)
-    assert HOME in t.usable(now + 280)
-    assert {"westus", "centralus"} <= t.usable(now)
-
-
-def test_an_unhealthy_replica_stays_unhealthy_across_a_restart() -> None:
-    wall, now = 1_700_000_000.0, 50.0
-    status = {"replicas": [_status_row(HOME, "Unhealthy", wall - 5)], "usableRegions": ["westus", "centralus"]}
-    t = tracker(failback_delay_seconds=300, success_threshold=2)
-    t.restore(status, now=now, wall_now=wall)
-    assert t.replicas[HOME].state is UNHEALTHY
-    assert t.observe(HOME, OK, now) is None  # one success does not make it trusted again
-    assert t.observe(HOME, OK, now + 1) == Transition(HOME, UNHEALTHY, HEALTHY, OK)
-    assert HOME not in t.usable(now + 300)
-    assert HOME in t.usable(now + 301)
-
-
-@pytest.mark.parametrize(
-    "status",
-    [
-        {},
-        {"replicas": "nonsense", "usableRegions": 5},
-        {"replicas": [{"region": HOME, "state": "Healthy", "lastTransitionTime": "not a time"}]},
-        {"replicas": [{"region": HOME, "endpoint": "old.example.com", "state": "Unhealthy"}]},  # another endpoint
-        {"replicas": [_status_row(HOME, "Healthy", 1_699_999_000.0)], "usableRegions": [HOME]},
-    ],
-)
-def test_a_status_without_a_pending_delay_changes_nothing(status: dict[str, Any]) -> None:
-    t = tracker(failback_delay_seconds=300)
-    t.restore(status, now=50.0, wall_now=1_700_000_000.0)
-    make_healthy_at_startup(t, 50.0)
-    assert t.usable(50.0) == set(REGIONS)

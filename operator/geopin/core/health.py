@@ -9,10 +9,8 @@ usable, the global endpoint (``fallback: Global``) or the current pin (``fallbac
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from geopin.core.policy import GLOBAL_REGION, Fallback, Policy, ProbeSettings, Replica
 
@@ -63,22 +61,6 @@ def choose(
     if policy.fallback is Fallback.STAY and current is not None and current in policy.endpoints:
         return Target(current, policy.endpoints[current])
     return Target(GLOBAL_REGION, policy.registry)
-
-
-def _listed(region: str, usable: object) -> bool:
-    """Is the region in the status's usableRegions? True when that list is missing: nothing to infer."""
-    return not isinstance(usable, list) or region in usable
-
-
-def _wall_seconds(stamp: object) -> float | None:
-    """An RFC 3339 time of the status (``2026-11-28T03:09:40Z``) as wall-clock seconds, or None."""
-    if not isinstance(stamp, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
 class ReplicaState(enum.StrEnum):
@@ -154,33 +136,6 @@ class HealthTracker:
             if health is None or health.endpoint != replica.endpoint:
                 health = ReplicaHealth(region=replica.region, endpoint=replica.endpoint)
             self.replicas[replica.region] = health
-
-    def restore(self, status: Mapping[str, Any], now: float, wall_now: float) -> None:
-        """Carry the failback hysteresis over a restart or a change of leader, from the status geopin wrote.
-
-        A new process has no memory: every replica starts Unknown and would be usable at its first
-        success, so a flapping home replica would attract workloads back at once. The last status says
-        otherwise: a replica it shows Unhealthy starts Unhealthy (``successThreshold`` successes, then
-        ``failbackDelaySeconds``); one it shows Healthy but not in ``usableRegions`` was waiting out
-        its delay, which ends ``failbackDelaySeconds`` after that row's ``lastTransitionTime``.
-        ``now`` is this tracker's clock and ``wall_now`` the wall clock at the same instant.
-        """
-        usable = status.get("usableRegions")
-        rows = status.get("replicas")
-        if not isinstance(rows, list):
-            return
-        for row in rows:
-            region = row.get("region") if isinstance(row, Mapping) else None
-            health = self.replicas.get(region) if isinstance(region, str) else None
-            if health is None or row.get("endpoint") != health.endpoint:
-                continue  # a replica the status does not describe as it is now
-            since = _wall_seconds(row.get("lastTransitionTime"))
-            at = None if since is None else now - (wall_now - since)
-            if row.get("state") == ReplicaState.UNHEALTHY:
-                health.state = ReplicaState.UNHEALTHY
-                health.last_transition_time = at
-            elif row.get("state") == ReplicaState.HEALTHY and at is not None and not _listed(health.region, usable):
-                health.usable_at = max(health.usable_at, at + self.settings.failback_delay_seconds)
 
     def is_failure(self, outcome: str) -> bool:
         if outcome == _THROTTLED:
