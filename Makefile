@@ -53,7 +53,7 @@ dev-up: prereqs $(STAMP) controlplane nodes ## start the control plane, three AC
 dev-down: $(STAMP) ## stop what dev-up started and remove .dev/
 	$(BIN)/python -m tests.harness down
 
-demo: prereqs $(STAMP) controlplane ## the guided tour: environment, operator, policy, a pinned Deployment
+demo: prereqs $(STAMP) controlplane nodes ## the guided tour: ACR-shaped replicas, a real node, geopin, real Pods through an outage
 	$(BIN)/python -m tests.harness.demo $(DEMO_ARGS)
 
 lock: ## re-resolve requirements/*.lock from pyproject.toml
@@ -71,7 +71,7 @@ CHART_ALL_FEATURES := --set serviceMonitor.enabled=true --set prometheusRule.ena
 	--set azureWorkloadIdentity.enabled=true --set azureWorkloadIdentity.clientId=11111111-2222-3333-4444-555555555555 \
 	--set service.webhook.enabled=true --set networkPolicy.enabled=true --set priorityClass.create=true
 
-.PHONY: tools chart-lint deploy-render deploy-check
+.PHONY: tools chart-lint deploy-render deploy-check corpus-render
 
 tools: ## build (or find cached) helm and kubeconform; prints their directory
 	@hack/tools/build.sh
@@ -83,6 +83,9 @@ chart-lint: $(STAMP) ## helm lint --strict (defaults and every optional feature)
 deploy-render: ## copy deploy/crds into the chart and render deploy/geopin.yaml from it
 	cp deploy/crds/$(CRD) $(CHART)/crds/$(CRD)
 	hack/render-deploy.sh
+
+corpus-render: ## re-render the plan corpus (tests/fixtures/manifests/rendered) with helm and kubectl kustomize
+	hack/render-corpus.sh
 
 deploy-check: ## fail when the chart's CRD or deploy/geopin.yaml is out of date
 	@cmp -s deploy/crds/$(CRD) $(CHART)/crds/$(CRD) || { echo "$(CHART)/crds/$(CRD) differs from deploy/crds/: make deploy-render" >&2; exit 1; }

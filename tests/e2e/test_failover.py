@@ -236,6 +236,38 @@ def _first_write_after(fleet: Fleet, operator: Operator, after: float) -> float:
     raise AssertionError("no Deployment write after the recovery")
 
 
+def test_a_switch_is_counted_when_decided_not_when_the_repoint_settles(healthy: Fleet, operator: Operator) -> None:
+    """api.md: geopin_endpoint_switches_total and EndpointSwitched count the decision when it is made."""
+    fleet = healthy
+    before = _switches(operator)
+    mark, mark_time = fleet.cp.audit_line_count(), int(time.time())
+    fleet.registries["eastus"].stop()
+    counted_at: float = wait_until(
+        lambda: _switches(operator) > before and time.time(), timeout=60, interval=0.05, what="the switch counted"
+    )
+    wait_until(lambda: fleet.on("westus"), timeout=60, what=f"all {COUNT} Deployments on westus")
+    writes = [
+        datetime.fromisoformat(e["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+        for e in fleet.cp.audit_events(mark)
+        if (e.get("user") or {}).get("username") == operator.user
+        and (e.get("objectRef") or {}).get("resource") == "deployments"
+        and e.get("verb") == "patch"
+    ]
+    assert len(writes) >= COUNT
+    assert counted_at < max(writes), f"counted {counted_at - max(writes):.2f}s after the last repoint write"
+    event = wait_until(
+        lambda: [
+            e
+            for e in fleet.core.list_namespaced_event("default", field_selector="reason=EndpointSwitched").items
+            if (e.message or "").startswith("eastus -> westus")
+            and e.metadata.creation_timestamp.timestamp() >= mark_time
+        ],
+        timeout=15,
+        what="an EndpointSwitched Event",
+    )
+    assert event
+
+
 def test_throttling_is_counted_but_moves_nothing(healthy: Fleet, operator: Operator) -> None:
     fleet = healthy
 

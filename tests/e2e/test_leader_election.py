@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from kubernetes import client
 
+from tests.harness.clients import Clients
 from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.objects import deployment
 from tests.harness.registries import RegistrySet
@@ -36,26 +37,18 @@ COUNT = 100
 GROUP, VERSION, PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
 
 
-class HA:
+class HA(Clients):
     def __init__(self, cp: ControlPlane, registries: RegistrySet, ca: CA, workdir: Any) -> None:
-        self.cp = cp
+        super().__init__(cp)
         self.registries = registries
-        self.api: Any = cp.api_client()
-        self.apps: Any = client.AppsV1Api(self.api)
-        self.core: Any = client.CoreV1Api(self.api)
-        self.custom: Any = client.CustomObjectsApi(self.api)
-        self.coordination: Any = client.CoordinationV1Api(self.api)
         self.operators = [
             Operator(cp, workdir / name, user=f"geopin-{name}", env={"HOSTNAME": f"geopin-{name}"})
             for name in ("a", "b")
         ]
         self.ca = ca
 
-    def images(self) -> list[str]:
-        return [d.spec.template.spec.containers[0].image for d in self.apps.list_namespaced_deployment(NAMESPACE).items]
-
     def all_on(self, region: str) -> bool:
-        images = self.images()
+        images = self.images(NAMESPACE)
         host = self.registries[region].endpoint
         return len(images) == COUNT and all(image.startswith(f"{host}/") for image in images)
 
@@ -113,7 +106,9 @@ def ha(control_plane: ControlPlane, ca: CA, tmp_path_factory: pytest.TempPathFac
             if not op.alive():
                 op.start("--leader-election", "--operator-namespace", OPERATOR_NAMESPACE)
         ha.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "ha")
-        wait_until(lambda: all(image.startswith(f"{REGISTRY}/") for image in ha.images()), timeout=60, what="restored")
+        wait_until(
+            lambda: all(image.startswith(f"{REGISTRY}/") for image in ha.images(NAMESPACE)), timeout=60, what="restored"
+        )
         for op in ha.operators:
             op.stop()
         ha.core.delete_namespace(NAMESPACE)
@@ -132,13 +127,13 @@ def test_one_leader_writes_and_the_standby_takes_over_mid_failover(ha: HA, contr
     ha.registries["eastus"].stop()
 
     def repointing() -> bool:
-        moved = sum(image.startswith(ha.registries["westus"].endpoint) for image in ha.images())
+        moved = sum(image.startswith(ha.registries["westus"].endpoint) for image in ha.images(NAMESPACE))
         return 0 < moved < COUNT
 
     wait_until(repointing, timeout=60, interval=0.01, what="repointing under way")
     leader.kill()
     killed_at = time.time()
-    moved_at_kill = sum(image.startswith(ha.registries["westus"].endpoint) for image in ha.images())
+    moved_at_kill = sum(image.startswith(ha.registries["westus"].endpoint) for image in ha.images(NAMESPACE))
 
     wait_until(lambda: standby.identity in ha.holder(), timeout=30, interval=0.1, what="the standby holds the Lease")
     took_over = time.time() - killed_at

@@ -16,7 +16,7 @@ from tests.harness import procs
 from tests.harness.controlplane import REGION_LABEL
 from tests.harness.nodecleanup import mounts_under, shim_pids
 from tests.harness.nodeconfig import AKS_BEFORE_GEO, AKS_WITH_GEO
-from tests.harness.nodeenv import host_network_pod
+from tests.harness.nodeenv import container_state, host_network_pod, pod_namespace
 from tests.harness.nodes import NODE_IMAGE_LABEL
 from tests.harness.waiting import wait_until
 
@@ -42,29 +42,11 @@ def unique(prefix: str) -> str:
 def namespace(node_kube: ApiClient) -> Iterator[str]:
     core: Any = client.CoreV1Api(node_kube)
     name = unique("nodes")
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    # The controller manager creates the namespace's `default` ServiceAccount; Pods need it.
-    wait_until(
-        lambda: core.read_namespaced_service_account("default", name),
-        timeout=30.0,
-        what=f"ServiceAccount {name}/default",
-        ignore=(client.ApiException,),
-    )
+    pod_namespace(core, name)
     try:
         yield name
     finally:
         core.delete_namespace(name)
-
-
-def container_state(core: Any, namespace: str, pod: str) -> str | None:
-    """ "Running", or the reason the container waits (ErrImagePull, ImagePullBackOff, ...), or None."""
-    statuses = core.read_namespaced_pod(pod, namespace).status.container_statuses or []
-    if not statuses:
-        return None
-    state = statuses[0].state
-    if state.running is not None:
-        return "Running"
-    return state.waiting.reason if state.waiting is not None else None
 
 
 def wait_state(core: Any, namespace: str, pod: str, *states: str) -> str:

@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 import pytest
 
+from geopin.core.keyring import credentials_for
+from geopin.core.pullsecrets import parse_dockerconfig
 from geopin.io.probes import (
     BasicCredentials,
     Outcome,
     ProbeError,
     ProbeResult,
     RegistryClient,
-    credentials_from_dockerconfig,
 )
 from tests.harness import oci, procs
 from tests.harness.registries import Registry
@@ -248,7 +249,9 @@ def test_credentials_from_a_dockerconfigjson_secret_work(basic_registry: Registr
     auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     config = {"auths": {"contoso.azurecr.io": {"auth": "eDp5"}, f"https://{endpoint}": {"auth": auth}}}
     secret_data = {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()}
-    credentials = credentials_from_dockerconfig(secret_data, endpoint)
+    found = credentials_for(endpoint, [parse_dockerconfig(secret_data)])
+    assert found is not None
+    credentials = BasicCredentials(found.username, found.password)
     assert credentials == BasicCredentials(USER, PASSWORD)
     result = probe_once(endpoint, f"{CANARY_REPO}:1", ca_bundle=ca_pem, credentials=credentials)
     assert result.outcome is Outcome.OK, result

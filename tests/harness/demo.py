@@ -1,13 +1,17 @@
-"""`make demo`: geopin on a real local control plane and three real registry replicas, narrated.
+"""`make demo`: geopin on a real local cluster with a real node, ACR's names, narrated.
 
 Everything runs in this process's care and is stopped on exit, Ctrl-C included:
 
-1. the control plane (built from the Go module proxy on first use) and three docker-registry
-   replicas (eastus, westus, centralus) with a sample image pushed to each;
-2. the RegistryPolicy CRD, `geopin run`, an example policy and three Deployments;
-3. the tour: pinned to the home region, then the home replica really stopped (SIGKILL), the
-   failover with the seconds it took, the replica restarted, the failback after the delay, with
-   the Events and the metrics that moved.
+1. the ACR-shaped registry (tests/harness/acr.py): replicas answering as
+   contoso.<region>.geo.azurecr.io (eastus, westus, centralus), their data endpoints, and the global
+   endpoint contoso.azurecr.io, emulated with ACR's slow, health-aware failover; a control plane
+   with kube-scheduler and one real node (containerd + kubelet, eastus, AKS's credential provider);
+2. the RegistryPolicy CRD, `geopin run` in the environment's name space, a policy written exactly as
+   on AKS (the global registry and regions, nothing else about endpoints), two Deployments geopin
+   pins, and one it leaves on the global endpoint for comparison;
+3. the tour: the kubelet's `Pulled` Events naming the regional host; the home replica really
+   killed (SIGKILL); geopin's failover and the new Pods pulling from the next region, side by side
+   with what the Pod pulling through the global endpoint saw meanwhile; recovery and failback.
 
 Then it stays up for exploration until Ctrl-C; `--once` stops after the tour (scripts, CI).
 """
@@ -26,77 +30,103 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client
 
-from tests.harness.controlplane import REPO_ROOT, ControlPlane, find_binaries
+from tests.harness.acr import AcrRegistrySet
+from tests.harness.controlplane import REPO_ROOT, find_binaries
 from tests.harness.geopin_process import Operator, install_crd
-from tests.harness.oci import build_image, push_image
+from tests.harness.nodeenv import NodeEnvironment, host_network_pod, pod_namespace
+from tests.harness.objects import pull_secret
 from tests.harness.pki import CA
-from tests.harness.registries import RegistrySet
 from tests.harness.waiting import wait_until
 
-REGISTRY = "contoso.azurecr.io"
-APPS = {"web": "shop/web:1.0", "cart": "shop/cart:2.3", "search": "shop/search:0.9"}
+APPS = {"web": "shop/web:1", "cart": "shop/cart:1"}
+GLOBAL_APP = "web-via-global"  # the same image as web, left on the global endpoint (geopin.io/skip)
+CANARY = "platform/canary:1"
 FAILBACK_DELAY = 15
+# ACR's global endpoint fails over "on the order of minutes"; shorter here so the tour stays short.
+GLOBAL_FAILOVER_DELAY = 20.0
 POLICY = "contoso"
+POLICY_EXAMPLE = REPO_ROOT / "examples" / "registrypolicy-aks.yaml"
+NAMESPACE = "shop"
 
 
 def say(message: str) -> None:
     print(f"[{dt.datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def policy_manifest(endpoints: dict[str, str], ca_pem: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "geopin.io/v1alpha1",
-        "kind": "RegistryPolicy",
-        "metadata": {"name": POLICY},
-        "spec": {
-            "registry": REGISTRY,
-            "region": "auto",
-            "replicas": [{"region": region, "endpoint": endpoint} for region, endpoint in endpoints.items()],
-            # Short for the tour; the default is 300 s.
-            "probe": {"caBundle": ca_pem, "failbackDelaySeconds": FAILBACK_DELAY},
-        },
-    }
+def detail(message: str) -> None:
+    print(f"      {message}", flush=True)
 
 
-def deployment_manifest(name: str, image: str) -> dict[str, Any]:
+def policy_manifest(registry: str) -> dict[str, Any]:
+    """examples/registrypolicy-aks.yaml, written as on AKS (endpoints derived from the registry's
+    name), with a failback delay short enough for the tour (the default is 300 s)."""
+    policy: dict[str, Any] = yaml.safe_load(POLICY_EXAMPLE.read_text())
+    assert policy["spec"]["registry"] == registry, f"{POLICY_EXAMPLE} names another registry"
+    policy["spec"]["probe"]["failbackDelaySeconds"] = FAILBACK_DELAY
+    return policy
+
+
+def deployment_manifest(
+    name: str, image: str, *, skip: bool = False, pull_policy: str = "IfNotPresent"
+) -> dict[str, Any]:
+    spec = host_network_pod(name, image, pull_policy=pull_policy)["spec"]
+    metadata: dict[str, Any] = {"name": name, "namespace": NAMESPACE}
+    if skip:
+        metadata["annotations"] = {"geopin.io/skip": "true"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "shop"},
+        "metadata": metadata,
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": name, "image": f"{REGISTRY}/{image}"}]},
-            },
+            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
         },
     }
 
 
 class Tour:
-    def __init__(self, cp: ControlPlane, registries: RegistrySet, operator: Operator) -> None:
-        self.cp = cp
-        self.registries = registries
+    def __init__(self, env: NodeEnvironment, operator: Operator) -> None:
+        self.env = env
+        self.acr = env.acr
         self.operator = operator
-        self.api: Any = cp.api_client()
+        self.api: Any = env.control_plane.api_client()
         self.apps: Any = client.AppsV1Api(self.api)
         self.core: Any = client.CoreV1Api(self.api)
         self.custom: Any = client.CustomObjectsApi(self.api)
-        self.endpoints = {region: registries[region].endpoint for region in registries}
 
-    def images(self) -> dict[str, str]:
-        return {
-            d.metadata.name: d.spec.template.spec.containers[0].image
-            for d in self.apps.list_namespaced_deployment("shop").items
-        }
+    def image(self, app: str, region: str) -> str:
+        host = self.acr.login_server if region == "global" else self.acr[region].host
+        return f"{host}/{APPS.get(app, APPS['web'])}"
 
-    def all_on(self, region: str) -> bool:
-        host = self.endpoints[region]
-        images = self.images()
-        return len(images) == len(APPS) and all(image.startswith(f"{host}/") for image in images.values())
+    def template_image(self, app: str) -> str:
+        return str(self.apps.read_namespaced_deployment(app, NAMESPACE).spec.template.spec.containers[0].image)
+
+    def running(self, app: str, image: str) -> str | None:
+        """The name of a Running Pod of `app` whose container is `image` (as its spec says)."""
+        for pod in self.core.list_namespaced_pod(NAMESPACE, label_selector=f"app={app}").items:
+            statuses = pod.status.container_statuses or []
+            if pod.spec.containers[0].image == image and statuses and statuses[0].state.running is not None:
+                return str(pod.metadata.name)
+        return None
+
+    def all_running_on(self, region: str) -> dict[str, str] | None:
+        """app → Running Pod for every pinned app, once each pulled from `region`'s host."""
+        pods = {app: pod for app in APPS if (pod := self.running(app, self.image(app, region)))}
+        return pods if len(pods) == len(APPS) else None
+
+    def kubelet_events(self, pod: str, reason: str) -> list[Any]:
+        items = self.core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={pod}").items
+        found = [e for e in items if e.reason == reason and e.source and e.source.component == "kubelet"]
+        return sorted(found, key=_stamp)
+
+    def show_pulls(self, pods: dict[str, str]) -> None:
+        for _, pod in sorted(pods.items()):
+            for event in self.kubelet_events(pod, "Pulled")[-1:]:
+                detail(f"kubelet Pulled  pod/{pod}: {event.message}")
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = self.custom.get_cluster_custom_object(
@@ -104,21 +134,21 @@ class Tour:
         ).get("status", {})
         return status
 
-    def show_images(self) -> None:
-        for name, image in sorted(self.images().items()):
-            print(f"      shop/{name:<7} {image}", flush=True)
+    def show_probes(self) -> None:
+        for row in self.status().get("replicas", []):
+            detail(f"probe {row['region']:<9} {row['state']:<9} {row.get('message', '')}")
 
     def show_events(self, since: float) -> None:
-        events = self.core.list_namespaced_event("default").items + self.core.list_namespaced_event("shop").items
+        events = self.core.list_namespaced_event("default").items + self.core.list_namespaced_event(NAMESPACE).items
         recent = [e for e in events if e.source and e.source.component == "geopin" and _stamp(e) >= since - 1]
         for event in sorted(recent, key=_stamp)[-8:]:
             kind = event.involved_object.kind
-            print(f"      Event {event.reason:<17} {kind}/{event.involved_object.name}: {event.message}", flush=True)
+            detail(f"Event {event.reason:<17} {kind}/{event.involved_object.name}: {event.message}")
 
     def show_metrics(self, *names: str) -> None:
         for line in self.operator.metrics().splitlines():
-            if line.startswith(names) and 'policy="contoso"' in line and not line.startswith("#"):
-                print(f"      {line}", flush=True)
+            if line.startswith(names) and f'policy="{POLICY}"' in line and not line.startswith("#"):
+                detail(line)
 
 
 def _stamp(event: Any) -> float:
@@ -139,83 +169,125 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         ca = CA(workdir / "pki")
-        say("starting etcd, kube-apiserver and kube-controller-manager on loopback (nodes labelled eastus) ...")
-        cp = stack.enter_context(ControlPlane(ca=ca, binaries=binaries))
-        say(f"control plane ready in {cp.startup_seconds:.1f}s at {cp.url}")
-        registries = stack.enter_context(RegistrySet(ca))
-        for region in registries:
-            say(f"replica {region:<9} docker-registry over TLS at {registries[region].endpoint}")
-        for app, image in APPS.items():
-            repository, tag = image.split(":")
-            built = build_image({"index.html": f"hello from {app}\n".encode()})
-            for region in registries:
-                push_image(registries[region].endpoint, repository, tag, built, verify=ca.ssl_context())
-        say(f"pushed {', '.join(APPS.values())} to every replica")
-
-        install_crd(cp)
-        say("installed the RegistryPolicy CRD (deploy/crds/)")
-        operator = Operator(cp, workdir)
-        stack.callback(operator.stop)
-        operator.start()
-        say(f"geopin is running (log: {operator.log_path})")
-        tour = Tour(cp, registries, operator)
-        stack.callback(tour.api.close)
-
-        tour.core.create_namespace({"metadata": {"name": "shop"}})
-        policy = policy_manifest(tour.endpoints, ca.cert_pem.decode())
-        tour.custom.create_cluster_custom_object("geopin.io", "v1alpha1", "registrypolicies", policy)
-        say(
-            f"applied RegistryPolicy {POLICY}: {REGISTRY} → replicas {', '.join(tour.endpoints)} "
-            f"(failback delay {FAILBACK_DELAY}s)"
+        acr = stack.enter_context(
+            AcrRegistrySet(ca, workdir=workdir / "acr", global_failover_delay=GLOBAL_FAILOVER_DELAY)
         )
+        for region, replica in acr.items():
+            say(f"replica {region:<9} {replica.host} (docker-registry, TLS, auth), blobs via {replica.data_host}")
+        say(
+            f"global endpoint {acr.login_server}: routes to a healthy replica, fails over "
+            f"{GLOBAL_FAILOVER_DELAY:g}s after its replica dies (emulated; ACR: minutes)"
+        )
+        say("starting the control plane with kube-scheduler, and a node (containerd + kubelet) ...")
+        env = stack.enter_context(NodeEnvironment(ca, acr, workdir=workdir / "nodes"))
+        for node in env.nodes.values():
+            say(f"node {node.name}: Ready, region {node.region}, node image {node.node_image_version}")
+        for image in (*APPS.values(), CANARY):
+            repository, tag = image.split(":")
+            env.push_pod_image(repository, tag, label=image)
+        say(f"pushed {', '.join(APPS.values())} and {CANARY} to every replica")
+
+        install_crd(env.control_plane)
+        operator = Operator(env.control_plane, workdir, names=acr)
+        stack.callback(operator.stop)
+        tour = Tour(env, operator)
+        stack.callback(tour.api.close)
+        tour.core.create_namespace({"metadata": {"name": "geopin-system"}})
+        pod_namespace(tour.core, NAMESPACE)
+        tour.core.create_namespaced_secret("geopin-system", pull_secret("acr-pull", acr.login_server, acr.auth))
+        operator.start()
+        say(f"geopin is running in the environment's name space (log: {operator.log_path})")
+
+        tour.custom.create_cluster_custom_object(
+            "geopin.io", "v1alpha1", "registrypolicies", policy_manifest(acr.login_server)
+        )
+        say(f"applied {POLICY_EXAMPLE.relative_to(REPO_ROOT)}: registry {acr.login_server}, replicas by region")
         for app, image in APPS.items():
-            tour.apps.create_namespaced_deployment("shop", deployment_manifest(app, image))
-        say(f"applied Deployments shop/{', shop/'.join(APPS)} using {REGISTRY}")
+            tour.apps.create_namespaced_deployment(NAMESPACE, deployment_manifest(app, f"{acr.login_server}/{image}"))
+        global_image = tour.image("web", "global")
+        tour.apps.create_namespaced_deployment(
+            NAMESPACE, deployment_manifest(GLOBAL_APP, global_image, skip=True, pull_policy="Always")
+        )
+        say(f"applied Deployments shop/{', shop/'.join(APPS)} using {acr.login_server}, and shop/{GLOBAL_APP}")
+        detail(f"(geopin.io/skip: it keeps pulling {global_image} through the global endpoint)")
 
-        # 1. Pinned to the home region.
+        # 1. Pinned to the home region: the kubelet pulled from the regional host.
         mark = time.time()
-        wait_until(lambda: tour.all_on("eastus"), timeout=60, what="pinned to eastus")
+        pods = wait_until(lambda: tour.all_running_on("eastus"), timeout=120, what="Pods running from eastus")
         status = wait_until(lambda: (s := tour.status()).get("activeRegion") and s, timeout=30, what="policy status")
-        say(f"1. pinned to the home region {status['clusterRegion']} (healthy {status['healthySummary']}):")
-        tour.show_images()
+        home, healthy = status["clusterRegion"], status["healthySummary"]
+        say(f"1. pinned to the home region {home} (healthy {healthy}); the Pods run:")
+        tour.show_pulls(pods)
+        via_global = wait_until(lambda: tour.running(GLOBAL_APP, global_image), timeout=120, what="the global Pod")
+        tour.show_pulls({GLOBAL_APP: via_global})
+        tour.show_probes()
 
-        # 2. The home replica really stops.
-        registries["eastus"].stop()
+        # 2. The home replica really stops. The global endpoint's Pod is recreated at that moment, so
+        # it must pull (imagePullPolicy Always) through contoso.azurecr.io, still routed to eastus.
+        mark = time.time()
+        acr["eastus"].stop()
         outage = time.monotonic()
-        say(f"2. outage: the eastus replica (pid {registries['eastus'].pid}) is SIGKILLed")
-        wait_until(lambda: tour.all_on("westus"), timeout=60, interval=0.05, what="failover to westus")
-        failover_seconds = time.monotonic() - outage
-        # The status loop reports the switch (status, EndpointSwitched Event, metric) within seconds.
+        tour.core.delete_namespaced_pod(via_global, NAMESPACE, grace_period_seconds=0)
+        say(f"2. outage: the eastus replica (pid {acr['eastus'].pid}) is SIGKILLed")
+        wait_until(
+            lambda: all(tour.template_image(app) == tour.image(app, "westus") for app in APPS),
+            timeout=60,
+            interval=0.05,
+            what="failover to westus",
+        )
+        repointed = time.monotonic() - outage
+        pods = wait_until(lambda: tour.all_running_on("westus"), timeout=120, what="Pods running from westus")
+        geopin_running = time.monotonic() - outage
         wait_until(lambda: tour.status().get("activeRegion") == "westus", timeout=30, what="status shows westus")
-        say(f"   failover to westus in {failover_seconds:.1f}s (kill → last Deployment repointed):")
-        tour.show_images()
+        say(f"   geopin: Deployments repointed to westus in {repointed:.1f}s, Pods running in {geopin_running:.1f}s:")
+        tour.show_pulls(pods)
         tour.show_events(mark)
         tour.show_metrics("geopin_endpoint_switches_total", "geopin_replica_healthy")
+        say(f"   meanwhile, shop/{GLOBAL_APP} pulls through {acr.login_server} (still routed to eastus) ...")
+        via_global = wait_until(
+            lambda: tour.running(GLOBAL_APP, global_image), timeout=GLOBAL_FAILOVER_DELAY + 120, what="the global Pod"
+        )
+        global_running = time.monotonic() - outage
+        failures = tour.kubelet_events(via_global, "Failed")
+        attempts = sum(e.count or 1 for e in failures if "Failed to pull" in (e.message or ""))
+        if failures:
+            message = failures[0].message
+            shown = message if len(message) <= 200 else f"{message[:90]} ... {message[-100:]}"
+            detail(f"kubelet Failed  pod/{via_global}: {shown}")
+        tour.show_pulls({GLOBAL_APP: via_global})
+        say(
+            f"   side by side: geopin's Pods ran {geopin_running:.1f}s after the kill; the Pod on the global endpoint "
+            f"failed {attempts} pulls and ran after {global_running:.1f}s (now routed to {acr.global_endpoint.route()})"
+        )
 
         # 3. Recovery, then failback only after the delay.
         mark = time.time()
-        registries["eastus"].heal()
+        acr.heal()
         recovered = time.monotonic()
         say(f"3. recovery: eastus is back; workloads return only after {FAILBACK_DELAY}s of uninterrupted health")
-        wait_until(lambda: tour.all_on("eastus"), timeout=FAILBACK_DELAY + 60, what="failback to eastus")
+        pods = wait_until(
+            lambda: tour.all_running_on("eastus"), timeout=FAILBACK_DELAY + 120, what="failback to eastus"
+        )
         failback_seconds = time.monotonic() - recovered
         wait_until(lambda: tour.status().get("activeRegion") == "eastus", timeout=30, what="status shows eastus")
-        say(f"   failback to eastus {failback_seconds:.1f}s after the replica came back:")
-        tour.show_images()
+        say(f"   failback to eastus {failback_seconds:.1f}s after the replica came back; the Pods run:")
+        tour.show_pulls(pods)
         tour.show_events(mark)
         tour.show_metrics("geopin_endpoint_switches_total")
 
+        kubeconfig = env.control_plane.kubeconfig
         print(
             "\nTry it yourself:\n"
-            f"  {kubectl} --kubeconfig {cp.kubeconfig} get registrypolicies\n"
-            f"  {kubectl} --kubeconfig {cp.kubeconfig} -n shop get deploy -o wide\n"
-            f"  {sys.executable} -m geopin.cli status --kubeconfig {cp.kubeconfig}\n"
+            f"  {kubectl} --kubeconfig {kubeconfig} get registrypolicies\n"
+            f"  {kubectl} --kubeconfig {kubeconfig} -n {NAMESPACE} get deploy,pods -o wide\n"
+            f"  {kubectl} --kubeconfig {kubeconfig} -n {NAMESPACE} get events --field-selector reason=Pulled\n"
+            f"  {sys.executable} -m geopin.cli status --kubeconfig {kubeconfig}\n"
             f"  curl -s http://127.0.0.1:{operator.metrics_port}/metrics | grep ^geopin_\n",
             flush=True,
         )
         say(
-            f"tour done in {time.monotonic() - began:.0f}s: "
-            f"failover {failover_seconds:.1f}s, failback {failback_seconds:.1f}s"
+            f"tour done in {time.monotonic() - began:.0f}s: failover {repointed:.1f}s (Pods running "
+            f"{geopin_running:.1f}s), global endpoint {global_running:.1f}s, failback {failback_seconds:.1f}s"
         )
         if not args.once:
             say("everything stays up until Ctrl-C")
@@ -223,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             with contextlib.suppress(KeyboardInterrupt):
                 stop.wait()
-        say("stopping geopin, the registries and the control plane ...")
+        say("stopping geopin, the node, the control plane and the registries ...")
     return 0
 
 

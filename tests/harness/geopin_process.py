@@ -64,9 +64,11 @@ class Operator:
         user: str = OPERATOR_USER,
         verbose: bool = False,
         env: dict[str, str] | None = None,
+        groups: tuple[str, ...] = ("system:masters",),
         names: AcrRegistrySet | None = None,
     ) -> None:
         """``env``: extra environment variables for every start (they override the inherited ones).
+        ``groups``: the user's groups (the default bypasses RBAC).
         ``names``: run inside that set's name space, trusting its CA, as `.dev/run` does."""
         self.names = names
         self.verbose = verbose
@@ -74,7 +76,7 @@ class Operator:
         self.control_plane = control_plane
         self.workdir = workdir
         self.user = user
-        self.kubeconfig = write_kubeconfig(control_plane, user, ("system:masters",), workdir / f"{user}.kubeconfig")
+        self.kubeconfig = write_kubeconfig(control_plane, user, groups, workdir / f"{user}.kubeconfig")
         self.metrics_port = procs.free_port()
         self.health_port = procs.free_port()
         self.log_path = workdir / f"{user}.log"
@@ -117,6 +119,15 @@ class Operator:
         if self.process is not None and self.process.alive():
             self.process.popen.send_signal(signal.SIGKILL)
             self.process.popen.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen (its event loop, its threads, its Lease renewals) until resume()."""
+        if self.process is not None and self.process.alive():
+            self.process.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.alive():
+            self.process.popen.send_signal(signal.SIGCONT)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()

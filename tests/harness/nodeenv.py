@@ -22,6 +22,7 @@ from tests.harness.controlplane import ControlPlane
 from tests.harness.nodecleanup import NodeError, mounts_under
 from tests.harness.nodeconfig import AKS_WITH_GEO
 from tests.harness.nodes import Node, NodeSet, pod_image
+from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -68,6 +69,35 @@ def push_pod_image(
         with acr[region].client() as http:
             oci.push(http, repo, tag, image)
     return image.digest
+
+
+def pod_namespace(core: Any, name: str, timeout: float = 30.0) -> None:
+    """Create namespace `name` and wait for its `default` ServiceAccount (made by the controller
+    manager): Pods cannot be created in it before. `core` is a kubernetes CoreV1Api."""
+    from kubernetes import client
+
+    core.create_namespace({"metadata": {"name": name}})
+
+    def service_account() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except client.ApiException:
+            return False
+        return True
+
+    wait_until(service_account, timeout=timeout, what=f"ServiceAccount {name}/default")
+
+
+def container_state(core: Any, namespace: str, pod: str) -> str | None:
+    """ "Running", or the reason the Pod's first container waits (ErrImagePull, ImagePullBackOff, ...),
+    or None before it has a status."""
+    statuses = core.read_namespaced_pod(pod, namespace).status.container_statuses or []
+    if not statuses:
+        return None
+    state = statuses[0].state
+    if state.running is not None:
+        return "Running"
+    return state.waiting.reason if state.waiting is not None else None
 
 
 def host_network_pod(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["deployment"]
+__all__ = ["deployment", "pull_secret", "registry_policy"]
 
 
 def deployment(
@@ -34,4 +36,27 @@ def deployment(
                 "spec": {**(pod_spec or {}), "containers": [{"name": "app", "image": image}]},
             },
         },
+    }
+
+
+def pull_secret(name: str, host: str, auth: tuple[str, str]) -> dict[str, Any]:
+    """A ``kubernetes.io/dockerconfigjson`` Secret with ``auth`` (username, password) keyed by ``host``."""
+    entry = {"auth": base64.b64encode(":".join(auth).encode()).decode()}
+    config = json.dumps({"auths": {host: entry}})
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": base64.b64encode(config.encode()).decode()},
+    }
+
+
+def registry_policy(name: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A RegistryPolicy named ``name`` with ``spec``."""
+    return {
+        "apiVersion": "geopin.io/v1alpha1",
+        "kind": "RegistryPolicy",
+        "metadata": {"name": name},
+        "spec": dict(spec),
     }

@@ -26,7 +26,7 @@ def snapshot(mode: str = "Admission", **spec: Any) -> PolicySnapshot:
             **spec,
         },
     )
-    return PolicySnapshot(policy=policy, cluster_region="eastus", healthy=frozenset({"eastus", "westus"}))
+    return PolicySnapshot(policy=policy, cluster_region="eastus", usable=frozenset({"eastus", "westus"}))
 
 
 def pod(*images: str, ephemeral: tuple[str, ...] = (), annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -66,11 +66,11 @@ def test_excluded_namespace_and_opt_out_are_left_alone() -> None:
 
 
 def test_the_pod_follows_the_current_decision() -> None:
-    failed_over = replace(snapshot(), healthy=frozenset({"westus"}))
+    failed_over = replace(snapshot(), usable=frozenset({"westus"}))
     body = pod(f"{REGISTRY}/shop/web:1")
     patched = jsonpatch.apply_patch(body, mutate_pod(body, "shop", [failed_over], {}))
     assert patched["spec"]["containers"][0]["image"] == "contoso.westus.geo.azurecr.io/shop/web:1"
-    nothing_healthy = replace(snapshot(), healthy=frozenset())
+    nothing_healthy = replace(snapshot(), usable=frozenset())
     patched = jsonpatch.apply_patch(body, mutate_pod(body, "shop", [nothing_healthy], {}))
     assert patched["spec"]["containers"][0]["image"] == f"{REGISTRY}/shop/web:1", "global: the image as written"
 

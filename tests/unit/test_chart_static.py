@@ -369,6 +369,7 @@ def test_probes_ports_env_and_args_follow_the_values() -> None:
             "operator.armEndpoint=https://management.chinacloudapi.cn",
             "operator.watchNamespaces={shop,billing}",
             "operator.verbose=true",
+            "operator.nodeImageCredentialFix=202701.15",
         )
     )
     assert {p["name"]: p["containerPort"] for p in custom["ports"]} == {"metrics": 9090, "health": 9091}
@@ -381,6 +382,7 @@ def test_probes_ports_env_and_args_follow_the_values() -> None:
         "--leader-election",
         "--lease-name=geopin",
         "--admission-mechanism=webhook",
+        "--node-image-credential-fix=202701.15",
         "--arm-endpoint=https://management.chinacloudapi.cn",
         "--namespace=shop",
         "--namespace=billing",
@@ -651,6 +653,7 @@ def test_the_readme_documents_every_value() -> None:
         "image.pullPolicy=Sometimes",
         "topologySpread.zoneWhenUnsatisfiable=Maybe",
         "azureWorkloadIdentity.clientId=not-a-guid",
+        "operator.nodeImageCredentialFix=2026-07",
         "priorityClass.value=1000000001",  # above the user-defined maximum
         "priorityClass.preemptionPolicy=Sometimes",
         "priorityClassName=Not_A_Name",

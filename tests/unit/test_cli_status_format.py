@@ -13,9 +13,11 @@ import httpx
 import pytest
 import yaml
 
+from geopin.cli import probe as cli_probe
 from geopin.cli import status as cli_status
 from geopin.cli.errors import CliError
 from geopin.cli.main import main
+from geopin.cli.output import render
 from geopin.io.probes import Outcome, ProbeResult, RegistryClient
 
 NOW = datetime(2026, 11, 28, 3, 15, 0, tzinfo=UTC)
@@ -97,7 +99,13 @@ def test_summary_document_has_every_documented_field() -> None:
     assert (summary["activeRegion"], summary["activeEndpoint"]) == ("westus", "contoso.westus.geo.azurecr.io")
     assert summary["healthy"] == "1/2"
     assert summary["workloads"] == {"total": 46, "pinned": 42, "awaitingReplication": 1, "skipped": 3, "invalid": 0}
-    assert set(summary["conditions"]) == {"Ready", "Degraded", "FailedOver", "ControlPlaneUnavailable"}
+    assert set(summary["conditions"]) == {
+        "Ready",
+        "Degraded",
+        "FailedOver",
+        "ControlPlaneUnavailable",
+        "NodeCredentials",
+    }
     assert summary["conditions"]["Ready"]["status"] == "True"
     assert summary["conditions"]["Degraded"]["reason"] == "ReplicaUnavailable"
     assert summary["conditions"]["ControlPlaneUnavailable"] is None
@@ -195,6 +203,7 @@ def test_status_table() -> None:
     assert conditions["Degraded"] == ["True", "ReplicaUnavailable"]
     assert conditions["FailedOver"] == ["True", "FailedOver"]
     assert conditions["ControlPlaneUnavailable"] == ["-", "-"]
+    assert conditions["NodeCredentials"] == ["-", "-"]
     eastus = next(line for line in lines if line.startswith("  eastus"))
     assert eastus.split()[:5] == ["eastus", "contoso.eastus.geo.azurecr.io", "Unhealthy", "4", "2026-11-28T03:09:40Z"]
     assert "(5m ago)" in eastus
@@ -215,7 +224,7 @@ def test_status_table_notes_a_stale_status() -> None:
 @pytest.mark.parametrize("output", ["json", "yaml"])
 def test_status_machine_output_round_trips(output: str) -> None:
     document = cli_status.status_document([POLICY])
-    text = cli_status.render(document, output)
+    text = render(document, output)
     parsed = json.loads(text) if output == "json" else yaml.safe_load(text)
     assert parsed == document
     assert parsed["ok"] is False
@@ -274,8 +283,8 @@ def test_status_problems_are_one_line_exit_1(monkeypatch: pytest.MonkeyPatch, tm
 
 
 def test_parse_endpoints() -> None:
-    assert cli_status.parse_endpoints([]) == {}
-    assert cli_status.parse_endpoints(["eastus=127.0.0.1:5000", "westus = reg.example.com"]) == {
+    assert cli_probe.parse_endpoints([]) == {}
+    assert cli_probe.parse_endpoints(["eastus=127.0.0.1:5000", "westus = reg.example.com"]) == {
         "eastus": "127.0.0.1:5000",
         "westus": "reg.example.com",
     }
@@ -296,25 +305,25 @@ def test_parse_endpoints() -> None:
 )
 def test_malformed_endpoint_is_a_usage_error(value: str) -> None:
     with pytest.raises(CliError) as raised:
-        cli_status.parse_endpoints([value])
+        cli_probe.parse_endpoints([value])
     assert raised.value.code == 2
 
 
 def test_duplicate_endpoint_is_a_usage_error() -> None:
     with pytest.raises(CliError, match="twice"):
-        cli_status.parse_endpoints(["eastus=a", "eastus=b"])
+        cli_probe.parse_endpoints(["eastus=a", "eastus=b"])
 
 
 def test_probe_targets() -> None:
-    assert cli_status.probe_targets("contoso.azurecr.io", ["eastus", "westus", "eastus"], {}, False) == [
+    assert cli_probe.probe_targets("contoso.azurecr.io", ["eastus", "westus", "eastus"], {}, False) == [
         ("eastus", "contoso.eastus.geo.azurecr.io"),
         ("westus", "contoso.westus.geo.azurecr.io"),
     ]
-    assert cli_status.probe_targets("contoso.azurecr.cn", ["chinaeast2"], {}, True) == [
+    assert cli_probe.probe_targets("contoso.azurecr.cn", ["chinaeast2"], {}, True) == [
         ("chinaeast2", "contoso.chinaeast2.geo.azurecr.cn"),
         ("global", "contoso.azurecr.cn"),
     ]
-    assert cli_status.probe_targets("reg.example.com:5000", ["a1"], {"a1": "10.0.0.1:5000"}, False) == [
+    assert cli_probe.probe_targets("reg.example.com:5000", ["a1"], {"a1": "10.0.0.1:5000"}, False) == [
         ("a1", "10.0.0.1:5000")
     ]
 
@@ -397,7 +406,7 @@ def test_unreadable_ca_is_a_problem_exit_1(tmp_path: Path) -> None:
 
 
 def row(region: str, endpoint: str, outcome: Outcome, status: int | None, seconds: float, message: str = "") -> Any:
-    return cli_status.ProbeRow(region, endpoint, ProbeResult(outcome, status, seconds, message))
+    return cli_probe.ProbeRow(region, endpoint, ProbeResult(outcome, status, seconds, message))
 
 
 def test_probe_table_and_document() -> None:
@@ -405,12 +414,12 @@ def test_probe_table_and_document() -> None:
         row("eastus", "contoso.eastus.geo.azurecr.io", Outcome.OK, 401, 0.0123, "registry answered 401"),
         row("centralus", "127.0.0.1:5002", Outcome.CONNECT, None, 0.0009, "connect: connection refused"),
     ]
-    lines = cli_status.format_probe_table(rows).splitlines()
+    lines = cli_probe.format_probe_table(rows).splitlines()
     assert lines[0].split() == ["REGION", "ENDPOINT", "OUTCOME", "STATUS", "LATENCY", "MESSAGE"]
     assert lines[1].split()[:5] == ["eastus", "contoso.eastus.geo.azurecr.io", "ok", "401", "12ms"]
     assert lines[2].split()[:5] == ["centralus", "127.0.0.1:5002", "connect", "-", "1ms"]
     assert lines[2].endswith("connect: connection refused")
-    document = cli_status.probe_document("contoso.azurecr.io", rows)
+    document = cli_probe.probe_document("contoso.azurecr.io", rows)
     assert document["ok"] is False
     assert document["probes"][1] == {
         "region": "centralus",
@@ -420,7 +429,7 @@ def test_probe_table_and_document() -> None:
         "latencyMilliseconds": 1,
         "message": "connect: connection refused",
     }
-    assert cli_status.probe_document("contoso.azurecr.io", rows[:1])["ok"] is True
+    assert cli_probe.probe_document("contoso.azurecr.io", rows[:1])["ok"] is True
 
 
 def mock_registry(request: httpx.Request) -> httpx.Response:
@@ -440,7 +449,7 @@ def mocked_client(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
         made.append((scheme, timeout))
         return RegistryClient(scheme=scheme, timeout_seconds=timeout, transport=httpx.MockTransport(mock_registry))
 
-    monkeypatch.setattr(cli_status, "make_client", make_client)
+    monkeypatch.setattr(cli_probe, "make_client", make_client)
     return made
 
 

@@ -6,6 +6,7 @@ Events reach the API server after a real failover is tested end to end (tests/e2
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from geopin.io.event_backlog import EventBacklog
@@ -19,8 +20,16 @@ class Clock:
         return self.now
 
 
-def backlog(busy: list[bool], clock: Clock, **kwargs: Any) -> EventBacklog:
-    return EventBacklog(kube=None, busy=lambda: busy[0], clock=clock, **kwargs)  # type: ignore[arg-type]
+def backlog(idle: asyncio.Event, clock: Clock, **kwargs: Any) -> EventBacklog:
+    return EventBacklog(kube=None, idle=idle, clock=clock, **kwargs)  # type: ignore[arg-type]
+
+
+def workers(busy: bool) -> asyncio.Event:
+    """The reconciler's idle flag: set while the workers have nothing to do."""
+    idle = asyncio.Event()
+    if not busy:
+        idle.set()
+    return idle
 
 
 def involved(name: str) -> dict[str, Any]:
@@ -28,7 +37,7 @@ def involved(name: str) -> dict[str, Any]:
 
 
 def test_idle_workers_let_events_out_in_order() -> None:
-    events = backlog([False], Clock())
+    events = backlog(workers(busy=False), Clock())
     events.add(involved("a"), "Normal", "Repinned", "pinned to westus")
     events.add(involved("b"), "Normal", "Repinned", "pinned to westus")
     first, second = events.take(), events.take()
@@ -39,12 +48,12 @@ def test_idle_workers_let_events_out_in_order() -> None:
 
 
 def test_busy_workers_hold_events_until_idle() -> None:
-    busy, clock = [True], Clock()
-    events = backlog(busy, clock, defer_seconds=30.0)
+    idle, clock = workers(busy=True), Clock()
+    events = backlog(idle, clock, defer_seconds=30.0)
     events.add(involved("a"), "Normal", "Repinned", "pinned to westus")
     clock.now += 29.0
     assert events.take() is None
-    busy[0] = False
+    idle.set()
     taken = events.take()
     assert taken is not None
     assert taken.reason == "Repinned"
@@ -52,7 +61,7 @@ def test_busy_workers_hold_events_until_idle() -> None:
 
 def test_a_long_busy_spell_does_not_starve_events() -> None:
     clock = Clock()
-    events = backlog([True], clock, defer_seconds=30.0)
+    events = backlog(workers(busy=True), clock, defer_seconds=30.0)
     events.add(involved("a"), "Normal", "Repinned", "pinned to westus")
     clock.now += 5.0
     events.add(involved("b"), "Normal", "Repinned", "pinned to westus")
@@ -64,8 +73,18 @@ def test_a_long_busy_spell_does_not_starve_events() -> None:
 
 
 def test_the_backlog_is_bounded_and_drops_the_oldest() -> None:
-    events = backlog([True], Clock(), limit=3)
+    events = backlog(workers(busy=True), Clock(), limit=3)
     for name in "abcde":
         events.add(involved(name), "Normal", "Repinned", "pinned")
     assert [e.involved["metadata"]["name"] for e in events.pending] == ["c", "d", "e"]
     assert events.dropped == 2
+
+
+def test_events_about_policies_go_out_while_workers_are_busy() -> None:
+    events = backlog(workers(busy=True), Clock(), defer_seconds=30.0)
+    events.add(involved("a"), "Normal", "Repinned", "pinned to westus")
+    events.add({"kind": "RegistryPolicy", "metadata": {"name": "p"}}, "Warning", "ReplicaUnhealthy", "x", urgent=True)
+    taken = events.take()
+    assert taken is not None
+    assert taken.reason == "ReplicaUnhealthy"
+    assert events.take() is None

@@ -180,15 +180,22 @@ def test_unknown_failures_below_threshold_then_success_is_healthy() -> None:
 
 
 def _expected_states(
-    events: Sequence[tuple[int, bool]], failure_threshold: int, success_threshold: int
+    events: Sequence[tuple[int, bool | None]], failure_threshold: int, success_threshold: int
 ) -> tuple[dict[str, ReplicaState], dict[str, int], dict[str, int]]:
-    """A reference model from the documented rules: (state, trailing failure run, trailing success run)."""
+    """A reference model from the documented rules: (state, trailing failure run, trailing success run).
+
+    ``up`` None is a 429 that is not a failure: it gives an Unknown replica its first verdict and
+    otherwise counts neither way (reported, not counted).
+    """
     state = dict.fromkeys(REGIONS, UNKNOWN)
     fails = dict.fromkeys(REGIONS, 0)
     oks = dict.fromkeys(REGIONS, 0)
     for index, up in events:
         region = REGIONS[index]
-        if up:
+        if up is None:
+            if state[region] is UNKNOWN:
+                state[region] = HEALTHY
+        elif up:
             oks[region], fails[region] = oks[region] + 1, 0
             if state[region] is UNKNOWN or (state[region] is UNHEALTHY and oks[region] >= success_threshold):
                 state[region] = HEALTHY
@@ -218,7 +225,9 @@ def test_interleaved_results_follow_the_documented_thresholds(
     )
     for now, (index, outcome) in enumerate(events):
         t.observe(REGIONS[index], outcome, float(now))
-    ups = [(i, o == OK or (o == THROTTLED and not throttling_is_failure)) for i, o in events]
+    ups: list[tuple[int, bool | None]] = [
+        (i, None if o == THROTTLED and not throttling_is_failure else o == OK) for i, o in events
+    ]
     state, fails, oks = _expected_states(ups, failure_threshold, success_threshold)
     for region in REGIONS:
         health = t.replicas[region]
@@ -259,18 +268,34 @@ def test_throttling_is_not_a_failure_by_default(failure_threshold: int) -> None:
     assert health.state is HEALTHY
     assert health.consecutive_failures == 0
     assert health.last_outcome == THROTTLED  # reported, though
-    assert HOME in t.eligible(1.0)
+    assert HOME in t.usable(1.0)
 
 
-def test_throttling_counts_as_up_by_default() -> None:
+def test_throttling_is_reported_not_counted_by_default() -> None:
     t = tracker(failure_threshold=3, success_threshold=2)
+    # A first 429 is a verdict: the replica answers.
     assert t.observe(HOME, THROTTLED, 0.0) == Transition(HOME, UNKNOWN, HEALTHY, THROTTLED)
     feed(t, HOME, FAIL, 2, 1.0)
-    t.observe(HOME, THROTTLED, 1.0)  # interrupts the run of failures
-    feed(t, HOME, FAIL, 2, 1.0)
-    assert t.replicas[HOME].state is HEALTHY
-    make_unhealthy(t, HOME, 2.0)
-    assert feed(t, HOME, THROTTLED, 2, 3.0) == [Transition(HOME, UNHEALTHY, HEALTHY, THROTTLED)]
+    t.observe(HOME, THROTTLED, 1.0)  # does not interrupt the run of failures ...
+    assert t.replicas[HOME].consecutive_failures == 2
+    assert t.observe(HOME, FAIL, 1.0) == Transition(HOME, HEALTHY, UNHEALTHY, FAIL)
+    assert feed(t, HOME, THROTTLED, 5, 3.0) == []  # ... nor counts towards a recovery
+    assert t.replicas[HOME].state is UNHEALTHY
+    assert feed(t, HOME, OK, 2, 4.0) == [Transition(HOME, UNHEALTHY, HEALTHY, OK)]
+
+
+@pytest.mark.parametrize("start", ["unknown", "healthy"])
+def test_connection_failures_alternating_with_429s_make_a_replica_unhealthy(start: str) -> None:
+    t = tracker(failure_threshold=3)
+    if start == "healthy":
+        t.observe(HOME, OK, 0.0)
+    transitions: list[Transition] = []
+    for now in range(3):
+        transitions += feed(t, HOME, str(Outcome.CONNECT), 1, float(now))
+        transitions += feed(t, HOME, THROTTLED, 1, float(now))
+    assert t.replicas[HOME].state is UNHEALTHY
+    assert transitions[-1].current is UNHEALTHY
+    assert HOME not in t.usable(10.0)
 
 
 @pytest.mark.parametrize("failure_threshold", [1, 3])
@@ -282,7 +307,7 @@ def test_throttling_is_a_failure_when_configured(failure_threshold: int) -> None
     assert t.replicas[HOME].state is HEALTHY
     assert t.replicas[HOME].consecutive_failures == failure_threshold - 1
     assert t.observe(HOME, THROTTLED, 2.0) == Transition(HOME, HEALTHY, UNHEALTHY, THROTTLED)
-    assert HOME not in t.eligible(2.0)
+    assert HOME not in t.usable(2.0)
 
 
 def test_throttling_as_failure_keeps_an_unknown_replica_from_being_trusted() -> None:
@@ -311,37 +336,37 @@ def test_other_outcomes_are_failures_whatever_the_throttling_setting(throttling_
     success_threshold=thresholds,
     recovered_at=st.floats(min_value=0, max_value=1e6, allow_nan=False),
 )
-def test_a_recovered_replica_is_eligible_only_after_the_failback_delay(
+def test_a_recovered_replica_is_usable_only_after_the_failback_delay(
     delay: int, success_threshold: int, recovered_at: float
 ) -> None:
     t = tracker(failback_delay_seconds=delay, success_threshold=success_threshold)
     make_healthy_at_startup(t, recovered_at)
     make_unhealthy(t, HOME, recovered_at)
-    assert HOME not in t.eligible(recovered_at)
+    assert HOME not in t.usable(recovered_at)
     feed(t, HOME, OK, success_threshold, recovered_at)
     assert t.replicas[HOME].state is HEALTHY
     assert t.replicas[HOME].reported_state is HEALTHY
-    assert HOME not in t.eligible(recovered_at)
-    assert HOME not in t.eligible(recovered_at + delay * 0.999)
-    assert HOME in t.eligible(recovered_at + delay)
-    assert HOME in t.eligible(recovered_at + delay + 1)
+    assert HOME not in t.usable(recovered_at)
+    assert HOME not in t.usable(recovered_at + delay * 0.999)
+    assert HOME in t.usable(recovered_at + delay)
+    assert HOME in t.usable(recovered_at + delay + 1)
     # The others were never affected.
-    assert {"westus", "centralus"} <= t.eligible(recovered_at)
+    assert {"westus", "centralus"} <= t.usable(recovered_at)
 
 
 def test_zero_failback_delay_is_immediate() -> None:
     t = tracker(failback_delay_seconds=0)
     make_healthy_at_startup(t)
     make_recovered(t, HOME, 10.0)
-    assert HOME in t.eligible(10.0)
+    assert HOME in t.usable(10.0)
 
 
 @pytest.mark.parametrize("now", [0.0, 5.0, 12345.5])
-def test_at_startup_a_healthy_replica_is_eligible_at_once(now: float) -> None:
+def test_at_startup_a_healthy_replica_is_usable_at_once(now: float) -> None:
     t = tracker(failback_delay_seconds=300)
-    assert t.eligible(now) == frozenset()
+    assert t.usable(now) == frozenset()
     t.observe(HOME, OK, now)
-    assert t.eligible(now) == {HOME}
+    assert t.usable(now) == {HOME}
 
 
 def test_a_new_failure_during_the_delay_restarts_it_only_once_unhealthy() -> None:
@@ -351,56 +376,70 @@ def test_a_new_failure_during_the_delay_restarts_it_only_once_unhealthy() -> Non
     # One failure (suspect, still Healthy) does not move the eligibility time ...
     t.observe(HOME, FAIL, 50.0)
     t.observe(HOME, OK, 51.0)
-    assert HOME not in t.eligible(109.0)
-    assert HOME in t.eligible(110.0)
+    assert HOME not in t.usable(109.0)
+    assert HOME in t.usable(110.0)
     # ... going Unhealthy again and recovering restarts the delay from the new recovery.
     make_recovered(t, HOME, 120.0)
-    assert HOME not in t.eligible(219.0)
-    assert HOME in t.eligible(220.0)
+    assert HOME not in t.usable(219.0)
+    assert HOME in t.usable(220.0)
 
 
 def test_exclusion_removes_a_replica_at_once_and_unexclusion_waits_the_delay() -> None:
     t = tracker(failback_delay_seconds=300)
     make_healthy_at_startup(t)
-    assert HOME in t.eligible(10.0)
+    assert HOME in t.usable(10.0)
     transition = t.set_excluded(HOME, True, 10.0)
     assert transition == Transition(HOME, HEALTHY, EXCLUDED, "excluded from global routing in ARM")
     health = t.replicas[HOME]
     assert health.state is HEALTHY  # probes still judge it
     assert health.reported_state is EXCLUDED
-    assert HOME not in t.eligible(10.0)
-    assert t.healthy_count() == 2
+    assert HOME not in t.usable(10.0)
+    assert [r for r, h in t.replicas.items() if h.reported_state is HEALTHY] == ["westus", "centralus"]
     # Exclusion is not lifted by healthy probes.
     feed(t, HOME, OK, 5, 20.0)
-    assert HOME not in t.eligible(1000.0)
+    assert HOME not in t.usable(1000.0)
     assert t.set_excluded(HOME, False, 1000.0) == Transition(HOME, EXCLUDED, HEALTHY, "")
     assert health.reported_state is HEALTHY
-    assert HOME not in t.eligible(1000.0)
-    assert HOME not in t.eligible(1299.0)
-    assert HOME in t.eligible(1300.0)
-    assert t.healthy_count() == 3
+    assert HOME not in t.usable(1000.0)
+    assert HOME not in t.usable(1299.0)
+    assert HOME in t.usable(1300.0)
+    assert all(h.reported_state is HEALTHY for h in t.replicas.values())
 
 
 def test_unexclusion_never_shortens_a_pending_failback_delay() -> None:
     t = tracker(failback_delay_seconds=300)
     make_healthy_at_startup(t)
-    make_recovered(t, HOME, 100.0)  # eligible from 400
+    make_recovered(t, HOME, 100.0)  # usable from 400
     t.set_excluded(HOME, True, 150.0)
     t.set_excluded(HOME, False, 160.0)
-    assert HOME not in t.eligible(400.0)
-    assert HOME not in t.eligible(459.0)
-    assert HOME in t.eligible(460.0)
+    assert HOME not in t.usable(400.0)
+    assert HOME not in t.usable(459.0)
+    assert HOME in t.usable(460.0)
 
 
 def test_set_excluded_is_idempotent() -> None:
     t = tracker(failback_delay_seconds=300)
     make_healthy_at_startup(t)
     assert t.set_excluded(HOME, False, 50.0) is None  # not excluded: nothing changes, no delay
-    assert HOME in t.eligible(50.0)
+    assert HOME in t.usable(50.0)
     assert t.set_excluded(HOME, True, 60.0) is not None
     assert t.set_excluded(HOME, True, 70.0) is None
     assert t.replicas[HOME].last_transition_time == 60.0
     assert t.set_excluded("northeurope", True, 70.0) is None
+
+
+@pytest.mark.parametrize("outcome", [FAIL, OK])
+def test_probing_an_excluded_replica_reports_no_transition(outcome: str) -> None:
+    """Its reported state stays Excluded: failing or recovering underneath posts no Event."""
+    t = tracker(failure_threshold=1, success_threshold=1)
+    make_healthy_at_startup(t)
+    if outcome == OK:
+        t.observe(HOME, FAIL, 0.5)
+    t.set_excluded(HOME, True, 1.0)
+    assert feed(t, HOME, outcome, 3, 2.0) == []
+    assert t.replicas[HOME].reported_state is EXCLUDED
+    assert t.replicas[HOME].state is (UNHEALTHY if outcome == FAIL else HEALTHY)
+    assert t.replicas[HOME].last_transition_time == 1.0  # the exclusion, still what the status shows
 
 
 def test_an_excluded_replica_that_fails_is_unhealthy_underneath() -> None:
@@ -410,20 +449,20 @@ def test_an_excluded_replica_that_fails_is_unhealthy_underneath() -> None:
     t.observe(HOME, FAIL, 1.0)
     assert t.replicas[HOME].state is UNHEALTHY
     assert t.set_excluded(HOME, False, 2.0) == Transition(HOME, EXCLUDED, UNHEALTHY, "")
-    assert HOME not in t.eligible(1000.0)
+    assert HOME not in t.usable(1000.0)
     t.observe(HOME, OK, 1000.0)
     t.observe(HOME, OK, 1000.0)
-    assert HOME not in t.eligible(1299.0)
-    assert HOME in t.eligible(1300.0)
+    assert HOME not in t.usable(1299.0)
+    assert HOME in t.usable(1300.0)
 
 
 def test_unexclusion_delay_survives_the_first_success_of_an_unknown_replica() -> None:
     t = tracker(failback_delay_seconds=300)
     t.set_excluded(HOME, True, 0.0)
     t.observe(HOME, FAIL, 1.0)  # not yet a verdict (failureThreshold 3)
-    t.set_excluded(HOME, False, 2.0)  # back in global routing: eligible from 302 at the earliest
+    t.set_excluded(HOME, False, 2.0)  # back in global routing: usable from 302 at the earliest
     t.observe(HOME, OK, 3.0)
-    assert HOME not in t.eligible(3.0)
+    assert HOME not in t.usable(3.0)
 
 
 # -- 4. decided -------------------------------------------------------------------------------------------
@@ -466,7 +505,7 @@ def test_a_new_replica_makes_the_tracker_undecided_again() -> None:
 def test_no_replicas_is_decided() -> None:
     t = tracker([])
     assert t.decided
-    assert t.eligible(0.0) == frozenset()
+    assert t.usable(0.0) == frozenset()
 
 
 # -- 5. next_probe_in --------------------------------------------------------------------------------------
@@ -565,19 +604,19 @@ def test_the_chosen_target_is_always_a_healthy_replica_or_global(
             t.set_excluded(region, outcome == "exclude", now)
         else:
             t.observe(region, outcome, now)
-        eligible = t.eligible(now)
-        chosen = choose(p, cluster_region, eligible)
+        usable = t.usable(now)
+        chosen = choose(p, cluster_region, usable)
         assert chosen.endpoint == p.endpoints[chosen.region]
         if chosen.is_global:
-            assert not eligible
+            assert not usable
             continue
         health = t.replicas[chosen.region]
         assert health.state is HEALTHY
         assert not health.excluded
         assert health.reported_state is HEALTHY
-        assert health.eligible_at <= now
-        # The most preferred eligible replica.
-        assert chosen.region == next(r for r in preference_order(p, cluster_region) if r in eligible)
+        assert health.usable_at <= now
+        # The most preferred usable replica.
+        assert chosen.region == next(r for r in preference_order(p, cluster_region) if r in usable)
 
 
 # -- 7. a flapping home replica does not drag workloads back and forth ----------------------------------------
@@ -613,13 +652,13 @@ def test_a_flapping_home_replica_attracts_workloads_at_most_once_per_failback_wi
         p.replicas,
     )
     now = 0.0
-    target = choose(p, HOME, t.eligible(now))
+    target = choose(p, HOME, t.usable(now))
     assert target.is_global  # nothing probed yet
     changes: list[tuple[float, Target]] = []
 
     def step() -> None:
         nonlocal target
-        chosen = choose(p, HOME, t.eligible(now))
+        chosen = choose(p, HOME, t.usable(now))
         if chosen != target:
             changes.append((now, chosen))
             target = chosen
@@ -654,14 +693,14 @@ def test_a_flapping_home_replica_moves_back_only_after_the_delay() -> None:
     p = geo_policy()
     t = HealthTracker(ProbeSettings(failure_threshold=2, success_threshold=2, failback_delay_seconds=60), p.replicas)
     make_healthy_at_startup(t)
-    assert choose(p, HOME, t.eligible(0.0)).region == HOME
+    assert choose(p, HOME, t.usable(0.0)).region == HOME
     feed(t, HOME, FAIL, 2, 10.0)
-    assert choose(p, HOME, t.eligible(10.0)).region == "westus"
+    assert choose(p, HOME, t.usable(10.0)).region == "westus"
     feed(t, HOME, OK, 2, 20.0)  # recovered at 20
     feed(t, HOME, FAIL, 1, 30.0)
     feed(t, HOME, OK, 1, 35.0)
-    assert choose(p, HOME, t.eligible(79.0)).region == "westus"
-    assert choose(p, HOME, t.eligible(80.0)).region == HOME
+    assert choose(p, HOME, t.usable(79.0)).region == "westus"
+    assert choose(p, HOME, t.usable(80.0)).region == HOME
 
 
 # -- 8. update_replicas -------------------------------------------------------------------------------------
@@ -681,8 +720,8 @@ def test_update_replicas_keeps_state_for_known_regions() -> None:
         assert repr(t.replicas[region]) == snapshot[region]
     assert t.replicas[HOME].consecutive_failures == 1
     assert t.replicas["centralus"].reported_state is EXCLUDED
-    assert t.eligible(50.0) == {HOME}
-    assert t.eligible(110.0) == {HOME, "westus"}
+    assert t.usable(50.0) == {HOME}
+    assert t.usable(110.0) == {HOME, "westus"}
 
 
 def test_update_replicas_resets_a_region_whose_endpoint_changed() -> None:
@@ -699,7 +738,7 @@ def test_update_replicas_resets_a_region_whose_endpoint_changed() -> None:
     assert health.last_probe_time is None
     assert t.replicas["eastus"].state is HEALTHY
     assert not t.decided
-    assert t.eligible(2.0) == {"eastus"}
+    assert t.usable(2.0) == {"eastus"}
 
 
 def test_update_replicas_drops_removed_regions() -> None:
@@ -709,7 +748,7 @@ def test_update_replicas_drops_removed_regions() -> None:
     t.update_replicas(replicas(["eastus", "westus"]))
     assert set(t.replicas) == {"eastus", "westus"}
     assert t.observe("centralus", OK, 2.0) is None
-    assert "centralus" not in t.eligible(2.0)
+    assert "centralus" not in t.usable(2.0)
     assert t.decided
     # Listed again later: a fresh, Unknown replica.
     t.update_replicas(replicas(REGIONS))
@@ -766,14 +805,14 @@ class Registry:
 
 def snap(
     availability: Availability | None = None,
-    healthy: frozenset[str] = frozenset(REGIONS),
+    usable: frozenset[str] = frozenset(REGIONS),
     digest_of: Callable[[str], str | None] | None = None,
     **extra: Any,
 ) -> PolicySnapshot:
     return PolicySnapshot(
         policy=geo_policy(**extra),
         cluster_region=HOME,
-        healthy=healthy,
+        usable=usable,
         availability=availability,
         digest_of=digest_of,
     )
@@ -798,7 +837,7 @@ def test_decide_takes_the_next_region_with_every_image() -> None:
 
 def test_decide_skips_unhealthy_regions_without_looking_them_up() -> None:
     registry = Registry({(WEB, "eastus"): False})
-    choice = decide(snap(registry, healthy=frozenset({"eastus", "centralus"})), workload({"web": WEB}), None)
+    choice = decide(snap(registry, usable=frozenset({"eastus", "centralus"})), workload({"web": WEB}), None)
     assert choice.target == Target("centralus", endpoint("centralus"))
     assert choice.awaiting == "eastus"
     assert all(region != "westus" for _, region in registry.calls)
@@ -847,7 +886,7 @@ def test_decide_current_pin_with_unknown_availability_still_accepted() -> None:
 def test_decide_an_unhealthy_current_pin_is_not_kept() -> None:
     registry = Registry()
     view = workload({"web": WEB}, {ANNOTATION_PINNED_REGION: "eastus"})
-    choice = decide(snap(registry, healthy=frozenset({"westus"})), view, None)
+    choice = decide(snap(registry, usable=frozenset({"westus"})), view, None)
     assert choice.target == Target("westus", endpoint("westus"))
 
 
@@ -872,16 +911,16 @@ _availability = st.sampled_from([True, True, False, None])
 @settings(max_examples=200, deadline=None)
 @given(
     table=st.fixed_dictionaries({(i, r): _availability for i in (WEB, API) for r in REGIONS}),
-    healthy=st.frozensets(st.sampled_from(REGIONS)),
+    usable=st.frozensets(st.sampled_from(REGIONS)),
     current=st.sampled_from([None, *REGIONS, "global"]),
 )
 def test_decide_replication_invariants(
-    table: dict[tuple[str, str], bool | None], healthy: frozenset[str], current: str | None
+    table: dict[tuple[str, str], bool | None], usable: frozenset[str], current: str | None
 ) -> None:
     registry = Registry(table)
     view = workload({"web": WEB, "api": API}, {ANNOTATION_PINNED_REGION: current} if current else None)
-    choice = decide(snap(registry, healthy=healthy), view, None)
-    order = [r for r in preference_order(geo_policy(), HOME) if r in healthy]
+    choice = decide(snap(registry, usable=usable), view, None)
+    order = [r for r in preference_order(geo_policy(), HOME) if r in usable]
     images = (WEB, API)
 
     def present(region: str) -> bool:
@@ -895,7 +934,7 @@ def test_decide_replication_invariants(
         regions = {region for _, region in choice.unknown}
         assert len(regions) == 1
         (region,) = regions
-        assert region in healthy
+        assert region in usable
         assert region != current
         assert set(choice.unknown) == {(i, region) for i in images if table[(i, region)] is None}
         before = order[: order.index(region)]
@@ -906,7 +945,7 @@ def test_decide_replication_invariants(
     assert all(missing(r) and r != current for r in skipped)
     assert choice.awaiting == (skipped[0] if skipped else None)
     if not choice.target.is_global:
-        assert choice.target.region in healthy
+        assert choice.target.region in usable
         assert choice.target.region == current or present(choice.target.region)
 
 
@@ -951,7 +990,7 @@ def test_decide_digest_pinning_is_not_applied_on_global() -> None:
         return None
 
     choice = decide(
-        snap(Registry(), healthy=frozenset(), digest_of=digest_of, digestPinning=True), workload({"web": WEB}), None
+        snap(Registry(), usable=frozenset(), digest_of=digest_of, digestPinning=True), workload({"web": WEB}), None
     )
     assert choice == Choice(Target("global", "contoso.azurecr.io"))
     assert looked_up == []
@@ -959,6 +998,9 @@ def test_decide_digest_pinning_is_not_applied_on_global() -> None:
 
 def test_stay_fallback_keeps_the_current_pin_in_decide() -> None:
     view = workload({"web": WEB}, {ANNOTATION_PINNED_REGION: "westus"})
-    choice = decide(snap(Registry(), healthy=frozenset(), fallback="Stay"), view, None)
+    choice = decide(snap(Registry(), usable=frozenset(), fallback="Stay"), view, None)
     assert geo_policy("Stay").fallback is Fallback.STAY
     assert choice.target == Target("westus", endpoint("westus"))
+
+
+# -- failback delay across a restart or a change of leader ----------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import itertools
 import json
 import ssl
@@ -29,7 +30,6 @@ from geopin.io.probes import (
     RegistryClient,
     classify_exception,
     classify_status,
-    credentials_from_dockerconfig,
     parse_challenge,
 )
 
@@ -51,9 +51,34 @@ class Clock:
         return self.now
 
 
+CANARY_CONFIG = b'{"architecture":"amd64","os":"linux","config":{}}'
+CONFIG_DIGEST = "sha256:" + hashlib.sha256(CANARY_CONFIG).hexdigest()
+CANARY_MANIFEST = {
+    "schemaVersion": 2,
+    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": CONFIG_DIGEST, "size": 47},
+    "layers": [],
+}
+
+
+def with_canary_content(request: httpx.Request, response: httpx.Response) -> httpx.Response:
+    """An empty 200 to a manifest or blob GET gets the canary's manifest or config as its body."""
+    if request.method != "GET" or response.status_code != 200 or response.content:
+        return response
+    if "/manifests/" in request.url.path:
+        return httpx.Response(200, headers=response.headers, json=CANARY_MANIFEST)
+    if "/blobs/" in request.url.path:
+        return httpx.Response(200, headers=response.headers, content=CANARY_CONFIG)
+    return response
+
+
 @dataclass
 class Recorder:
-    """A MockTransport handler that records requests and answers from a routing function."""
+    """A MockTransport handler that records requests and answers from a routing function.
+
+    Authorised manifest and blob GETs answered with an empty 200 carry the canary's content, so a
+    routing function only decides about auth and status.
+    """
 
     route: Callable[[httpx.Request], httpx.Response]
     requests: list[httpx.Request] = field(default_factory=list)
@@ -61,7 +86,9 @@ class Recorder:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         request.read()
         self.requests.append(request)
-        return self.route(request)
+        response = self.route(request)
+        response.read()
+        return with_canary_content(request, response)
 
     def paths(self) -> list[str]:
         return [f"{r.method} {r.url.path}" for r in self.requests]
@@ -133,6 +160,7 @@ def test_outcome_values_are_the_metric_reason_labels() -> None:
         "tls",
         "http_5xx",
         "throttled",
+        "data_endpoint",
         "unauthorized",
         "not_found",
     }
@@ -157,7 +185,7 @@ def _wrapped(outer: Exception, inner: BaseException) -> Exception:
         (TimeoutError(), Outcome.TIMEOUT, "timeout"),
         (_wrapped(httpx.ConnectError("x"), ConnectionRefusedError(111, "x")), Outcome.CONNECT, "refused"),
         (_wrapped(httpx.ReadError("x"), ConnectionResetError(104, "x")), Outcome.CONNECT, "reset"),
-        (httpx.RemoteProtocolError("Server disconnected"), Outcome.CONNECT, "disconnected"),
+        (httpx.RemoteProtocolError("Server disconnected"), Outcome.CONNECT, "broke off the HTTP exchange"),
         (
             _wrapped(httpx.ConnectError("x"), ssl.SSLCertVerificationError(1, "certificate verify failed")),
             Outcome.TLS,
@@ -232,7 +260,14 @@ def test_canary_outcomes(status: int, outcome: Outcome) -> None:
     result = probe(recorder, "platform/canary:1", scheme="http")
     assert result.outcome is outcome
     assert result.status == status
-    (request,) = recorder.requests
+    request = recorder.requests[0]
+    # Only an answering manifest leads on to the config blob (the deep probe's second step).
+    assert recorder.paths()[1:] == (
+        # the manifest by the digest its HEAD named: the same content even if the tag moves meanwhile
+        ["GET /v2/platform/canary/manifests/sha256:" + "a" * 64, f"GET /v2/platform/canary/blobs/{CONFIG_DIGEST}"]
+        if status == 200
+        else []
+    )
     assert request.method == "HEAD"
     assert str(request.url) == f"http://{EP}/v2/platform/canary/manifests/1"
     accept = request.headers["Accept"]
@@ -327,13 +362,18 @@ def test_bearer_flow_anonymous_and_cached() -> None:
 
     results = run(go())
     assert [r.outcome for r in results] == [Outcome.OK] * 3
+    blob = f"GET /v2/platform/canary/blobs/{CONFIG_DIGEST}"
     assert recorder.paths() == [
         "HEAD /v2/platform/canary/manifests/1",
         "GET /token",
         "HEAD /v2/platform/canary/manifests/1",
+        "GET /v2/platform/canary/manifests/sha256:" + "c" * 64,  # read once per digest for the config's
+        blob,
         "HEAD /v2/platform/canary/manifests/1",  # cached token
+        blob,  # cached config digest
         "GET /token",  # expired: fetched before the request, no extra 401 round trip
         "HEAD /v2/platform/canary/manifests/1",
+        blob,
     ]
     token_request = recorder.requests[1]
     assert token_request.url.params["service"] == EP
@@ -410,7 +450,8 @@ def test_basic_challenge_with_and_without_credentials() -> None:
             return [await client.probe(EP, "platform/canary:1") for _ in range(2)]
 
     assert [r.outcome for r in run(go())] == [Outcome.OK, Outcome.OK]
-    assert len(recorder.requests) == 3  # the challenge is remembered: the second probe sends basic at once
+    # The challenge is remembered: after the first refusal every request sends basic at once.
+    assert [r.headers.get("Authorization") for r in recorder.requests] == [None] + [good] * (len(recorder.requests) - 1)
     wrong = probe(Recorder(route), "platform/canary:1", credentials=BasicCredentials("u", "nope-wrong"))
     assert wrong.outcome is Outcome.UNAUTHORIZED
     assert "nope-wrong" not in repr(wrong)
@@ -607,47 +648,3 @@ def test_secrets_stay_out_of_reprs() -> None:
     client = RegistryClient(credentials=credentials)
     assert PASSWORD not in repr(client)
     run(client.aclose())
-
-
-def dockerconfig(auths: dict[str, Any]) -> dict[str, str]:
-    return {".dockerconfigjson": base64.b64encode(json.dumps({"auths": auths}).encode()).decode()}
-
-
-def b64(text: str) -> str:
-    return base64.b64encode(text.encode()).decode()
-
-
-def test_credentials_from_dockerconfig() -> None:
-    data = dockerconfig(
-        {
-            "contoso.azurecr.io": {"auth": b64(f"global:{PASSWORD}")},
-            "https://contoso.eastus.geo.azurecr.io/v1/": {"auth": b64("east:pa:ss:word")},
-            "Contoso.WestUS.geo.azurecr.io": {"username": "west", "password": "pw"},
-            "127.0.0.1:5000": {"auth": b64("local:pw")},
-            "empty.example": {},
-        }
-    )
-    assert credentials_from_dockerconfig(data, "contoso.azurecr.io") == BasicCredentials("global", PASSWORD)
-    assert credentials_from_dockerconfig(data, EP) == BasicCredentials("east", "pa:ss:word")
-    assert credentials_from_dockerconfig(data, "contoso.westus.geo.azurecr.io") == BasicCredentials("west", "pw")
-    assert credentials_from_dockerconfig(data, "127.0.0.1:5000") == BasicCredentials("local", "pw")
-    assert credentials_from_dockerconfig(data, "127.0.0.1:5001") is None  # same host, other port
-    assert credentials_from_dockerconfig(data, "contoso.centralus.geo.azurecr.io") is None  # no glob matching
-    assert credentials_from_dockerconfig(data, "evil.contoso.azurecr.io") is None
-    assert credentials_from_dockerconfig(data, "empty.example") is None
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        {},
-        {".dockerconfigjson": "%%%not base64%%%"},
-        {".dockerconfigjson": b64("not json")},
-        {".dockerconfigjson": b64(json.dumps({"credsStore": "x"}))},
-        dockerconfig({"h.example": {"auth": b64(f"no-colon-{PASSWORD}")}}),
-    ],
-)
-def test_credentials_from_a_malformed_dockerconfig(data: dict[str, str]) -> None:
-    with pytest.raises(ValueError, match=r"dockerconfigjson|auth") as caught:
-        credentials_from_dockerconfig(data, "h.example")
-    assert PASSWORD not in str(caught.value)

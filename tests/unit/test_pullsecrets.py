@@ -11,6 +11,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from geopin.core.keyring import _glob_match, covers, credentials_for, key_matches, missing_hosts
 from geopin.core.pullsecrets import (
     DOCKERCFG_KEY,
     DOCKERCONFIGJSON_KEY,
@@ -18,10 +19,6 @@ from geopin.core.pullsecrets import (
     SECRET_TYPE_DOCKERCONFIGJSON,
     DockerAuth,
     MalformedPullSecret,
-    _glob_match,
-    covers,
-    key_matches,
-    missing_hosts,
     parse_dockerconfig,
     sibling_dockerconfig,
 )
@@ -58,6 +55,28 @@ def assert_no_secret(err: BaseException, *secrets: str) -> None:
             assert secret not in text
     assert err.__cause__ is None
     assert err.__context__ is None
+
+
+# --------------------------------------------------------------------------- the registry's own credentials
+
+
+def test_credentials_for_the_registry_follow_the_kubelet() -> None:
+    """The probes' credentials: what the kubelet would use for the global host, from the same parser."""
+    secret = parse_dockerconfig(
+        dockerconfigjson(
+            {
+                "https://contoso.azurecr.io/v1/": {"auth": auth_field("global")},
+                "*.*.geo.azurecr.io": {"username": "regional", "password": "pw"},
+                "127.0.0.1:5000": {"auth": auth_field("local", "pa:ss")},
+            }
+        )
+    )
+    assert credentials_for(GLOBAL, [secret]) == DockerAuth("global", PASSWORD)
+    assert credentials_for(EASTUS, [secret]) == DockerAuth("regional", "pw")
+    assert credentials_for("127.0.0.1:5000", [secret]) == DockerAuth("local", "pa:ss")
+    assert credentials_for("127.0.0.1:5001", [secret]) is None  # same host, other port
+    assert credentials_for("evil.contoso.azurecr.io", [secret]) is None
+    assert credentials_for(GLOBAL, [{}, secret]) == DockerAuth("global", PASSWORD)  # the first secret that has one
 
 
 # --------------------------------------------------------------------------- the issue's case

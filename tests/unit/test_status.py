@@ -28,7 +28,7 @@ def snapshot(policy: Policy = CONTOSO) -> PolicySnapshot:
     return PolicySnapshot(
         policy=policy,
         cluster_region="eastus",
-        healthy=frozenset({"eastus", "westus"}),
+        usable=frozenset({"eastus", "westus"}),
         excluded_namespaces=DEFAULT_EXCLUDED_NAMESPACES | {"geopin-system"},
     )
 

@@ -14,11 +14,11 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
-import yaml
-
 from geopin import __version__
+from geopin.cli import manifests
 from geopin.cli.errors import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, CliError
 from geopin.core.config import RunConfig
+from geopin.core.nodes import DEFAULT_CREDENTIAL_FIX, parse_threshold
 from geopin.core.policy import InvalidPolicy, Policy, from_spec
 
 
@@ -35,6 +35,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_run(commands)
+    _add_plan(commands)
+    _add_probe(commands)
+    _add_status(commands)
+    commands.add_parser(
+        "version",
+        help="print the version",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  geopin version              # prints: geopin <version>\n",
+    )
+    return parser
+
+
+def _add_run(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         help="run the operator",
@@ -73,9 +87,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--lease-name", default="geopin", help="name of the leader-election Lease (default geopin)")
     run.add_argument("--arm-endpoint", help="Azure Resource Manager URL (default: the registry's cloud)")
+    run.add_argument(
+        "--node-image-credential-fix",
+        type=_node_image_release,
+        default=DEFAULT_CREDENTIAL_FIX,
+        metavar="RELEASE",
+        help="the first AKS node image (YYYYMM.DD) whose kubelet credential provider covers *.*.geo.azurecr.io; "
+        f"older nodes are at risk for credentials.nodeImageCheck (default {DEFAULT_CREDENTIAL_FIX})",
+    )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true")
 
+
+def _add_plan(commands: Any) -> None:
     plan = commands.add_parser(
         "plan",
         help="print manifests rewritten as the operator would (offline)",
@@ -99,15 +123,13 @@ def _parser() -> argparse.ArgumentParser:
         "files", nargs="*", help="manifest files or directories (their *.yaml, *.yml); '-' or none for stdin"
     )
 
-    _add_probe(commands)
-    _add_status(commands)
-    commands.add_parser(
-        "version",
-        help="print the version",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  geopin version              # prints: geopin <version>\n",
-    )
-    return parser
+
+def _node_image_release(value: str) -> str:
+    try:
+        parse_threshold(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value.strip()
 
 
 def _positive_seconds(value: str) -> float:
@@ -120,21 +142,16 @@ def _positive_seconds(value: str) -> float:
     return seconds
 
 
-def _add_probe(commands: Any) -> None:
-    probe = commands.add_parser(
-        "probe",
-        help="probe a registry's regional endpoints once and print their health",
-        description="Probe each region's endpoint of REGISTRY once, concurrently, as the operator does "
-        "(GET /v2/, or a manifest HEAD of --canary), and print the outcome of each.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=textwrap.dedent(
-            """
+PROBE_EPILOG = textwrap.dedent(
+    """
             Each region's endpoint is <name>.<region>.geo.azurecr.io (same cloud suffix as REGISTRY) unless
             --endpoint REGION=HOST[:PORT] names it; a registry that is not an Azure Container Registry needs
             an --endpoint for every --region. --global probes REGISTRY itself too (region "global").
 
-            outcomes: ok, timeout, connect, tls, http_5xx, throttled, unauthorized, not_found
-            (a 401 with a WWW-Authenticate challenge is ok: the registry is up and asks for credentials).
+            outcomes: ok, timeout, connect, tls, http_5xx, throttled, unauthorized, not_found, data_endpoint
+            (a 401 with a WWW-Authenticate challenge is ok: the registry is up and asks for credentials;
+            data_endpoint: with --canary, the blob download failed at the host the registry redirected
+            it to, e.g. <name>.<region>.data.azurecr.io, while the registry itself answered).
 
             -o json|yaml prints one object:
               registry: REGISTRY
@@ -154,7 +171,18 @@ def _add_probe(commands: Any) -> None:
                   --ca ca.pem
               geopin probe localhost:5000 --region dev --endpoint dev=localhost:5000 --scheme http
             """
-        ),
+)
+
+
+def _add_probe(commands: Any) -> None:
+    probe = commands.add_parser(
+        "probe",
+        help="probe a registry's regional endpoints once and print their health",
+        description="Probe each region's endpoint of REGISTRY once, concurrently, as the operator does "
+        "(GET /v2/, or with --canary a manifest HEAD and a download of its config blob), and print the "
+        "outcome of each.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=PROBE_EPILOG,
     )
     probe.add_argument("registry", metavar="REGISTRY", help="the global login server, e.g. contoso.azurecr.io")
     probe.add_argument(
@@ -180,7 +208,9 @@ def _add_probe(commands: Any) -> None:
         help="seconds per probe, authentication included (default 2, as spec.probe.timeoutSeconds)",
     )
     probe.add_argument(
-        "--canary", metavar="IMAGE", help="deep probe: HEAD this image's manifest (repo:tag) instead of GET /v2/"
+        "--canary",
+        metavar="IMAGE",
+        help="deep probe: HEAD this image's manifest (repo:tag) and download its config blob, instead of GET /v2/",
     )
     probe.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table", help="default table")
 
@@ -195,8 +225,8 @@ def _add_status(commands: Any) -> None:
             """
             The table output starts with one line per policy, then a block per policy: registry, cluster
             region, active region and endpoint, healthy replicas, workload counts, the Ready, Degraded,
-            FailedOver and ControlPlaneUnavailable conditions ("-" when absent), the replicas and the last
-            switch of the active endpoint.
+            FailedOver, ControlPlaneUnavailable and NodeCredentials conditions ("-" when absent), the replicas
+            and the last switch of the active endpoint.
 
             -o json|yaml prints one object:
               ok: true when every listed policy is Ready=True and not Degraded=True
@@ -204,7 +234,8 @@ def _add_status(commands: Any) -> None:
                 - name, registry, mode, generation, observedGeneration,
                   clusterRegion, activeRegion, activeEndpoint, healthy ("2/3"),
                   workloads: {total, pinned, awaitingReplication, skipped, invalid},
-                  conditions: {Ready, Degraded, FailedOver, ControlPlaneUnavailable}: each null when absent,
+                  conditions: {Ready, Degraded, FailedOver, ControlPlaneUnavailable, NodeCredentials}: each null
+                    when absent,
                     else {status, reason, message, lastTransitionTime},
                   replicas: [{region, endpoint, state, consecutiveFailures, latencyMilliseconds,
                               lastProbeTime, lastTransitionTime, message}],
@@ -236,18 +267,20 @@ def _add_status(commands: Any) -> None:
     status.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table", help="default table")
 
 
-def _load_yaml(path: str, stdin: TextIO) -> list[Any]:
+def _load_yaml(path: str, stdin: TextIO) -> list[manifests.Document]:
     try:
         if path == "-":
-            return list(yaml.safe_load_all(stdin))
-        with open(path, encoding="utf-8") as f:
-            return list(yaml.safe_load_all(f))
+            text = stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        return manifests.load(text)
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise CliError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        raise CliError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except manifests.ManifestError as e:
+        raise CliError(f"{path}: not valid YAML: {e}") from None
 
 
 def _manifest_paths(paths: Sequence[str]) -> list[str]:
@@ -269,7 +302,7 @@ def _manifest_paths(paths: Sequence[str]) -> list[str]:
 
 
 def _load_policy(path: str, stdin: TextIO) -> Policy:
-    docs = [d for d in _load_yaml(path, stdin) if d is not None]
+    docs = [d.value for d in _load_yaml(path, stdin)]
     policies = [d for d in docs if isinstance(d, dict) and d.get("kind") == "RegistryPolicy"]
     if len(policies) != 1:
         raise CliError(f"{path}: expected exactly one RegistryPolicy, found {len(policies)}")
@@ -284,17 +317,17 @@ def _load_policy(path: str, stdin: TextIO) -> Policy:
 
 
 def _plan(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
-    from geopin.core.plan import PlanUsageError, plan_documents
+    from geopin.core.plan import PlanUsageError, apply_patches, plan_documents
 
     policy = _load_policy(args.policy, stdin)
-    documents: list[Any] = []
+    documents: list[manifests.Document] = []
     for path in _manifest_paths(args.files or ["-"]):
         documents.extend(_load_yaml(path, stdin))
     try:
-        result = plan_documents(policy, documents, args.region, args.active_region)
+        result = plan_documents(policy, [d.value for d in documents], args.region, args.active_region)
     except PlanUsageError as e:
         raise CliError(str(e), EXIT_USAGE) from None
-    yaml.safe_dump_all(result.documents, stdout, sort_keys=False, explicit_start=True)
+    manifests.dump(apply_patches([d.tree for d in documents], result), stdout)
     for line in result.rewritten:
         print(f"rewrite: {line}", file=stderr)
     for line in result.warnings:
@@ -308,24 +341,26 @@ def _plan(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextI
 
 
 def _probe(args: argparse.Namespace, stdout: TextIO) -> int:
-    from geopin.cli import status as cli_status
+    from geopin.cli import probe
+    from geopin.cli.output import render
 
-    endpoints = cli_status.parse_endpoints(args.endpoint)
-    targets = cli_status.probe_targets(args.registry, args.region, endpoints, args.include_global)
-    cli_status.check_canary(args.canary)
-    ca_bundle = cli_status.read_ca(args.ca)
-    client = cli_status.make_client(args.scheme, args.timeout, ca_bundle)
-    rows = cli_status.run_probes(client, targets, args.canary)
-    document = cli_status.probe_document(args.registry, rows)
+    endpoints = probe.parse_endpoints(args.endpoint)
+    targets = probe.probe_targets(args.registry, args.region, endpoints, args.include_global)
+    probe.check_canary(args.canary)
+    ca_bundle = probe.read_ca(args.ca)
+    client = probe.make_client(args.scheme, args.timeout, ca_bundle)
+    rows = probe.run_probes(client, targets, args.canary)
+    document = probe.probe_document(args.registry, rows)
     if args.output == "table":
-        stdout.write(cli_status.format_probe_table(rows))
+        stdout.write(probe.format_probe_table(rows))
     else:
-        stdout.write(cli_status.render(document, args.output))
+        stdout.write(render(document, args.output))
     return EXIT_OK if document["ok"] else EXIT_PROBLEM
 
 
 def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
     from geopin.cli import status as cli_status
+    from geopin.cli.output import render
 
     policies = cli_status.fetch_policies(args.kubeconfig, args.policy, args.request_timeout)
     document = cli_status.status_document(policies)
@@ -334,7 +369,7 @@ def _status(args: argparse.Namespace, stdout: TextIO, stderr: TextIO) -> int:
             print("geopin: no RegistryPolicies found", file=stderr)
         stdout.write(cli_status.format_status_table(document))
     else:
-        stdout.write(cli_status.render(document, args.output))
+        stdout.write(render(document, args.output))
     return cli_status.status_exit_code(document)
 
 
@@ -348,6 +383,7 @@ def _run(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         workers=args.workers,
         arm_endpoint=args.arm_endpoint,
+        node_image_credential_fix=args.node_image_credential_fix,
         leader_election=args.leader_election,
         admission_mechanism=args.admission_mechanism,
         webhook_port=args.webhook_port,

@@ -1,13 +1,10 @@
-"""``geopin probe`` and ``geopin status``: the logic behind the two diagnostic commands.
+"""``geopin status``: read RegistryPolicies from the cluster and summarise their status.
 
-``probe`` asks each regional endpoint once, concurrently, whether it serves the registry API (or the
-canary image); ``status`` reads RegistryPolicies from the cluster and summarises their status. The
-formatting functions are pure (a document in, text out) so that they are tested without a network.
+Formatting is pure (a document in, text out) so that it is tested without a network.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -15,204 +12,25 @@ import re
 import socket
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import yaml
-
-from geopin.cli.errors import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, CliError
-from geopin.core.endpoints import is_acr, regional_endpoint
-from geopin.core.references import InvalidReference, parse
-from geopin.io.probes import Outcome, ProbeResult, RegistryClient
+from geopin.cli.errors import EXIT_OK, EXIT_PROBLEM, CliError
+from geopin.cli.output import table
+from geopin.core.crd import GROUP, PLURAL, VERSION
+from geopin.core.text import one_line
 
 __all__ = [
     "CONDITION_TYPES",
-    "GLOBAL_REGION",
-    "ProbeRow",
     "fetch_policies",
-    "format_probe_table",
     "format_status_table",
-    "parse_endpoints",
     "policy_ok",
-    "probe_document",
-    "probe_targets",
-    "read_ca",
-    "render",
-    "run_probes",
     "status_document",
+    "status_exit_code",
     "summarize_policy",
 ]
 
-GLOBAL_REGION = "global"
-CONDITION_TYPES = ("Ready", "Degraded", "FailedOver", "ControlPlaneUnavailable")
-GROUP, VERSION, PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
-
-_REGION_RE = re.compile(r"^[a-z0-9]+\Z")
-_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-_HOST_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?\Z")  # the CRD's endpoint pattern
-
-
-def render(document: Mapping[str, Any], output: str) -> str:
-    """``document`` as JSON or YAML text (ending in a newline)."""
-    if output == "json":
-        return json.dumps(document, indent=2) + "\n"
-    return yaml.safe_dump(dict(document), sort_keys=False)
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
-    """Left-aligned columns separated by two spaces (kubectl style); no trailing blanks."""
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    return [
-        (indent + "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))).rstrip()
-        for row in [header, *rows]
-    ]
-
-
-# -- probe -------------------------------------------------------------------------------------
-
-
-def parse_endpoints(values: Sequence[str]) -> dict[str, str]:
-    """``["eastus=host:port", ...]`` → ``{"eastus": "host:port"}``; CliError (usage) when malformed."""
-    endpoints: dict[str, str] = {}
-    for value in values:
-        region, sep, host = value.partition("=")
-        region, host = region.strip(), host.strip()
-        if not sep or not region or not host:
-            raise CliError(f"--endpoint {value!r}: expected REGION=HOST[:PORT]", EXIT_USAGE)
-        if not _REGION_RE.match(region) or region == GLOBAL_REGION:
-            raise CliError(
-                f"--endpoint {value!r}: invalid region {region!r} (lower-case letters and digits)", EXIT_USAGE
-            )
-        if not _HOST_RE.match(host):
-            raise CliError(f"--endpoint {value!r}: {host!r} is not a host[:port] (no scheme, no path)", EXIT_USAGE)
-        if region in endpoints:
-            raise CliError(f"--endpoint: region {region!r} given twice", EXIT_USAGE)
-        endpoints[region] = host
-    return endpoints
-
-
-def probe_targets(
-    registry: str, regions: Sequence[str], endpoints: Mapping[str, str], include_global: bool
-) -> list[tuple[str, str]]:
-    """(region, endpoint) pairs in the order given, duplicates dropped; ``global`` last when asked for.
-
-    CliError (usage) for an invalid region or registry, an ``--endpoint`` for a region that is not
-    probed, or a region without an endpoint when the registry is not an ACR login server.
-    """
-    if not _HOST_RE.match(registry):
-        raise CliError(f"REGISTRY {registry!r}: expected a login server host[:port] (no scheme, no path)", EXIT_USAGE)
-    ordered: list[str] = []
-    for region in regions:
-        if not _REGION_RE.match(region) or region == GLOBAL_REGION:
-            raise CliError(
-                f"--region {region!r}: invalid region (lower-case letters and digits; use --global for the "
-                "global endpoint)",
-                EXIT_USAGE,
-            )
-        if region not in ordered:
-            ordered.append(region)
-    extra = sorted(set(endpoints) - set(ordered))
-    if extra:
-        raise CliError(f"--endpoint {extra[0]}=...: {extra[0]!r} is not one of the --region values", EXIT_USAGE)
-    missing = [r for r in ordered if r not in endpoints]
-    if missing and not is_acr(registry):
-        raise CliError(
-            f"{registry} is not an Azure Container Registry login server (<name>.azurecr.io): "
-            f"give --endpoint {missing[0]}=HOST for every region",
-            EXIT_USAGE,
-        )
-    targets = [(r, endpoints[r] if r in endpoints else regional_endpoint(registry, r)) for r in ordered]
-    if include_global:
-        targets.append((GLOBAL_REGION, registry))
-    return targets
-
-
-def check_canary(canary: str | None) -> None:
-    if canary is None:
-        return
-    try:
-        parse(canary)
-    except InvalidReference as e:
-        raise CliError(f"--canary {canary!r}: not an image reference: {e.reason}", EXIT_USAGE) from None
-
-
-def read_ca(path: str | None) -> str:
-    """The PEM text of ``--ca`` (empty without one); CliError (problem, exit 1) when unreadable."""
-    if path is None:
-        return ""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise CliError(f"cannot read --ca {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise CliError(f"--ca {path}: not a PEM file") from None
-    if "-----BEGIN CERTIFICATE-----" not in text:
-        raise CliError(f"--ca {path}: no PEM certificate in it")
-    return text
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeRow:
-    region: str
-    endpoint: str
-    result: ProbeResult
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "region": self.region,
-            "endpoint": self.endpoint,
-            "outcome": str(self.result.outcome),
-            "status": self.result.status,
-            "latencyMilliseconds": round(self.result.latency_seconds * 1000),
-            "message": self.result.message,
-        }
-
-
-def make_client(scheme: str, timeout: float, ca_bundle: str) -> RegistryClient:
-    """The registry client of one ``probe`` run (a seam for tests)."""
-    try:
-        return RegistryClient(scheme=scheme, timeout_seconds=timeout, ca_bundle=ca_bundle)
-    except ValueError as e:
-        raise CliError(f"--ca: {e}") from None
-
-
-async def _probe_all(client: RegistryClient, targets: Sequence[tuple[str, str]], canary: str | None) -> list[ProbeRow]:
-    async with client:
-        results = await asyncio.gather(*(client.probe(endpoint, canary) for _, endpoint in targets))
-    return [ProbeRow(region, endpoint, result) for (region, endpoint), result in zip(targets, results, strict=True)]
-
-
-def run_probes(client: RegistryClient, targets: Sequence[tuple[str, str]], canary: str | None) -> list[ProbeRow]:
-    """Probe every target once, concurrently; the rows in target order."""
-    return asyncio.run(_probe_all(client, targets, canary))
-
-
-def probe_document(registry: str, rows: Sequence[ProbeRow]) -> dict[str, Any]:
-    return {
-        "registry": registry,
-        "ok": all(row.result.outcome is Outcome.OK for row in rows),
-        "probes": [row.as_dict() for row in rows],
-    }
-
-
-def format_probe_table(rows: Sequence[ProbeRow]) -> str:
-    body = [
-        [
-            row.region,
-            row.endpoint,
-            str(row.result.outcome),
-            "-" if row.result.status is None else str(row.result.status),
-            f"{round(row.result.latency_seconds * 1000)}ms",
-            row.result.message or "-",
-        ]
-        for row in rows
-    ]
-    return "\n".join(_table(["REGION", "ENDPOINT", "OUTCOME", "STATUS", "LATENCY", "MESSAGE"], body)) + "\n"
-
-
-# -- status ------------------------------------------------------------------------------------
+CONDITION_TYPES = ("Ready", "Degraded", "FailedOver", "ControlPlaneUnavailable", "NodeCredentials")
 
 
 def fetch_policies(kubeconfig: str | None, name: str | None, timeout: float) -> list[dict[str, Any]]:
@@ -228,7 +46,7 @@ def fetch_policies(kubeconfig: str | None, name: str | None, timeout: float) -> 
         configuration = load_configuration(kubeconfig)
     except Exception as e:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-        raise CliError(f"cannot load kubeconfig {where}: {_first_line(e)}") from None
+        raise CliError(f"cannot load kubeconfig {where}: {one_line(e)}") from None
     # A refused or silent API server fails fast: one connect retry, no read retry, bounded connect and read.
     configuration.retries = urllib3.util.Retry(total=1, connect=1, read=0, redirect=0, status=0)
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # kubeconfig's own choice; one-line output
@@ -305,13 +123,8 @@ def _connection_reason(error: BaseException, timeout: float) -> str:
             return os.strerror(e.errno).lower()
     if isinstance(error, urllib3.exceptions.ConnectTimeoutError | TimeoutError):
         return f"connect timeout after {timeout:g}s"
-    text = re.sub(r"<[^>]*>:\s*|\w*Connection(?:Pool)?\([^)]*\):\s*", "", _first_line(error))
+    text = re.sub(r"<[^>]*>:\s*|\w*Connection(?:Pool)?\([^)]*\):\s*", "", one_line(error))
     return text or type(error).__name__
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0].strip() if lines else type(error).__name__
 
 
 def _condition(status: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
@@ -440,7 +253,7 @@ def format_status_table(document: Mapping[str, Any], now: datetime | None = None
         ]
         for s in policies
     ]
-    lines = _table(
+    lines = table(
         ["NAME", "REGISTRY", "REGION", "ACTIVE", "HEALTHY", "PINNED", "READY", "DEGRADED", "FAILEDOVER"], overview
     )
     for s in policies:
@@ -476,7 +289,7 @@ def _policy_block(s: Mapping[str, Any], now: datetime) -> list[str]:
         else:
             conditions.append([type_, c["status"], c["reason"] or "-", c["message"] or "-"])
     lines.append("Conditions:")
-    lines.extend(_table(["TYPE", "STATUS", "REASON", "MESSAGE"], conditions, indent="  "))
+    lines.extend(table(["TYPE", "STATUS", "REASON", "MESSAGE"], conditions, indent="  "))
     lines.append("Replicas:")
     if s["replicas"]:
         rows = [
@@ -491,7 +304,7 @@ def _policy_block(s: Mapping[str, Any], now: datetime) -> list[str]:
             for r in s["replicas"]
         ]
         lines.extend(
-            _table(["REGION", "ENDPOINT", "STATE", "FAILURES", "LAST TRANSITION", "MESSAGE"], rows, indent="  ")
+            table(["REGION", "ENDPOINT", "STATE", "FAILURES", "LAST TRANSITION", "MESSAGE"], rows, indent="  ")
         )
     else:
         lines.append("  (none reported)")

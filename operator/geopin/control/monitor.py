@@ -4,8 +4,9 @@ One task per policy plus a few in-flight probes per replica, so a hung replica (
 ``timeoutSeconds``) never delays the probes of the others. A suspect replica (one that just failed,
 or whose probe has been unanswered for a second) is re-probed about every second, without waiting for
 the previous probe to time out, until the failure threshold decides: a hang is detected as fast as a
-refused connection. Whenever the set of replicas workloads may use changes, ``on_change`` is called
-at once and the reconciler repoints.
+refused connection. Whenever the set of replicas workloads may use changes, the listener hears it
+at once and the reconciler repoints. The loop sleeps until the next probe is due, a probe answers, a
+replica's failback delay ends, or something asks for a probe now.
 """
 
 from __future__ import annotations
@@ -13,24 +14,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
+from geopin.control.changes import wait_for_event
 from geopin.core.health import QUICK_REPROBE_SECONDS, HealthTracker, ReplicaState, Transition
 from geopin.core.policy import with_discovered
 from geopin.io import metrics
 from geopin.io.images import ImageCache
+from geopin.io.probes import Outcome, ProbeResult
 
 if TYPE_CHECKING:
     from geopin.core.policy import Policy
     from geopin.io.azure import ArmDiscovery, DiscoveredReplica, DiscoveryResult
-    from geopin.io.probes import ProbeResult, RegistryClient
+    from geopin.io.probes import RegistryClient
 
-__all__ = ["PolicyMonitor"]
+__all__ = ["MonitorListener", "PolicyMonitor"]
 
 logger = logging.getLogger(__name__)
 
-TICK_SECONDS = 0.1
+IDLE_WAKE_SECONDS = 60.0  # nothing due: look again anyway
+
+
+class MonitorListener(Protocol):
+    def usable_changed(self, policy: str) -> None:
+        """The replicas the policy's workloads may use changed (a verdict, a failback, an exclusion)."""
+
+    def transition(self, policy: str, transition: Transition) -> None:
+        """A replica changed state."""
 
 
 def wall_time(monotonic_time: float) -> float:
@@ -43,8 +55,8 @@ class PolicyMonitor:
         self,
         policy: Policy,
         client: RegistryClient,
-        on_change: Callable[[], None],
-        on_transition: Callable[[Transition], Awaitable[None]] | None = None,
+        listener: MonitorListener,
+        *,
         clock: Callable[[], float] = time.monotonic,
         discovery: ArmDiscovery | None = None,
     ) -> None:
@@ -55,15 +67,15 @@ class PolicyMonitor:
         self._discovered_once = discovery is None  # with ARM discovery, nothing is decided before it answers
         self.policy = policy
         self.client = client
-        self.on_change = on_change
-        self.on_transition = on_transition
+        self.listener = listener
         self.clock = clock
         self.tracker = HealthTracker(policy.probe, policy.replicas)
-        self.eligible: frozenset[str] | None = None  # None until every replica has a verdict
+        self.usable: frozenset[str] | None = None  # None until every replica has a verdict
         self.images = ImageCache()
         self._due: dict[str, float] = {}
         self._launched: dict[str, float] = {}
         self._inflight: dict[str, dict[asyncio.Task[None], float]] = {}  # region → probe task → start time
+        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._discovery_task: asyncio.Task[None] | None = None
 
@@ -97,49 +109,67 @@ class PolicyMonitor:
         if client is not None:
             old, self.client = self.client, client
         self._recompute()
+        self._wake.set()
         return old
 
     def trigger(self, region: str) -> None:
         """Probe this replica now (a passive signal such as a kubelet pull error)."""
         if region in self.tracker.replicas:
             self._due[region] = 0.0
+            self._wake.set()
 
     # -- the loop ---------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
+            self._wake.clear()
             now = self.clock()
             for region in list(self.tracker.replicas):
-                if self._should_probe(region, now):
+                if self._probe_at(region, now) <= now:
                     task = asyncio.create_task(self._probe(region), name=f"geopin-probe-{region}")
                     self._inflight.setdefault(region, {})[task] = now
                     self._launched[region] = now
             self._recompute()
-            await asyncio.sleep(TICK_SECONDS)  # the scheduler's resolution, not synchronisation
+            await wait_for_event(self._wake, self._next_wake(self.clock()) - self.clock())
 
-    def _should_probe(self, region: str, now: float) -> bool:
+    def _probe_at(self, region: str, now: float) -> float:
+        """When the next probe of ``region`` may start (``inf``: not before a probe in flight answers)."""
         inflight = self._inflight.get(region) or {}
         if not inflight:
-            return now >= self._due.get(region, 0.0)
+            return self._due.get(region, 0.0)
         health = self.tracker.replicas[region]
-        if health.state is ReplicaState.UNHEALTHY:
-            return False  # already decided: one probe at a time until it answers again
-        unanswered = now - min(inflight.values()) >= QUICK_REPROBE_SECONDS
-        suspect = health.consecutive_failures > 0 or unanswered
-        overlapping = len(inflight) < self.tracker.settings.failure_threshold
-        return suspect and overlapping and now >= self._launched.get(region, 0.0) + QUICK_REPROBE_SECONDS
+        if health.state is ReplicaState.UNHEALTHY or len(inflight) >= self.tracker.settings.failure_threshold:
+            return float("inf")  # decided, or enough probes overlap: wait for an answer
+        # Suspect (it just failed, or a probe has gone unanswered for a second, which the latest launch
+        # being a second old implies): re-probe about every second until the threshold decides.
+        return self._launched.get(region, 0.0) + QUICK_REPROBE_SECONDS
+
+    def _next_wake(self, now: float) -> float:
+        """The earliest of: a probe due, a healthy replica's failback delay ending."""
+        times = [self._probe_at(region, now) for region in self.tracker.replicas]
+        times += [h.usable_at for h in self.tracker.replicas.values() if h.usable_at > now]
+        return min([now + IDLE_WAKE_SECONDS, *times])
 
     async def _probe(self, region: str) -> None:
+        started = self.clock()
         try:
             health = self.tracker.replicas.get(region)
             if health is None:
                 return
             result: ProbeResult = await self.client.probe(health.endpoint, self.policy.probe.canary_image)
-            self._record(region, result)
+            self.record(region, result)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("probing %s of policy %s failed unexpectedly", region, self.policy.name)
+        except Exception as error:
+            # Not registry trouble the client could classify, but a failed probe all the same: without
+            # an observation the replica's state would freeze. The stack is logged, never the
+            # exception's text, which may quote a request header and so a credential.
+            name = type(error).__name__
+            stack = "".join(traceback.format_tb(error.__traceback__))
+            logger.error("probing %s of policy %s failed unexpectedly (%s):\n%s", region, self.policy.name, name, stack)
+            if region in self.tracker.replicas:
+                latency = max(self.clock() - started, 0.0)
+                self.record(region, ProbeResult(Outcome.CONNECT, None, latency, f"probe failed unexpectedly ({name})"))
         finally:
             current = asyncio.current_task()
             inflight = self._inflight.get(region, {})
@@ -147,8 +177,10 @@ class PolicyMonitor:
                 inflight.pop(current, None)
             if region in self.tracker.replicas:
                 self._due[region] = self._launched.get(region, 0.0) + self.tracker.next_probe_in(region)
+            self._wake.set()
 
-    def _record(self, region: str, result: ProbeResult) -> None:
+    def record(self, region: str, result: ProbeResult) -> None:
+        """One probe's answer: metrics, the state machine, and the listener when something changed."""
         policy = self.policy
         outcome = str(result.outcome)
         metrics.PROBE_DURATION.labels(policy.name, region, outcome).observe(result.latency_seconds)
@@ -168,14 +200,13 @@ class PolicyMonitor:
                 transition.current,
                 transition.message,
             )
-            if self.on_transition is not None:
-                _spawn(self.on_transition(transition))
+            self.listener.transition(policy.name, transition)
         self._recompute()
 
     def set_excluded(self, region: str, excluded: bool) -> None:
         transition = self.tracker.set_excluded(region, excluded, self.clock())
-        if transition is not None and self.on_transition is not None:
-            _spawn(self.on_transition(transition))
+        if transition is not None:
+            self.listener.transition(self.policy.name, transition)
         self._recompute()
 
     async def _discover(self) -> None:
@@ -184,7 +215,7 @@ class PolicyMonitor:
             return
         while True:
             self.apply_discovery(await discovery.refresh())
-            await asyncio.sleep(azure.refresh_seconds)  # the refresh period
+            await asyncio.sleep(azure.refresh_seconds)
 
     def apply_discovery(self, result: DiscoveryResult) -> None:
         """ARM's answer: the replica list (the last known one when ARM failed) and who is excluded."""
@@ -196,23 +227,12 @@ class PolicyMonitor:
         for replica in result.replicas:
             self.set_excluded(replica.region, replica.excluded)
         self._recompute()
-        self.on_change()
+        self.listener.usable_changed(self.policy.name)  # the replica list may have changed too
+        self._wake.set()
 
     def _recompute(self) -> None:
         decided = self.tracker.decided and self._discovered_once
-        eligible = self.tracker.eligible(self.clock()) if decided else None
-        if eligible != self.eligible:
-            self.eligible = eligible
-            self.on_change()
-
-
-_background: set[asyncio.Task[Any]] = set()
-
-
-def _spawn(coroutine: Awaitable[None]) -> None:
-    async def run() -> None:
-        await coroutine
-
-    task = asyncio.get_running_loop().create_task(run())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+        usable = self.tracker.usable(self.clock()) if decided else None
+        if usable != self.usable:
+            self.usable = usable
+            self.listener.usable_changed(self.policy.name)

@@ -19,29 +19,23 @@ is nothing here to check or extend.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
+from geopin.core.keyring import covers, credentials_for
 from geopin.core.policy import GLOBAL_REGION, PullSecrets
-from geopin.core.pullsecrets import (
-    DockerAuth,
-    MalformedPullSecret,
-    covers,
-    key_matches,
-    parse_dockerconfig,
-    sibling_dockerconfig,
-)
-from geopin.core.references import split_host
+from geopin.core.pullsecrets import DockerAuth, MalformedPullSecret, parse_dockerconfig, sibling_dockerconfig
 from geopin.core.rewrite import SIBLING_SUFFIX
 
 if TYPE_CHECKING:
+    from geopin.control.notices import WorkloadNotices
     from geopin.core.decisions import PolicySnapshot
     from geopin.core.rewrite import Desired
     from geopin.core.workloads import WorkloadView
-    from geopin.io.kube import Kube
+    from geopin.io.kube import KubeAPI
 
 __all__ = ["PullSecretSync"]
 
@@ -51,10 +45,9 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "geopin"}
 
 
 class PullSecretSync:
-    def __init__(self, kube: Kube, post_event: Callable[[WorkloadView, str, str, str], None]) -> None:
+    def __init__(self, kube: KubeAPI, notices: WorkloadNotices) -> None:
         self.kube = kube
-        self.post_event = post_event
-        self._warned: set[tuple[str, str]] = set()
+        self.notices = notices
 
     async def _parsed(self, namespace: str, name: str) -> dict[str, DockerAuth] | None:
         data = await self.kube.get_secret_data(namespace, name)
@@ -80,7 +73,7 @@ class PullSecretSync:
         covering = list(secrets.values())
         if policy.pull_secrets is PullSecrets.EXTEND and desired.pull_secrets is not None:
             sibling = next((n for n in desired.pull_secrets if n.endswith(SIBLING_SUFFIX)), None)
-            auth = _credentials_for(policy.registry, secrets.values())
+            auth = credentials_for(policy.registry, secrets.values())
             if sibling is not None and auth is not None:
                 regional = [e for r, e in policy.endpoints.items() if r != GLOBAL_REGION]
                 await self._ensure_sibling(
@@ -90,23 +83,8 @@ class PullSecretSync:
             elif sibling is not None:
                 desired = replace(desired, pull_secrets=tuple(own))  # nothing to extend from
         if not covers(covering, host):
-            self._warn(view, host, own)
+            self.notices.missing_pull_secret(view, host, own)
         return desired
-
-    def _warn(self, view: WorkloadView, host: str, secrets: Iterable[str]) -> None:
-        key = (view.uid, host)
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        names = ", ".join(secrets)
-        self.post_event(
-            view,
-            "Warning",
-            "PullSecretMissingRegionalHost",
-            f"imagePullSecrets ({names}) have no credentials for {host}: the kubelet matches one DNS label per "
-            "'*' (a key for the global host does not cover regional hosts); set pullSecrets: Extend, or add a "
-            "key for the regional hosts",
-        )
 
     async def _ensure_sibling(self, namespace: str, name: str, data: dict[str, str]) -> None:
         path = f"/api/v1/namespaces/{namespace}/secrets/{name}"
@@ -138,12 +116,3 @@ class PullSecretSync:
                 except ApiException as e:
                     if e.status != 404:
                         raise
-
-
-def _credentials_for(registry: str, secrets: Iterable[dict[str, DockerAuth]]) -> DockerAuth | None:
-    host, _ = split_host(registry)
-    for secret in secrets:
-        for key, auth in secret.items():
-            if key_matches(key, registry) or key_matches(key, host):
-                return auth
-    return None

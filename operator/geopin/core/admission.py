@@ -49,8 +49,8 @@ def mutate_pod(
         for s in snapshots
     ]
     desired = plan_workload(view, admission_snapshots, namespace_labels, admission=True)
-    if desired is None or desired.unknown:
-        return []
+    if desired is None or desired.undecided:
+        return []  # never wait at admission: the Pod keeps the image it was created with
     ops = json_patch(POD, view, desired)
     if subresource == "ephemeralcontainers":
         ops = [op for op in ops if op["path"].startswith("/spec/ephemeralContainers/")]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from geopin.core.nodes import DEFAULT_CREDENTIAL_FIX
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -23,5 +25,7 @@ class RunConfig:
     webhook_service: str = "geopin-system/geopin:443"  # namespace/name:port of the webhook Service
     leader_election: bool = False  # with several replicas: only the Lease holder probes and writes
     lease_name: str = "geopin"  # coordination.k8s.io/v1 Lease in the operator's namespace
+    # The first AKS node image whose kubelet credential provider covers *.*.geo.azurecr.io (nodeImageCheck).
+    node_image_credential_fix: str = DEFAULT_CREDENTIAL_FIX
     log_format: str = "text"  # text | json
     verbose: bool = False

@@ -12,8 +12,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from geopin.core.health import Target, choose, preference_order
+from geopin.core.keyring import key_matches
+from geopin.core.nodes import needs_node_credentials
 from geopin.core.policy import GLOBAL_REGION, Mode, Policy, PullSecrets
 from geopin.core.rewrite import (
+    SIBLING_SUFFIX,
     Desired,
     InvalidImage,
     changed_containers,
@@ -25,6 +28,7 @@ from geopin.core.rewrite import (
 )
 from geopin.core.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
+    ANNOTATION_PINNED_ENDPOINTS,
     ANNOTATION_PINNED_REGION,
     ANNOTATION_REGION,
     WorkloadView,
@@ -41,13 +45,18 @@ class PolicySnapshot:
 
     policy: Policy
     cluster_region: str | None
-    healthy: frozenset[str]
+    usable: frozenset[str]
     deleting: bool = False
     excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
     # (image, region) → is the manifest there? None: not looked up yet. Used when replicationCheck is on.
     availability: Callable[[str, str], bool | None] | None = None
     # image → digest resolved for it (digestPinning), None: not resolved yet.
     digest_of: Callable[[str], str | None] | None = None
+    # nodeImageCheck: Enforce while a schedulable node's kubelet has no credentials for regional hosts.
+    node_credentials_enforced: bool = False
+    # (namespace, Secret name) → the registry keys of a pull secret (never its credentials);
+    # () when it does not exist or cannot be read, None: not read yet.
+    pull_secret_keys: Callable[[str, str], tuple[str, ...] | None] | None = None
 
     @property
     def writes(self) -> bool:
@@ -56,7 +65,12 @@ class PolicySnapshot:
         return self.policy.mode in (Mode.PATCH, Mode.ADMISSION)
 
     def home(self) -> Target:
-        return choose(self.policy, self.cluster_region, self.healthy)
+        """Where a workload without preferences (nor pull secrets of its own) points now."""
+        if self.node_credentials_enforced:
+            endpoints = self.policy.endpoints
+            covered = frozenset(r for r in self.usable if not needs_node_credentials(endpoints[r]))
+            return choose(self.policy, self.cluster_region, covered)
+        return choose(self.policy, self.cluster_region, self.usable)
 
 
 def is_selected(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mapping[str, str] | None) -> bool:
@@ -79,6 +93,34 @@ class Choice:
     awaiting: str | None = None  # a preferred region skipped because an image has not replicated there yet
     unknown: tuple[tuple[str, str], ...] = ()  # (image, region) to look up before deciding; region "" = digest
     digests: Mapping[str, str] | None = None  # image → digest to append (digestPinning), else None
+    unknown_secrets: tuple[str, ...] = ()  # pull secrets (in the workload's namespace) to read before deciding
+
+
+def _secret_keys(snapshot: PolicySnapshot, view: WorkloadView) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(keys of the workload's own pull secrets, names of those not read yet)."""
+    keys: list[str] = []
+    unread: list[str] = []
+    lookup = snapshot.pull_secret_keys
+    for name in view.pull_secrets:
+        if name.endswith(SIBLING_SUFFIX):
+            continue  # geopin's sibling holds the regional keys Extend derives from the workload's own
+        found = lookup(view.namespace, name) if lookup is not None else ()
+        if found is None:
+            unread.append(name)
+        else:
+            keys.extend(found)
+    return tuple(keys), tuple(unread)
+
+
+def _has_regional_credentials(policy: Policy, keys: tuple[str, ...], host: str) -> bool:
+    """Would the kubelet find pull-secret credentials for ``host`` (its own matching rules)?
+
+    With ``pullSecrets: Extend`` a key for the global host is enough: geopin copies it to every
+    regional host in a sibling secret before the pin is written.
+    """
+    if any(key_matches(key, host) for key in keys):
+        return True
+    return policy.pull_secrets is PullSecrets.EXTEND and any(key_matches(key, policy.registry) for key in keys)
 
 
 def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mapping[str, str] | None) -> Choice:
@@ -97,9 +139,22 @@ def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mappi
     check = snapshot.availability if policy.replication_check and images else None
     awaiting: str | None = None
     target: Target | None = None
+    # nodeImageCheck: Enforce: a regional host the nodes cannot authenticate to needs the workload's
+    # own pull secrets to cover it; without them the global endpoint (which every AKS node covers).
+    keys: tuple[str, ...] | None = None
+    lacks_credentials = False
     for region in preference_order(policy, snapshot.cluster_region, preferred):
-        if region not in snapshot.healthy:
+        if region not in snapshot.usable:
             continue
+        endpoint = policy.endpoints[region]
+        if snapshot.node_credentials_enforced and needs_node_credentials(endpoint):
+            if keys is None:
+                keys, unread = _secret_keys(snapshot, view)
+                if unread:
+                    return Choice(None, unknown_secrets=unread)
+            if not _has_regional_credentials(policy, keys, endpoint):
+                lacks_credentials = True
+                continue
         if check is not None and region != current:
             found = [check(image, region) for image in images]
             missing = [image for image, present in zip(images, found, strict=True) if present is None]
@@ -110,6 +165,8 @@ def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mappi
                 continue
         target = Target(region, policy.endpoints[region])
         break
+    if target is None and lacks_credentials:
+        target = Target(GLOBAL_REGION, policy.registry)  # not Stay: a kept regional pin would fail to pull
     if target is None:
         target = choose(policy, snapshot.cluster_region, frozenset(), preferred, current)
     if not policy.digest_pinning or target.is_global:
@@ -137,11 +194,12 @@ def _already_digest_pinned(view: WorkloadView, policy: Policy) -> bool:
 def _applied(view: WorkloadView, desired: Desired) -> WorkloadView:
     """The view as it would be after ``desired`` is written (for folding the next policy)."""
     containers = tuple(replace(c, image=desired.images.get(c.key, c.image)) for c in view.containers)
-    annotations = {
-        k: v for k, v in view.annotations.items() if k not in (ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION)
-    }
+    written = (ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION, ANNOTATION_PINNED_ENDPOINTS)
+    annotations = {k: v for k, v in view.annotations.items() if k not in written}
     if desired.originals:
         annotations[ANNOTATION_ORIGINAL_IMAGES] = encode_record(desired.originals)
+        if desired.pinned_endpoints:
+            annotations[ANNOTATION_PINNED_ENDPOINTS] = encode_record(desired.pinned_endpoints)
         if desired.pinned_region is not None:
             annotations[ANNOTATION_PINNED_REGION] = desired.pinned_region
         elif ANNOTATION_PINNED_REGION in view.annotations:
@@ -162,19 +220,23 @@ def plan_workload(
     For a workload template (``admission=False``) Patch-mode policies pin and Admission-mode ones
     restore; for a Pod at creation (``admission=True``) only Admission-mode policies act, and pin.
     """
+    if len({c.key for c in view.containers}) != len(view.containers):
+        return None  # one record key would stand for two containers (the API server refuses such Pods)
     current = view
     result: Desired | None = None
     invalid: list[InvalidImage] = []
     awaiting: list[tuple[str, str]] = []
     unknown: list[tuple[str, str, str]] = []
+    unknown_secrets: list[tuple[str, str]] = []
     for snapshot in snapshots:
         mode = snapshot.policy.mode
         if admission and mode is not Mode.ADMISSION:
             continue
         restore_template = mode is Mode.ADMISSION and not admission
         choice = Choice(None) if restore_template else decide(snapshot, current, namespace_labels)
-        if choice.unknown:
+        if choice.unknown or choice.unknown_secrets:
             unknown.extend((snapshot.policy.name, image, region) for image, region in choice.unknown)
+            unknown_secrets.extend((view.namespace, name) for name in choice.unknown_secrets)
             continue
         if choice.awaiting is not None:
             awaiting.append((snapshot.policy.name, choice.awaiting))
@@ -191,9 +253,16 @@ def plan_workload(
             pinned = result.pinned_region
         result = replace(desired, pinned_region=pinned)
         current = _applied(current, result)
-    if unknown:
-        # Not decidable until the registry answers: the caller looks these up and plans again.
-        return Desired(images={}, originals={}, pinned_region=None, unknown=tuple(unknown))
+    if unknown or unknown_secrets:
+        # Not decidable until the registry (or the API server) answers: the caller looks these up
+        # and plans again.
+        return Desired(
+            images={},
+            originals={},
+            pinned_region=None,
+            unknown=tuple(unknown),
+            unknown_secrets=tuple(dict.fromkeys(unknown_secrets)),
+        )
     if result is None:
         return None
     return replace(result, invalid=tuple(invalid), awaiting=tuple(awaiting))
@@ -204,7 +273,7 @@ def audit_changes(
 ) -> list[tuple[str, str, str]]:
     """Audit mode: (container key, current image, image Patch mode would write), nothing written."""
     choice = decide(snapshot, view, namespace_labels)
-    if choice.unknown:
+    if choice.unknown or choice.unknown_secrets:
         return []
     desired = desired_state(view, snapshot.policy, choice.target, choice.digests)
     return [(c.key, c.image, desired.images[c.key]) for c in changed_containers(view, desired)]

@@ -15,6 +15,7 @@ from geopin.core.references import split_host
 
 __all__ = [
     "ACR_SUFFIXES",
+    "REGION_RE",
     "RegionalHost",
     "arm_endpoint",
     "data_endpoint",
@@ -27,7 +28,8 @@ __all__ = [
 # Public cloud, Azure China, Azure US Government, Azure Germany (retired, still resolvable in old configs).
 ACR_SUFFIXES = ("azurecr.io", "azurecr.cn", "azurecr.us", "azurecr.de")
 
-_REGION_RE = re.compile(r"^[a-z0-9]+\Z")
+# An Azure region name as the CRD's pattern has it (core.policy and the CLI check regions with it too).
+REGION_RE = re.compile(r"^[a-z0-9]+$")
 _NAME_RE = re.compile(r"^[a-z0-9]{5,50}\Z")
 
 
@@ -77,7 +79,7 @@ def _endpoint(login_server: str, region: str, kind: str) -> str:
             f"{login_server!r} is not an Azure Container Registry login server "
             f"(<name>.{{{','.join(ACR_SUFFIXES)}}}); give each replica an explicit endpoint"
         )
-    if not _REGION_RE.match(region):
+    if not REGION_RE.fullmatch(region):
         raise ValueError(f"invalid Azure region name {region!r}: lower-case letters and digits only")
     name, suffix = parts
     return f"{name}.{region}.{kind}.{suffix}"
@@ -94,7 +96,7 @@ def parse_regional(host: str) -> RegionalHost | None:
     registry, region, kind, suffix = labels[0], labels[1], labels[2], ".".join(labels[3:])
     if kind not in ("geo", "data") or suffix not in ACR_SUFFIXES:
         return None
-    if not (_NAME_RE.match(registry) and _REGION_RE.match(region)):
+    if not (_NAME_RE.match(registry) and REGION_RE.fullmatch(region)):
         return None
     return RegionalHost(registry=registry, region=region, suffix=suffix, kind=kind)
 

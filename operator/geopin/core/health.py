@@ -1,9 +1,9 @@
-"""Which endpoint a workload's images should point to, given the replicas that are healthy.
+"""Which endpoint a workload's images should point to, given the replicas it may use.
 
-Pure: the caller supplies the set of replicas workloads may use (``HealthTracker.eligible``).
+Pure: the caller supplies the set of replicas workloads may use (``HealthTracker.usable``).
 The order of preference is: the workload's own ``geopin.io/region`` (if it is a listed replica), the
 cluster's home region (if listed), then the other replicas in ``spec.replicas`` order; with none
-healthy, the global endpoint (``fallback: Global``) or the current pin (``fallback: Stay``).
+usable, the global endpoint (``fallback: Global``) or the current pin (``fallback: Stay``).
 """
 
 from __future__ import annotations
@@ -47,16 +47,16 @@ def preference_order(policy: Policy, cluster_region: str | None, preferred: str 
 def choose(
     policy: Policy,
     cluster_region: str | None,
-    healthy: Collection[str],
+    usable: Collection[str],
     preferred: str | None = None,
     current: str | None = None,
 ) -> Target:
-    """The target for one workload: a healthy replica, else the fallback.
+    """The target for one workload: a usable replica, else the fallback.
 
-    Only ``fallback: Stay`` ever returns a replica outside ``healthy``: the pin the user asked to keep.
+    Only ``fallback: Stay`` ever returns a replica outside ``usable``: the pin the user asked to keep.
     """
     for region in preference_order(policy, cluster_region, preferred):
-        if region in healthy:
+        if region in usable:
             return Target(region, policy.endpoints[region])
     if policy.fallback is Fallback.STAY and current is not None and current in policy.endpoints:
         return Target(current, policy.endpoints[current])
@@ -90,7 +90,7 @@ class ReplicaHealth:
     last_outcome: str = ""
     message: str = "not probed yet"
     excluded: bool = False  # taken out of global routing in ARM (regionEndpointEnabled: false)
-    eligible_at: float = 0.0  # workloads may move (back) to it from this time on
+    usable_at: float = 0.0  # workloads may move (back) to it from this time on
 
     @property
     def reported_state(self) -> ReplicaState:
@@ -111,8 +111,12 @@ class HealthTracker:
     - ``failureThreshold`` consecutive failures make a replica Unhealthy; ``successThreshold``
       consecutive successes make it Healthy again. An Unknown replica (just started, or just listed)
       is Healthy after its first success, so a restart does not wait to trust a working replica.
-    - A 429 is reported but counts as "up" unless ``throttlingIsFailure`` (as ACR's own failover does).
-    - A replica that recovers, or comes back from ARM exclusion, is *eligible* for workloads only after
+    - A 429 is reported but not counted unless ``throttlingIsFailure`` (as ACR's own failover does): it
+      gives an Unknown replica its first verdict (it answers), and otherwise neither interrupts a run of
+      failures nor counts towards a recovery, so failures between 429s still make a replica Unhealthy.
+    - An Excluded replica is still probed, but its changes underneath are not transitions: what is
+      reported (and announced) stays Excluded until ARM includes it again.
+    - A replica that recovers, or comes back from ARM exclusion, is *usable* for workloads only after
       ``failbackDelaySeconds`` of uninterrupted health: a flapping replica attracts nothing back.
     """
 
@@ -149,7 +153,11 @@ class HealthTracker:
         health.last_outcome = outcome
         health.message = message or outcome
         previous = health.state
-        if self.is_failure(outcome):
+        if outcome == _THROTTLED and not self.settings.throttling_is_failure:
+            if previous is ReplicaState.UNKNOWN:
+                health.state = ReplicaState.HEALTHY
+                health.usable_at = max(health.usable_at, now)
+        elif self.is_failure(outcome):
             health.consecutive_failures += 1
             health.consecutive_successes = 0
             if (
@@ -162,11 +170,11 @@ class HealthTracker:
             health.consecutive_failures = 0
             if previous is ReplicaState.UNKNOWN:
                 health.state = ReplicaState.HEALTHY
-                health.eligible_at = max(health.eligible_at, now)  # an ARM un-exclusion's delay still holds
+                health.usable_at = max(health.usable_at, now)  # an ARM un-exclusion's delay still holds
             elif previous is ReplicaState.UNHEALTHY and health.consecutive_successes >= self.settings.success_threshold:
                 health.state = ReplicaState.HEALTHY
-                health.eligible_at = now + self.settings.failback_delay_seconds
-        if health.state is previous:
+                health.usable_at = now + self.settings.failback_delay_seconds
+        if health.state is previous or health.excluded:
             return None
         health.last_transition_time = now
         return Transition(region, previous, health.state, health.message)
@@ -179,7 +187,7 @@ class HealthTracker:
         health.excluded = excluded
         health.last_transition_time = now
         if not excluded:
-            health.eligible_at = max(health.eligible_at, now + self.settings.failback_delay_seconds)
+            health.usable_at = max(health.usable_at, now + self.settings.failback_delay_seconds)
         return Transition(
             region, before, health.reported_state, "excluded from global routing in ARM" if excluded else ""
         )
@@ -189,12 +197,12 @@ class HealthTracker:
         """Every replica has a verdict: decisions made before this would trust Unknown replicas."""
         return all(h.state is not ReplicaState.UNKNOWN or h.excluded for h in self.replicas.values())
 
-    def eligible(self, now: float) -> frozenset[str]:
+    def usable(self, now: float) -> frozenset[str]:
         """The replicas workloads may point to now."""
         return frozenset(
             h.region
             for h in self.replicas.values()
-            if h.state is ReplicaState.HEALTHY and not h.excluded and h.eligible_at <= now
+            if h.state is ReplicaState.HEALTHY and not h.excluded and h.usable_at <= now
         )
 
     def next_probe_in(self, region: str) -> float:
@@ -206,6 +214,3 @@ class HealthTracker:
         if health.state is ReplicaState.UNKNOWN or suspect or recovering:
             return min(QUICK_REPROBE_SECONDS, interval)
         return interval
-
-    def healthy_count(self) -> int:
-        return sum(h.reported_state is ReplicaState.HEALTHY for h in self.replicas.values())

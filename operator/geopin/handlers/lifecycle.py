@@ -1,4 +1,4 @@
-"""Operator start-up and shutdown: settings, the API client, the reconciler, metrics."""
+"""Operator start-up and shutdown: Kopf's settings, the API clients, leader election, webhook, metrics."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from typing import Any
 import kopf
 
 from geopin.control.admission_policies import MutatingPolicySync, mutating_policies_served
-from geopin.control.engine import PolicyBook, Reconciler
 from geopin.control.runtime import Runtime
 from geopin.core.config import RunConfig
-from geopin.core.decisions import DEFAULT_EXCLUDED_NAMESPACES
+from geopin.core.crd import GROUP
 from geopin.io import metrics
-from geopin.io.kube import POLICY_GROUP, Kube, load_api_client, load_configuration
+from geopin.io.kube import Kube, load_api_client, load_configuration
 from geopin.io.leader import LeaderElector
 from geopin.io.webhook import WebhookServer, webhook_configuration
 
@@ -60,7 +59,7 @@ class PolicyDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 
 def _is_policy(body: kopf.Body) -> bool:
-    return str(body.get("apiVersion", "")).startswith(f"{POLICY_GROUP}/")
+    return str(body.get("apiVersion", "")).startswith(f"{GROUP}/")
 
 
 WATCH_PAGE_SIZE = 500
@@ -71,6 +70,34 @@ WORKER_IDLE_SECONDS = 1.0
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
     config: RunConfig = memo.config
+    configure_kopf(settings)
+    # What every replica writes (its Lease, the webhook configuration) goes through a client of its
+    # own; everything else only the leader writes, through a client that refuses once it cannot be sure.
+    replica_kube = Kube(load_api_client(config.kubeconfig, pool_size=2), concurrency=2, event_concurrency=1)
+    elector = None
+    if config.leader_election:
+        elector = LeaderElector(replica_kube, config.operator_namespace, config.lease_name)
+    may_write = elector.holds if elector is not None else None
+    kube = Kube(
+        load_api_client(config.kubeconfig, pool_size=config.workers), concurrency=config.workers, may_write=may_write
+    )
+    memo.kubes = (replica_kube, kube)
+    runtime = Runtime(config, kube, mutating_policies=await _mutating_policies(config, kube))
+    await runtime.cluster.prime(kube)
+    memo.runtime = runtime
+    if elector is not None:
+        memo.elector = elector
+        elector.start(on_started_leading=runtime.lead, on_stopped_leading=runtime.unlead)
+    else:
+        await runtime.lead()
+    if config.webhook_port:
+        memo.webhook = await _serve_webhook(config, runtime, replica_kube)
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
+    logger.info("geopin started: %d workers, metrics on :%s", config.workers, config.metrics_port or "off")
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # geopin's own bookkeeping on its own CRD uses geopin.io keys; workloads are only watched through
     # event handlers, for which Kopf stores nothing on the objects.
     settings.persistence.finalizer = FINALIZER
@@ -90,68 +117,46 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     # a Warning on the Pod for every failed attempt ("Back-off pulling image" is Normal, a repeat).
     settings.watching.field_selectors["", "v1", "events"] = PULL_EVENT_SELECTOR
 
-    kube = Kube(load_api_client(config.kubeconfig, pool_size=config.workers), concurrency=config.workers)
-    book = PolicyBook(excluded_namespaces=DEFAULT_EXCLUDED_NAMESPACES | {config.operator_namespace})
-    runtime = Runtime(config=config, kube=kube, book=book, reconciler=None)  # type: ignore[arg-type]
-    book.node_regions = runtime.node_regions
-    book.usable = runtime.usable
-    book.images = runtime.image_cache
-    book.effective = runtime.effective
-    runtime.reconciler = Reconciler(
-        kube,
-        book,
-        runtime.view,
-        runtime.namespace_labels,
-        resolve=runtime.resolve_images,
-        all_views=runtime.views,
-        workers=config.workers,
+
+async def _mutating_policies(config: RunConfig, kube: Kube) -> MutatingPolicySync | None:
+    """Admission mode through MutatingAdmissionPolicy where the API server serves it (and it is wanted)."""
+    if config.admission_mechanism == "webhook":
+        return None
+    if await mutating_policies_served(kube):
+        logger.info("Admission mode through MutatingAdmissionPolicy (the API server serves it)")
+        return MutatingPolicySync(kube, config.operator_namespace)
+    if config.admission_mechanism == "policy":
+        logger.error("MutatingAdmissionPolicy is not served by this API server; using the webhook")
+    return None
+
+
+async def _serve_webhook(config: RunConfig, runtime: Runtime, kube: Kube) -> WebhookServer:
+    webhook = WebhookServer(
+        config.webhook_port,
+        runtime.book.snapshots,
+        runtime.cluster.namespace_labels,
+        cert_dir=config.webhook_cert_dir,
+        hosts=webhook_hosts(config),
     )
-    await runtime.prime()
-    memo.runtime = runtime
-    if config.leader_election:
-        runtime.elector = LeaderElector(
-            kube,
-            config.operator_namespace,
-            config.lease_name,
-            on_started_leading=runtime.lead,
-            on_stopped_leading=runtime.unlead,
-        )
-        runtime.elector.start()
-    else:
-        await runtime.lead()
-    if config.admission_mechanism != "webhook":
-        if await mutating_policies_served(kube):
-            runtime.mutating_policies = MutatingPolicySync(kube, config.operator_namespace)
-            logger.info("Admission mode through MutatingAdmissionPolicy (the API server serves it)")
-        elif config.admission_mechanism == "policy":
-            logger.error("MutatingAdmissionPolicy is not served by this API server; using the webhook")
-    if config.webhook_port:
-        runtime.webhook = WebhookServer(
-            config.webhook_port,
-            book.snapshots,
-            runtime.namespace_labels,
-            cert_dir=config.webhook_cert_dir,
-            hosts=webhook_hosts(config),
-        )
-        await runtime.webhook.start()
-        if config.webhook_config and runtime.mutating_policies is None:
-            await ensure_webhook_configuration(kube, config, runtime.webhook.ca_pem)
-    if config.metrics_port:
-        metrics.serve(config.metrics_port)
-    logger.info("geopin started: %d workers, metrics on :%s", config.workers, config.metrics_port or "off")
+    await webhook.start()
+    if config.webhook_config and runtime.mutating_policies is None:
+        await ensure_webhook_configuration(kube, config, webhook.ca_pem)
+    return webhook
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    elector: LeaderElector | None = memo.get("elector")
     runtime: Runtime | None = memo.get("runtime")
-    if runtime is not None:
-        if runtime.elector is not None:
-            await runtime.elector.stop()  # steps down and releases the Lease for a fast take-over
-        if runtime.leading:
-            await runtime.unlead()
-        if runtime.webhook is not None:
-            await runtime.webhook.stop()
-        runtime.kube.close()
+    webhook: WebhookServer | None = memo.get("webhook")
+    if elector is not None:
+        await elector.stop()  # steps down and releases the Lease for a fast take-over
+    if runtime is not None and runtime.leading:
+        await runtime.unlead()
+    if webhook is not None:
+        await webhook.stop()
+    for kube in memo.get("kubes", ()):
+        kube.close()
 
 
 def webhook_hosts(config: RunConfig) -> tuple[str, ...]:

@@ -6,15 +6,14 @@ from typing import Any
 
 import kopf
 
+from geopin.control.runtime import Runtime
+
 
 @kopf.on.event("", "v1", "namespaces")
 async def namespace_changed(body: kopf.Body, name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if "runtime" not in memo:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is None:
         return
-    runtime = memo.runtime
-    version = body.get("metadata", {}).get("resourceVersion")
-    if type == "DELETED":
-        runtime.namespaces.discard(name, version)
-    else:
-        runtime.namespaces.upsert(name, version, dict(body.get("metadata", {}).get("labels") or {}))
-    runtime.reconciler.touch()
+    metadata = body.get("metadata", {})
+    labels = None if type == "DELETED" else (metadata.get("labels") or {})
+    runtime.namespace_changed(name, metadata.get("resourceVersion"), labels)

@@ -1,4 +1,5 @@
-"""Nodes: the cluster's own region is the region label most nodes carry."""
+"""Nodes: the cluster's own region (the region label most nodes carry) and, for nodeImageCheck,
+each node's AKS node image, pool and schedulability."""
 
 from __future__ import annotations
 
@@ -6,18 +7,14 @@ from typing import Any
 
 import kopf
 
-from geopin.io.kube import REGION_LABEL
+from geopin.control.runtime import Runtime
+from geopin.core.nodes import node_info
 
 
 @kopf.on.event("", "v1", "nodes")
 async def node_changed(body: kopf.Body, name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if "runtime" not in memo:
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is None:
         return
-    runtime = memo.runtime
-    if type == "DELETED":
-        runtime.nodes.discard(name, body.get("metadata", {}).get("resourceVersion"))
-    else:
-        labels = body.get("metadata", {}).get("labels") or {}
-        runtime.nodes.upsert(name, body.get("metadata", {}).get("resourceVersion"), labels.get(REGION_LABEL, ""))
-    # A region change re-decides every policy in auto mode; the status loop does the work.
-    runtime.reconciler.touch()
+    metadata = body.get("metadata", {})
+    runtime.node_changed(name, metadata.get("resourceVersion"), None if type == "DELETED" else node_info(body))

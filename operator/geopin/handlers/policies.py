@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
 
-from geopin.control.engine import PolicyEntry, records_policy
-from geopin.control.reporting import forget_metrics
+from geopin.control.book import PolicyEntry, records_policy
 from geopin.control.runtime import Runtime
+from geopin.core.crd import GROUP, PLURAL, VERSION
 from geopin.core.policy import InvalidPolicy, Policy, from_spec
-from geopin.io.kube import POLICY_GROUP, POLICY_PLURAL, POLICY_VERSION
-
-logger = logging.getLogger(__name__)
 
 
 def entry_from(body: kopf.Body, previous: PolicyEntry | None) -> PolicyEntry:
@@ -39,7 +35,7 @@ def entry_from(body: kopf.Body, previous: PolicyEntry | None) -> PolicyEntry:
 
 # An event handler, not create/update/resume: Kopf then keeps no progress on the policy and a
 # restart writes nothing. Status events come back here too; an unchanged generation is skipped.
-@kopf.on.event(POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL)
+@kopf.on.event(GROUP, VERSION, PLURAL)
 async def policy_changed(name: str, body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     previous = runtime.book.entries.get(name)
@@ -49,17 +45,12 @@ async def policy_changed(name: str, body: kopf.Body, type: str | None, memo: kop
     if previous is not None and (previous.generation, previous.uid) == (entry.generation, entry.uid):
         previous.observed_status = entry.observed_status  # a status update (the leader's verdicts)
         return
-    runtime.book.upsert(entry)
     if entry.error:
         kopf.warn(body, reason="InvalidSpec", message=entry.error)
-    if entry.policy is not None:
-        await runtime.ensure_monitor(entry)
-    queued = runtime.reconciler.enqueue_if_needed(runtime.views())
-    runtime.reconciler.touch()
-    logger.info("policy %s applied: %d workloads queued", name, queued)
+    await runtime.policy_applied(entry)
 
 
-@kopf.on.delete(POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL)
+@kopf.on.delete(GROUP, VERSION, PLURAL)
 async def policy_deleted(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Restore every workload this policy rewrote; the finalizer stays until none is left."""
     runtime: Runtime = memo.runtime
@@ -70,14 +61,12 @@ async def policy_deleted(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) 
         kopf.warn(body, reason="InvalidSpec", message="never valid: nothing was rewritten by it")
         runtime.book.remove(name)
         return
-    runtime.reconciler.enqueue_if_needed(runtime.views())
-    remaining = sum(records_policy(view, entry.policy) for view in runtime.views())
+    views = runtime.cluster.views()
+    runtime.reconciler.enqueue_if_needed(views)
+    remaining = sum(records_policy(view, entry.policy) for view in views)
     if remaining:
         raise kopf.TemporaryError(f"restoring {remaining} workloads", delay=1)
     if runtime.mutating_policies is not None and runtime.leading:
         await runtime.mutating_policies.remove(entry.policy)
-    runtime.book.remove(name)
-    if (monitor := runtime.monitors.pop(name, None)) is not None:
-        await monitor.stop()
+    await runtime.policy_forgotten(name)
     kopf.info(body, reason="Restored", message="every workload's original images are restored")
-    forget_metrics(name)

@@ -7,12 +7,11 @@ pods see first into a verdict within seconds, even with a long probe interval.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import kopf
 
-logger = logging.getLogger(__name__)
+from geopin.control.runtime import Runtime
 
 # Event reasons the kubelet uses around image pulls (core/v1 Events on Pods).
 PULL_FAILURE_REASONS = frozenset({"Failed", "BackOff", "ErrImagePull", "ImagePullBackOff"})
@@ -29,11 +28,6 @@ def is_pull_failure(body: kopf.Body, **_: Any) -> bool:
 
 @kopf.on.event("", "v1", "events", when=is_pull_failure)
 async def pull_failed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    if "runtime" not in memo:
-        return
-    message = str(body.get("message", ""))
-    for name, monitor in memo.runtime.monitors.items():
-        for region, health in monitor.tracker.replicas.items():
-            if f"{health.endpoint}/" in message:
-                logger.info("policy %s: a pull from %s failed (%s); probing it now", name, region, body.get("reason"))
-                monitor.trigger(region)
+    runtime: Runtime | None = memo.get("runtime")
+    if runtime is not None:
+        runtime.pull_failed(str(body.get("message", "")), str(body.get("reason")))

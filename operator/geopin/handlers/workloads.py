@@ -11,22 +11,21 @@ from typing import Any
 
 import kopf
 
+from geopin.control.runtime import Runtime
 from geopin.core.workloads import KINDS, PATCH_KINDS, Kind, tracked, view_of
 
 
 def _register(kind: Kind) -> None:
     async def changed(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-        if "runtime" not in memo:
+        runtime: Runtime | None = memo.get("runtime")
+        if runtime is None:
             return
-        runtime = memo.runtime
         view = view_of(kind, body)
         version = body.get("metadata", {}).get("resourceVersion")
         if type == "DELETED" or not tracked(kind, body):
-            runtime.workloads.discard(view.ref, version)
-            return
-        runtime.workloads.upsert(view.ref, version, view)
-        if runtime.reconciler.needs_write(view):
-            runtime.reconciler.enqueue(view.ref)
+            runtime.workload_gone(view.ref, view.uid, version)
+        else:
+            runtime.workload_changed(view, version)
 
     kopf.on.event(kind.group, kind.version, kind.plural, id=f"{kind.plural}_changed")(changed)
 

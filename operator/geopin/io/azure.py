@@ -49,6 +49,7 @@ from azure.mgmt.containerregistry.aio import ContainerRegistryManagementClient
 from azure.mgmt.core.tools import get_arm_endpoints
 
 from geopin.core import endpoints
+from geopin.core.text import one_line
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -91,11 +92,6 @@ class DiscoveryResult:
     fresh: bool  # False when this refresh failed and the list is the previous one
     error: str | None  # one line, no secrets
     fetched_at: float | None  # time.monotonic() of the last successful fetch
-
-    @property
-    def known(self) -> bool:
-        """At least one refresh has ever succeeded."""
-        return self.fetched_at is not None
 
 
 _EMPTY = DiscoveryResult(replicas=(), fresh=False, error=None, fetched_at=None)
@@ -156,8 +152,7 @@ _NOISE_RE = re.compile(r"\s*ssl:(?:<[^>]*>|\S+)|\s*<[^<>]* object at 0x[0-9a-f]+
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(_NOISE_RE.sub("", text).split())
-    return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
+    return one_line(_NOISE_RE.sub("", text), _MAX_ERROR_CHARS)
 
 
 def describe_error(error: BaseException, timeout: float) -> str:

@@ -5,6 +5,7 @@ happen, they were half of the API requests during the repoint and slowed it by a
 failover.py). Queued here instead, they go out once the workers are idle, or when the oldest has
 waited ``defer_seconds``, so that a long busy spell never starves them. The queue is bounded: Events
 are best effort in Kubernetes, and the oldest one is dropped (and counted) rather than memory grown.
+Events about a policy (a replica's health, an endpoint switch) are few and go out at once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from geopin.io.kube import Kube
+from geopin.io.kube import KubeAPI
 
 __all__ = ["EventBacklog", "PendingEvent"]
 
@@ -26,7 +27,6 @@ logger = logging.getLogger(__name__)
 DEFER_SECONDS = 30.0
 LIMIT = 20_000
 POSTERS = 2  # Kube posts Events on a pool of two threads
-IDLE_CHECK_SECONDS = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,39 +40,53 @@ class PendingEvent:
 
 
 class EventBacklog:
+    """``idle`` is set while the workers have nothing to do (the reconciler keeps it current)."""
+
     def __init__(
         self,
-        kube: Kube,
-        busy: Callable[[], bool],
+        kube: KubeAPI,
+        idle: asyncio.Event,
         *,
         defer_seconds: float = DEFER_SECONDS,
         limit: int = LIMIT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
-        self.busy = busy
+        self.idle = idle
         self.defer_seconds = defer_seconds
         self.clock = clock
         self.pending: deque[PendingEvent] = deque(maxlen=limit)
+        self.urgent: deque[PendingEvent] = deque(maxlen=limit)
         self.dropped = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def add(self, involved: Mapping[str, Any], type: str, reason: str, message: str, once: bool = False) -> None:
-        if len(self.pending) == self.pending.maxlen:
+    def add(
+        self,
+        involved: Mapping[str, Any],
+        type: str,
+        reason: str,
+        message: str,
+        once: bool = False,
+        *,
+        urgent: bool = False,
+    ) -> None:
+        """Queue an Event; ``urgent`` ones (about policies) do not wait for the workers."""
+        queue = self.urgent if urgent else self.pending
+        if len(queue) == queue.maxlen:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                logger.warning(
-                    "%d Events dropped: more than %d were waiting to be posted", self.dropped, self.pending.maxlen
-                )
-        self.pending.append(PendingEvent(self.clock(), involved, type, reason, message, once))
+                logger.warning("%d Events dropped: more than %d were waiting to be posted", self.dropped, queue.maxlen)
+        queue.append(PendingEvent(self.clock(), involved, type, reason, message, once))
         self._wakeup.set()
 
     def take(self) -> PendingEvent | None:
         """The next Event to post now, or None: nothing waits, or workers are busy and it is young."""
+        if self.urgent:
+            return self.urgent.popleft()
         if not self.pending:
             return None
-        if self.busy() and self.clock() - self.pending[0].queued_at < self.defer_seconds:
+        if not self.idle.is_set() and self.clock() - self.pending[0].queued_at < self.defer_seconds:
             return None
         return self.pending.popleft()
 
@@ -86,15 +100,24 @@ class EventBacklog:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         self.pending.clear()  # a replica that stops leading leaves the Events to the next leader
+        self.urgent.clear()
 
     async def _post(self) -> None:
         while True:
             event = self.take()
-            if event is None:
-                if not self.pending:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                else:
-                    await asyncio.sleep(IDLE_CHECK_SECONDS)  # how often a busy spell is re-checked
+            if event is not None:
+                await self.kube.post_event(event.involved, event.type, event.reason, event.message, once=event.once)
                 continue
-            await self.kube.post_event(event.involved, event.type, event.reason, event.message, once=event.once)
+            if not self.pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # Workers busy, the oldest still young: wait for idle workers, its deadline, or an urgent one.
+            deadline = self.pending[0].queued_at + self.defer_seconds - self.clock()
+            self._wakeup.clear()
+            waits = [asyncio.ensure_future(self.idle.wait()), asyncio.ensure_future(self._wakeup.wait())]
+            try:
+                await asyncio.wait(waits, timeout=max(deadline, 0.0), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()

@@ -14,22 +14,21 @@ import concurrent.futures
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from geopin.core import crd
+from geopin.core.timestamps import rfc3339
 from geopin.core.workloads import Kind
 
-__all__ = ["FIELD_MANAGER", "Kube", "PatchOutcome", "load_api_client"]
+__all__ = ["FIELD_MANAGER", "ApiError", "Kube", "KubeAPI", "NotLeading", "PatchOutcome", "load_api_client"]
 
 FIELD_MANAGER = "geopin"
-REGION_LABEL = "topology.kubernetes.io/region"
-POLICY_GROUP, POLICY_VERSION, POLICY_PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +69,74 @@ def _path(kind: Kind, namespace: str | None, name: str) -> str:
     return f"{prefix}{scope}/{kind.plural}/{name}"
 
 
-class Kube:
-    """Thin async wrapper; one instance per operator process."""
+class KubeAPI(Protocol):
+    """The API calls geopin's components make; :class:`Kube` is the real one, tests use an in-memory fake.
 
-    def __init__(self, api_client: Any, concurrency: int = 8, event_concurrency: int = 2) -> None:
+    Failures raise :class:`ApiError` (a 404 where a method says so is an answer, not an error), and a
+    write refused because this replica no longer surely leads raises :class:`NotLeading`.
+    """
+
+    async def request(self, path: str, method: str, body: Any = None) -> Any: ...
+
+    def list_all(self, path: str, page: int = 500) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def create_or_replace(self, path: str, body: dict[str, Any], *, unchanged: str | None = None) -> str: ...
+
+    async def get(self, kind: Kind, namespace: str | None, name: str) -> Mapping[str, Any] | None: ...
+
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None: ...
+
+    async def patch(self, kind: Kind, namespace: str | None, name: str, ops: list[dict[str, Any]]) -> PatchOutcome: ...
+
+    async def post_event(
+        self, involved: Mapping[str, Any], type: str, reason: str, message: str, *, once: bool = False
+    ) -> None: ...
+
+    async def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None: ...
+
+
+async def create_or_replace(api: KubeAPI, path: str, body: dict[str, Any], *, unchanged: str | None = None) -> str:
+    """Create the object at ``path``, or replace it (optimistically, with its resourceVersion).
+
+    ``unchanged``: a top-level field (e.g. ``data``); when the stored object already has the same
+    value there, nothing is written. Returns "created", "replaced" or "unchanged".
+    """
+    try:
+        current = await api.request(path, "GET")
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        await api.request(path.rsplit("/", 1)[0], "POST", body)
+        return "created"
+    if unchanged is not None and current.get(unchanged) == body.get(unchanged):
+        return "unchanged"
+    body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+    await api.request(path, "PUT", body)
+    return "replaced"
+
+
+class NotLeading(Exception):
+    """A write this replica refused to send: it does not hold the Lease, or cannot be sure it still does."""
+
+
+class Kube:
+    """Thin async wrapper; one instance per operator process (plus one that only the election uses).
+
+    ``may_write``, when given, is asked on the API thread right before every write is sent: with leader
+    election it says whether the Lease is surely still held, so a replica that stalled (a paused
+    process, a slow API server) cannot write after another replica took over.
+    """
+
+    def __init__(
+        self,
+        api_client: Any,
+        concurrency: int = 8,
+        event_concurrency: int = 2,
+        *,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
         self.api_client = api_client
+        self.may_write = may_write
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="geopin-api")
         self._event_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=event_concurrency, thread_name_prefix="geopin-events"
@@ -105,6 +167,9 @@ class Kube:
             request = self.api_client.param_serialize(
                 method, path, query_params=query, header_params=headers, body=body, auth_settings=["BearerToken"]
             )
+            # As late as possible: nothing between this check and the request leaving but the client's own code.
+            if method != "GET" and self.may_write is not None and not self.may_write():
+                raise NotLeading(f"{method} {path.split('?', 1)[0]}: not sent, this replica does not hold the Lease")
             response = self.api_client.call_api(*request, _request_timeout=30)
             response.read()
             if not parse and 200 <= response.status < 300:
@@ -135,23 +200,7 @@ class Kube:
                 return
 
     async def create_or_replace(self, path: str, body: dict[str, Any], *, unchanged: str | None = None) -> str:
-        """Create the object at ``path``, or replace it (optimistically, with its resourceVersion).
-
-        ``unchanged``: a top-level field (e.g. ``data``); when the stored object already has the same
-        value there, nothing is written. Returns "created", "replaced" or "unchanged".
-        """
-        try:
-            current = await self.request(path, "GET")
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            await self.request(path.rsplit("/", 1)[0], "POST", body)
-            return "created"
-        if unchanged is not None and current.get(unchanged) == body.get(unchanged):
-            return "unchanged"
-        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-        await self.request(path, "PUT", body)
-        return "replaced"
+        return await create_or_replace(self, path, body, unchanged=unchanged)
 
     async def get(self, kind: Kind, namespace: str | None, name: str) -> Mapping[str, Any] | None:
         try:
@@ -197,7 +246,7 @@ class Kube:
         namespace = metadata.get("namespace") or "default"
         if once and await self._has_event(namespace, str(metadata.get("uid")), reason, message[:1024]):
             return
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339()
         event = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -242,7 +291,7 @@ class Kube:
         return any(e.get("message") == message for e in events.get("items", []))
 
     async def patch_policy_status(self, name: str, status: Mapping[str, Any]) -> None:
-        path = f"/apis/{POLICY_GROUP}/{POLICY_VERSION}/{POLICY_PLURAL}/{name}/status"
+        path = f"/apis/{crd.GROUP}/{crd.VERSION}/{crd.PLURAL}/{name}/status"
         try:
             await self._call(path, "PATCH", {"status": dict(status)}, "application/merge-patch+json")
         except ApiException as e:

@@ -17,6 +17,15 @@ Outcomes (the ``reason`` label of ``geopin_probe_failures_total``):
 - ``unauthorized``: 401 without a challenge, 401 after authenticating, 403, a token endpoint refusing.
 - ``not_found``: 404/410 (for a canary: the image is not on this replica), or any other answer that is
   not the registry API (3xx after redirects, 400, 405, ...).
+- ``data_endpoint``: a deep probe's blob download failed after the registry redirected it to another
+  host (ACR's ``<name>.<region>.data.azurecr.io``): the login endpoint answers, pulls would not.
+
+Deep probe (with a canary image): a manifest ``HEAD``; the manifest itself is read once per digest
+(an index is followed to one image) to learn the config blob's digest; then ``GET`` of that blob,
+following the registry's redirect by hand and reading at most ``BLOB_READ_LIMIT`` bytes. The
+redirect's target gets no ``Authorization`` header when it is another origin (ACR's data URLs are
+pre-signed, and a registry token must not leak to another host). httpx would drop the header too
+(except for an http→https upgrade of the same host), but the rule is geopin's, so it is written here.
 
 Authentication, answered to the challenge of each endpoint:
 
@@ -29,7 +38,10 @@ Authentication, answered to the challenge of each endpoint:
   (``grant_type=access_token``) for an ACR refresh token, which ``POST /oauth2/token``
   (``grant_type=refresh_token``) turns into a scoped access token.
 
-Passwords and tokens never appear in a message, an exception, a repr or a log line.
+Passwords and tokens never appear in a message, an exception, a repr or a log line, in any encoding:
+messages are built from outcome classes, errno texts, standard HTTP reason phrases and validated
+header values, never from an exception's or a server's free text (h11 quotes the repr of a header
+value it refuses, and a registry that received a token could echo it).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ import base64
 import binascii
 import enum
 import hashlib
+import http
 import json
 import logging
 import os
@@ -53,7 +66,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from geopin import __version__
-from geopin.core.references import InvalidReference, parse, same_host
+from geopin.core.references import InvalidReference, parse
+from geopin.core.text import one_line
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -68,7 +82,6 @@ __all__ = [
     "RegistryClient",
     "classify_exception",
     "classify_status",
-    "credentials_from_dockerconfig",
     "parse_challenge",
 ]
 
@@ -88,7 +101,15 @@ DEFAULT_TOKEN_SECONDS = 60.0
 # ACR refresh tokens are JWTs with an `exp`; when one cannot be read, assume this much.
 DEFAULT_REFRESH_TOKEN_SECONDS = 600.0
 MAX_MARGIN_SECONDS = 30.0
-MESSAGE_LIMIT = 240
+# A deep probe reads at most this much of the canary's config blob: enough to prove the download
+# path works, never a real layer's worth of traffic per probe.
+BLOB_READ_LIMIT = 64 * 1024
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+INDEX_MEDIA_TYPES = frozenset(
+    {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
+)
+_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 
 
 class Outcome(enum.StrEnum):
@@ -100,6 +121,7 @@ class Outcome(enum.StrEnum):
     THROTTLED = "throttled"
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
+    DATA_ENDPOINT = "data_endpoint"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +130,6 @@ class ProbeResult:
     status: int | None
     latency_seconds: float
     message: str
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome is Outcome.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +186,11 @@ def _in_chain(error: BaseException, kind: type[E]) -> E | None:
 
 
 def classify_exception(error: BaseException, timeout_seconds: float | None = None) -> tuple[Outcome, str]:
-    """(outcome, one-line message) for an exception raised while talking to a registry."""
+    """(outcome, one-line message) for an exception raised while talking to a registry.
+
+    The message comes from the exception's class, errno and TLS verdict, never from its text, which
+    may quote a request header and so a credential.
+    """
     after = "" if timeout_seconds is None else f" after {timeout_seconds:g}s"
     if isinstance(error, httpx.ConnectTimeout):
         return Outcome.TIMEOUT, f"connect timeout{after}"
@@ -178,36 +200,47 @@ def classify_exception(error: BaseException, timeout_seconds: float | None = Non
         return Outcome.TIMEOUT, f"timeout{after}"
     tls = _in_chain(error, ssl.SSLError)
     if tls is not None:
-        verify_message = getattr(tls, "verify_message", None)
         if isinstance(tls, ssl.SSLCertVerificationError):
-            return Outcome.TLS, f"TLS certificate verify failed: {verify_message or _one_line(str(tls))}"
-        reason = getattr(tls, "reason", None)
-        return Outcome.TLS, f"TLS error: {reason or type(tls).__name__}"
+            # OpenSSL's verdict (X509_verify_cert_error_string, with the host name on a mismatch).
+            verdict = getattr(tls, "verify_message", None) or "unknown reason"
+            return Outcome.TLS, f"TLS certificate verify failed: {one_line(verdict)}"
+        return Outcome.TLS, f"TLS error: {one_line(getattr(tls, 'reason', None) or type(tls).__name__)}"
     if isinstance(error, httpx.ConnectError | httpx.ReadError | httpx.WriteError | httpx.CloseError):
         # anyio wraps the refusal: OSError("All connection attempts failed") from ConnectionRefusedError.
         # asyncio's own strerror is "Connect call failed (host, port)": prefer the errno's text.
         detail = next((_os_error_text(e) for e in _chain(error) if isinstance(e, OSError) and e.errno), None)
-        if detail:
-            return Outcome.CONNECT, f"connect: {detail}"
-        return Outcome.CONNECT, f"connect: {_one_line(str(error)) or type(error).__name__}"
+        return Outcome.CONNECT, f"connect: {detail or type(error).__name__}"
+    if isinstance(error, httpx.LocalProtocolError | UnicodeError):
+        return Outcome.CONNECT, f"request not sent: a header value is not valid HTTP ({type(error).__name__})"
+    if isinstance(error, httpx.InvalidURL):
+        return Outcome.CONNECT, "request not sent: the URL is not valid (InvalidURL)"
+    if isinstance(error, httpx.RemoteProtocolError):
+        return Outcome.CONNECT, "the registry broke off the HTTP exchange (RemoteProtocolError)"
     if isinstance(error, httpx.TransportError):
-        return Outcome.CONNECT, f"{type(error).__name__}: {_one_line(str(error))}"
+        return Outcome.CONNECT, f"transport error ({type(error).__name__})"
     if isinstance(error, OSError):
         return Outcome.CONNECT, f"connect: {_os_error_text(error)}"
-    return Outcome.CONNECT, f"{type(error).__name__}: {_one_line(str(error))}"
+    return Outcome.CONNECT, f"unexpected error ({type(error).__name__})"
 
 
 def _os_error_text(error: OSError) -> str:
     if isinstance(error, socket.gaierror):
-        return f"name resolution failed: {error.strerror or error}".lower()
+        return f"name resolution failed: {error.strerror or type(error).__name__}".lower()
     if error.errno:
         return os.strerror(error.errno).lower()
-    return (error.strerror or type(error).__name__).lower()
+    return type(error).__name__
 
 
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= MESSAGE_LIMIT else line[: MESSAGE_LIMIT - 1] + "…"
+def _status_text(response: httpx.Response) -> str:
+    """``HTTP 503 Service Unavailable``: the standard reason phrase, never the one the server sent."""
+    status = response.status_code
+    try:
+        return f"HTTP {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+_DIGEST_HEADER_RE = re.compile(r"sha(?:256|384|512):[0-9a-f]{64,128}")
 
 
 _PARAM_RE = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
@@ -246,56 +279,6 @@ def parse_challenge(headers: httpx.Headers) -> Challenge | None:
     if bearer is not None and bearer.realm:
         return bearer
     return found.get("basic")
-
-
-# -- credentials -------------------------------------------------------------------------------
-
-
-def _auth_host(key: str) -> str:
-    """A docker config ``auths`` key (``host``, ``https://host/v1/``) → ``host[:port]``."""
-    for prefix in ("https://", "http://"):
-        if key.lower().startswith(prefix):
-            key = key[len(prefix) :]
-            break
-    return key.split("/", 1)[0]
-
-
-def credentials_from_dockerconfig(secret_data: Mapping[str, str], host: str) -> BasicCredentials | None:
-    """Basic credentials for ``host`` from a ``kubernetes.io/dockerconfigjson`` secret's ``data``.
-
-    The ``auths`` entry whose key names exactly ``host`` (case-insensitive, same port; a scheme or a
-    path in the key is ignored) wins; its ``auth`` (base64 ``user:password``) or ``username`` and
-    ``password``. None when no entry matches or it holds no credentials. ValueError (without any
-    secret in it) when the secret is not valid docker config JSON.
-    """
-    encoded = secret_data.get(".dockerconfigjson")
-    if not encoded:
-        raise ValueError("secret has no .dockerconfigjson")
-    try:
-        config = json.loads(base64.b64decode(encoded, validate=True))
-    except (binascii.Error, ValueError):
-        raise ValueError(".dockerconfigjson is not base64-encoded JSON") from None
-    auths = config.get("auths") if isinstance(config, dict) else None
-    if not isinstance(auths, dict):
-        raise ValueError(".dockerconfigjson has no auths object")
-    for key, entry in auths.items():
-        if not isinstance(key, str) or not isinstance(entry, dict) or not same_host(_auth_host(key), host):
-            continue
-        username, password = entry.get("username"), entry.get("password")
-        auth = entry.get("auth")
-        if isinstance(auth, str) and auth:
-            try:
-                decoded = base64.b64decode(auth, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                raise ValueError(f"auths[{key!r}].auth is not base64 of user:password") from None
-            user, colon, secret = decoded.partition(":")
-            if not colon:
-                raise ValueError(f"auths[{key!r}].auth is not base64 of user:password")
-            return BasicCredentials(username=user, password=secret)
-        if isinstance(username, str) and username and isinstance(password, str):
-            return BasicCredentials(username=username, password=password)
-        return None
-    return None
 
 
 # -- the client --------------------------------------------------------------------------------
@@ -367,6 +350,8 @@ class RegistryClient:
             transport=transport,
         )
         self._challenges: dict[str, Challenge | None] = {}
+        # (repository, manifest digest) → config blob digest: content-addressed, so shared by endpoints.
+        self._configs: dict[tuple[str, str], str] = {}
         self._tokens: dict[tuple[str, str], _Token] = {}
         self._refresh_tokens: dict[str, _Token] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
@@ -390,20 +375,20 @@ class RegistryClient:
         """Probe ``endpoint`` once; never raises for registry trouble, never outlives the timeout."""
         started = self._clock()
         status: int | None = None
+        progress = _Progress()
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 if canary is None:
                     status, outcome, message = await self._ping(endpoint)
                 else:
                     repository, reference = _split_canary(canary)
-                    response = await self._manifest_head(endpoint, repository, reference)
-                    status = response.status_code
-                    outcome = classify_status(status)
-                    message = self._describe_manifest(response, f"{repository}:{reference}", outcome)
+                    status, outcome, message = await self._deep_probe(endpoint, repository, reference, progress)
         except ProbeError as e:
             outcome, message, status = e.outcome, e.message, e.status
         except TimeoutError:
             outcome, message = Outcome.TIMEOUT, f"timeout after {self.timeout_seconds:g}s"
+            if progress.data_host is not None:
+                outcome, message = Outcome.DATA_ENDPOINT, f"data endpoint {progress.data_host}: {message}"
         latency = max(self._clock() - started, 0.0)
         return ProbeResult(outcome=outcome, status=status, latency_seconds=latency, message=self._scrub(message))
 
@@ -446,15 +431,25 @@ class RegistryClient:
     def _url(self, endpoint: str, path: str) -> str:
         return f"{self.scheme}://{endpoint}{path}"
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        stream: bool = False,
+        follow_redirects: bool = True,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One request; ``stream``: the body is left unread (the caller reads and closes it)."""
         try:
-            return await self._http.request(method, url, **kwargs)
-        except httpx.HTTPError as e:
+            request = self._http.build_request(method, url, **kwargs)
+            return await self._http.send(request, auth=auth, stream=stream, follow_redirects=follow_redirects)
+        except (httpx.HTTPError, httpx.InvalidURL, ssl.SSLError, UnicodeError) as e:
+            # UnicodeError: httpx encodes header values as ASCII while building the request;
+            # InvalidURL: a challenge's realm that is not a URL.
             outcome, message = classify_exception(e, self.timeout_seconds)
             raise ProbeError(outcome, self._scrub(message)) from None
-        except ssl.SSLError as e:  # pragma: no cover - httpx wraps these, belt and braces
-            outcome, message = classify_exception(e, self.timeout_seconds)
-            raise ProbeError(outcome, message) from None
 
     async def _ping(self, endpoint: str) -> tuple[int, Outcome, str]:
         response = await self._send("GET", self._url(endpoint, "/v2/"))
@@ -468,7 +463,7 @@ class RegistryClient:
             return status, outcome, f"GET /v2/: HTTP {status}{auth}"
         if status == 401:
             return status, outcome, "GET /v2/: HTTP 401 without a WWW-Authenticate challenge"
-        return status, outcome, f"GET /v2/: HTTP {status} {response.reason_phrase}".rstrip()
+        return status, outcome, f"GET /v2/: {_status_text(response)}"
 
     async def _manifest_head(self, endpoint: str, repository: str, reference: str) -> httpx.Response:
         return await self._authorized(
@@ -484,7 +479,8 @@ class RegistryClient:
         status = response.status_code
         if outcome is Outcome.OK:
             digest = response.headers.get("docker-content-digest", "")
-            return f"manifest {image}: HTTP {status}" + (f" {digest}" if digest else "")
+            shown = f" {digest}" if _DIGEST_HEADER_RE.fullmatch(digest) else ""
+            return f"manifest {image}: HTTP {status}{shown}"
         if status in (404, 410):
             return f"manifest {image} not found (HTTP {status})"
         if status == 401:
@@ -492,17 +488,28 @@ class RegistryClient:
             if challenge is None:
                 return f"manifest {image}: HTTP 401 without a challenge"
             return f"manifest {image}: HTTP 401, {challenge.scheme} credentials missing or refused"
-        return f"manifest {image}: HTTP {status} {response.reason_phrase}".rstrip()
+        return f"manifest {image}: {_status_text(response)}"
 
     async def _authorized(
-        self, method: str, endpoint: str, path: str, scope: str, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        endpoint: str,
+        path: str,
+        scope: str,
+        headers: Mapping[str, str] | None = None,
+        *,
+        blob: bool = False,
     ) -> httpx.Response:
-        """Send with the endpoint's known authorization; on a 401 challenge, authenticate and retry once."""
+        """Send with the endpoint's known authorization; on a 401 challenge, authenticate and retry once.
+
+        ``blob``: the answer is streamed and redirects are not followed (see :meth:`_fetch_blob`).
+        """
         url = self._url(endpoint, path)
         base = dict(headers or {})
+        options: dict[str, Any] = {"stream": True, "follow_redirects": False} if blob else {}
         known = self._challenges.get(endpoint)
         authorization = await self._authorization(endpoint, known, scope, force=False) if known else None
-        response = await self._send(method, url, headers=_with_auth(base, authorization))
+        response = await self._send(method, url, headers=_with_auth(base, authorization), **options)
         if response.status_code != 401:
             return response
         challenge = parse_challenge(response.headers)
@@ -512,7 +519,140 @@ class RegistryClient:
         retry = await self._authorization(endpoint, challenge, scope, force=authorization is not None)
         if retry is None or (retry == authorization and challenge.scheme == "basic"):
             return response
-        return await self._send(method, url, headers=_with_auth(base, retry))
+        if blob:
+            await response.aclose()
+        return await self._send(method, url, headers=_with_auth(base, retry), **options)
+
+    # -- deep probe ----------------------------------------------------------------------------
+
+    async def _deep_probe(
+        self, endpoint: str, repository: str, reference: str, progress: _Progress
+    ) -> tuple[int | None, Outcome, str]:
+        """Manifest HEAD, then the config blob through the registry's redirect (raises ProbeError)."""
+        image = f"{repository}:{reference}"
+        response = await self._manifest_head(endpoint, repository, reference)
+        outcome = classify_status(response.status_code)
+        head = self._describe_manifest(response, image, outcome)
+        if outcome is not Outcome.OK:
+            return response.status_code, outcome, head
+        digest = response.headers.get("docker-content-digest") or None
+        config = self._configs.get((repository, digest)) if digest else None
+        if config is None:
+            config = await self._config_digest(endpoint, repository, digest or reference, image)
+            if digest:
+                self._configs[(repository, digest)] = config
+        status, detail = await self._fetch_blob(endpoint, repository, config, progress)
+        return status, Outcome.OK, f"{head}; {detail}"
+
+    async def _config_digest(self, endpoint: str, repository: str, reference: str, image: str) -> str:
+        """The config blob's digest of the canary (an index is followed to its first linux/amd64 image)."""
+        for _ in range(2):
+            response = await self._authorized(
+                "GET",
+                endpoint,
+                f"/v2/{repository}/manifests/{reference}",
+                f"repository:{repository}:pull",
+                headers={"Accept": MANIFEST_ACCEPT},
+            )
+            if response.status_code != 200:
+                outcome = classify_status(response.status_code)
+                if outcome is Outcome.OK:
+                    outcome = Outcome.NOT_FOUND
+                raise ProbeError(
+                    outcome, f"GET manifest {image}: HTTP {response.status_code}".rstrip(), response.status_code
+                )
+            try:
+                manifest = response.json()
+            except ValueError:
+                manifest = None
+            if not isinstance(manifest, dict):
+                raise ProbeError(Outcome.NOT_FOUND, f"manifest {image} is not JSON", response.status_code)
+            media_type = manifest.get("mediaType") or response.headers.get("content-type", "").split(";")[0]
+            if media_type in INDEX_MEDIA_TYPES or isinstance(manifest.get("manifests"), list):
+                child = _index_choice(manifest.get("manifests"))
+                if child is None:
+                    raise ProbeError(Outcome.NOT_FOUND, f"index {image} lists no image manifest")
+                reference = child
+                continue
+            config = manifest.get("config")
+            digest = config.get("digest") if isinstance(config, dict) else None
+            if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+                raise ProbeError(Outcome.NOT_FOUND, f"manifest {image} has no config blob digest")
+            return digest
+        raise ProbeError(Outcome.NOT_FOUND, f"index {image} points to another index")
+
+    async def _fetch_blob(self, endpoint: str, repository: str, digest: str, progress: _Progress) -> tuple[int, str]:
+        """GET the blob, following redirects by hand; (HTTP status, detail) or ProbeError.
+
+        A failure after the registry sent the download to another host is ``data_endpoint`` (429 stays
+        ``throttled``): the replica's login endpoint works, its downloads do not.
+        """
+        short = digest.split(":", 1)[-1][:12]
+        response = await self._authorized(
+            "GET", endpoint, f"/v2/{repository}/blobs/{digest}", f"repository:{repository}:pull", blob=True
+        )
+        origin = _origin(response.request.url)
+        authorization = response.request.headers.get("Authorization")
+        try:
+            hops = 0
+            while response.status_code in REDIRECT_STATUSES:
+                location = response.headers.get("location")
+                await response.aclose()
+                hops += 1
+                if not location or hops > MAX_REDIRECTS:
+                    problem = (
+                        "a redirect without a Location" if not location else f"more than {MAX_REDIRECTS} redirects"
+                    )
+                    raise self._blob_error(progress, Outcome.NOT_FOUND, f"config blob {short}: {problem}")
+                target = response.request.url.join(location)
+                same_origin = _origin(target) == origin
+                if not same_origin:
+                    progress.data_host = _host_of(target)
+                # Never forward the registry's Authorization to another origin (a pre-signed data URL).
+                headers = {"Authorization": authorization} if same_origin and authorization else {}
+                try:
+                    response = await self._send(
+                        "GET", str(target), headers=headers, stream=True, follow_redirects=False
+                    )
+                except ProbeError as e:
+                    raise self._blob_error(progress, e.outcome, e.message, e.status) from None
+            status = response.status_code
+            if status != 200:
+                outcome = classify_status(status)
+                if outcome is Outcome.OK:
+                    outcome = Outcome.NOT_FOUND
+                text = f"config blob {short}: HTTP {status} {response.reason_phrase}".rstrip()
+                raise self._blob_error(progress, outcome, text, status)
+            body, complete = await self._read_limited(response, progress)
+        finally:
+            await response.aclose()
+        if complete and "sha256:" + hashlib.sha256(body).hexdigest() != digest and digest.startswith("sha256:"):
+            raise self._blob_error(
+                progress, Outcome.NOT_FOUND, f"config blob {short}: content does not match its digest"
+            )
+        via = f"via {progress.data_host}" if progress.data_host is not None else "from the registry"
+        return status, f"config blob {short}: {len(body)} bytes {via}"
+
+    async def _read_limited(self, response: httpx.Response, progress: _Progress) -> tuple[bytes, bool]:
+        """At most BLOB_READ_LIMIT bytes of the body; True when that was the whole body."""
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) >= BLOB_READ_LIMIT:
+                    length = response.headers.get("content-length", "")
+                    return bytes(body[:BLOB_READ_LIMIT]), length.isdigit() and int(length) == len(body)
+        except httpx.HTTPError as e:
+            outcome, message = classify_exception(e, self.timeout_seconds)
+            raise self._blob_error(progress, outcome, f"reading the blob: {message}") from None
+        return bytes(body), True
+
+    def _blob_error(self, progress: _Progress, outcome: Outcome, message: str, status: int | None = None) -> ProbeError:
+        if progress.data_host is None:
+            return ProbeError(outcome, self._scrub(message), status)
+        if outcome is not Outcome.THROTTLED:
+            outcome = Outcome.DATA_ENDPOINT
+        return ProbeError(outcome, self._scrub(f"data endpoint {progress.data_host}: {message}"), status)
 
     async def _authorization(self, endpoint: str, challenge: Challenge, scope: str, *, force: bool) -> str | None:
         """The Authorization header value answering ``challenge``, or None when we have nothing to offer."""
@@ -577,7 +717,7 @@ class RegistryClient:
             outcome = classify_status(status)
             if outcome is Outcome.OK or status in (400, 401, 404):
                 outcome = Outcome.UNAUTHORIZED
-            raise ProbeError(outcome, f"{what}: HTTP {status} {response.reason_phrase}".rstrip(), status)
+            raise ProbeError(outcome, f"{what}: {_status_text(response)}", status)
         try:
             body = response.json()
         except ValueError:
@@ -637,14 +777,49 @@ class RegistryClient:
     # -- secrets -------------------------------------------------------------------------------
 
     def _scrub(self, message: str) -> str:
-        """Defence in depth: no known secret survives into a message."""
+        """Defence in depth: no known secret survives into a message, raw, repr-escaped or base64."""
         secrets = [t.value for t in self._tokens.values()] + [t.value for t in self._refresh_tokens.values()]
         if self._credentials is not None:
-            secrets.append(self._credentials.password)
+            secrets += [self._credentials.password, _basic(self._credentials).removeprefix("Basic ")]
         for secret in secrets:
-            if secret and len(secret) >= 4:
-                message = message.replace(secret, "***")
-        return _one_line(message)
+            forms = (
+                secret,
+                repr(secret)[1:-1],
+                repr(secret.encode())[2:-1],
+                base64.b64encode(secret.encode()).decode(),
+            )
+            for form in forms:
+                if len(form) >= 4:
+                    message = message.replace(form, "***")
+        return one_line(message)
+
+
+@dataclass(slots=True)
+class _Progress:
+    """How far a deep probe got: set once the download left the registry for another host."""
+
+    data_host: str | None = None
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"https": 443, "http": 80}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+def _host_of(url: httpx.URL) -> str:
+    return url.host if url.port is None else f"{url.host}:{url.port}"
+
+
+def _index_choice(manifests: object) -> str | None:
+    """The digest of the linux/amd64 image of an index, else of its first entry."""
+    if not isinstance(manifests, list):
+        return None
+    entries = [m for m in manifests if isinstance(m, dict) and isinstance(m.get("digest"), str)]
+    for entry in entries:
+        platform = entry.get("platform")
+        if isinstance(platform, dict) and (platform.get("os"), platform.get("architecture")) == ("linux", "amd64"):
+            return str(entry["digest"])
+    return str(entries[0]["digest"]) if entries else None
 
 
 def _seconds(value: object, default: float) -> float:

@@ -1,7 +1,8 @@
 """The mutating admission webhook (Admission mode): an aiohttp HTTPS server on every replica.
 
 It answers from memory (``admission.mutate_pod`` over the current snapshots) and never blocks a
-Pod: any error is answered ``allowed`` with no patch, and the API server is told to ignore a
+Pod: any error is answered ``allowed`` with no patch (and the review's uid, which the API server
+checks), and the API server is told to ignore a
 webhook that is down (``failurePolicy: Ignore``, a 2 s timeout, kube-system and geopin's own
 namespace excluded). Certificates come from a mounted directory (``tls.crt``/``tls.key``, e.g.
 cert-manager), re-read when they change so a rotation needs no restart, or are made at start-up
@@ -15,6 +16,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import ssl
 import tempfile
 import time
@@ -31,12 +33,48 @@ from geopin.io.certs import self_signed
 if TYPE_CHECKING:
     from geopin.core.decisions import PolicySnapshot
 
-__all__ = ["WebhookServer", "webhook_configuration"]
+__all__ = ["MAX_REVIEW_BYTES", "WebhookServer", "webhook_configuration"]
 
 logger = logging.getLogger(__name__)
 
 RELOAD_SECONDS = 10.0
 PATH = "/mutate/pods"
+# kube-apiserver accepts request bodies up to 3 MiB (its MaxRequestBodyBytes), and an UPDATE review
+# (pods/ephemeralcontainers) carries the object and the old object: two of them plus the envelope
+# (request metadata, userInfo, options). aiohttp's default of 1 MiB refused ordinary large Pods.
+MAX_REVIEW_BYTES = 2 * 3 * 1024 * 1024 + 1024 * 1024
+# The uid comes first in the request (the API server serialises AdmissionRequest in field order):
+# enough of an unreadable review to answer it with its uid.
+_UID_RE = re.compile(rb'"uid"\s*:\s*"([A-Za-z0-9._:-]{1,128})"')
+_UID_SEARCH_BYTES = 64 * 1024
+BURST_LOG_SECONDS = 60.0
+
+
+class _BurstLog:
+    """One log line per burst of unreadable reviews: the first at once, then a count once a minute."""
+
+    def __init__(self) -> None:
+        self.logged_at = -BURST_LOG_SECONDS
+        self.suppressed = 0
+
+    def __call__(self, problem: str, uid: str) -> None:
+        now = time.monotonic()
+        if now - self.logged_at < BURST_LOG_SECONDS:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more since the last report)" if self.suppressed else ""
+        logger.warning(
+            "webhook: an admission review %s (uid %r); the Pod is admitted unchanged%s. Further ones are "
+            "counted in geopin_admission_invalid_reviews_total and reported once a minute",
+            problem,
+            uid,
+            more,
+        )
+        self.logged_at, self.suppressed = now, 0
+
+
+class _Unreadable(Exception):
+    """The body is not a review geopin can read (counted and logged already)."""
 
 
 def webhook_configuration(
@@ -109,6 +147,7 @@ class WebhookServer:
         self._runner: web.AppRunner | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._generated: tempfile.TemporaryDirectory[str] | None = None
+        self._burst_log = _BurstLog()
 
     # -- certificates -------------------------------------------------------------------------------
 
@@ -146,7 +185,7 @@ class WebhookServer:
 
     async def start(self) -> None:
         self._load()
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_REVIEW_BYTES)
         app.router.add_post(PATH, self._review)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -164,13 +203,41 @@ class WebhookServer:
         if self._generated is not None:
             self._generated.cleanup()
 
+    async def _read(self, request: web.Request) -> tuple[dict[str, Any] | None, str, str | None]:
+        """(the review's request, its uid, what is wrong with it: None, "too_large" or "malformed").
+
+        The body is read in chunks so that an oversized one is counted and drained, never held whole.
+        """
+        body, size = bytearray(), 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size <= MAX_REVIEW_BYTES:
+                body += chunk
+            elif len(body) > _UID_SEARCH_BYTES:
+                del body[_UID_SEARCH_BYTES:]
+        found = _UID_RE.search(bytes(body[:_UID_SEARCH_BYTES]))
+        uid = found.group(1).decode() if found else ""
+        if size > MAX_REVIEW_BYTES:
+            return None, uid, "too_large"
+        try:
+            review = json.loads(body)
+        except ValueError:  # UnicodeDecodeError included
+            return None, uid, "malformed"
+        req = review.get("request") if isinstance(review, dict) else None
+        if not isinstance(req, dict):
+            return None, uid, "malformed"
+        return req, str(req.get("uid", "")), None
+
     async def _review(self, request: web.Request) -> web.Response:
         began = time.perf_counter()
         result, uid, patch = "error", "", []
         try:
-            review = await request.json()
-            req = review.get("request") or {}
-            uid = str(req.get("uid", ""))
+            req, uid, problem = await self._read(request)
+            if req is None:
+                metrics.ADMISSION_INVALID_REVIEWS.labels(problem).inc()
+                problem_text = "too large to read" if problem == "too_large" else "malformed (not JSON or no request)"
+                self._burst_log(problem_text, uid)
+                raise _Unreadable
             namespace = str(req.get("namespace") or "")
             patch = mutate_pod(
                 req.get("object") or {},
@@ -180,6 +247,8 @@ class WebhookServer:
                 subresource=req.get("subResource"),
             )
             result = "mutated" if patch else "unchanged"
+        except _Unreadable:
+            patch = []
         except Exception:
             logger.exception("webhook: review failed; the Pod is admitted unchanged")
             patch = []
