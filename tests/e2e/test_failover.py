@@ -236,6 +236,34 @@ def _first_write_after(fleet: Fleet, operator: Operator, after: float) -> float:
     raise AssertionError("no Deployment write after the recovery")
 
 
+def test_a_failback_delay_under_way_survives_an_operator_restart(healthy: Fleet, operator: Operator) -> None:
+    """A new process (a restart, a new leader) starts with no memory; the status it reads says eastus
+    recovered moments ago, so workloads still move back only a whole failback delay after the recovery."""
+    fleet = healthy
+    fleet.registries["eastus"].stop()
+    wait_until(lambda: fleet.on("westus"), timeout=60, what=f"all {COUNT} Deployments on westus")
+    recovered_at = time.time()
+    fleet.registries["eastus"].heal()
+    healthy_again: float = wait_until(
+        lambda: _log_time(operator, r"replica eastus Unhealthy -> Healthy", recovered_at),
+        timeout=30,
+        ignore=(AssertionError,),
+        what="eastus healthy again",
+    )
+
+    def recovery_written() -> bool:
+        status = fleet.status()
+        rows = {r["region"]: r for r in status.get("replicas", [])}
+        return rows.get("eastus", {}).get("state") == "Healthy" and "eastus" not in status.get("usableRegions", [])
+
+    wait_until(recovery_written, timeout=15, interval=0.05, what="the status shows eastus waiting out its delay")
+    operator.stop()
+    operator.start()
+    wait_until(lambda: fleet.on("eastus"), timeout=60, what="failback to eastus after the restart")
+    first_move_back = _first_write_after(fleet, operator, healthy_again)
+    assert first_move_back - healthy_again >= FAILBACK_DELAY - 1, (healthy_again, first_move_back)
+
+
 def test_a_switch_is_counted_when_decided_not_when_the_repoint_settles(healthy: Fleet, operator: Operator) -> None:
     """api.md: geopin_endpoint_switches_total and EndpointSwitched count the decision when it is made."""
     fleet = healthy

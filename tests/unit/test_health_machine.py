@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -1004,3 +1005,61 @@ def test_stay_fallback_keeps_the_current_pin_in_decide() -> None:
 
 
 # -- failback delay across a restart or a change of leader ----------------------------------------------
+
+
+# -- failback delay across a restart or a change of leader ----------------------------------------------
+
+WALL, NOW = 1_700_000_000.0, 50.0  # the new process's wall clock and its own clock, at one instant
+
+
+def _status_row(region: str, state: str, since_wall: float) -> dict[str, Any]:
+    """A status.replicas row as the leader writes it (lastTransitionTime in whole seconds, UTC)."""
+    stamp = datetime.fromtimestamp(since_wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"region": region, "endpoint": endpoint(region), "state": state, "lastTransitionTime": stamp}
+
+
+def test_a_failback_delay_under_way_survives_a_restart() -> None:
+    """The home replica recovered 20 s before the restart: it is usable 300 s after the recovery."""
+    status = {
+        "replicas": [
+            _status_row(HOME, "Healthy", WALL - 20),
+            *(_status_row(r, "Healthy", WALL - 900) for r in REGIONS[1:]),
+        ],
+        "usableRegions": list(REGIONS[1:]),  # eastus healthy, waiting out its delay
+    }
+    t = tracker(failback_delay_seconds=300)
+    t.restore_failback_delays(status, now=NOW, wall_now=WALL)
+    assert not t.decided  # still Unknown: a first probe decides, as after any start
+    make_healthy_at_startup(t, NOW)
+    assert HOME not in t.usable(NOW + 279)
+    assert HOME in t.usable(NOW + 280)
+    assert set(REGIONS[1:]) <= t.usable(NOW)
+
+
+def test_a_stale_unhealthy_row_holds_nothing_back() -> None:
+    """The status lags a repoint: a leader that had already moved workloads back to eastus may have left it
+    shown Unhealthy. The new leader must not take that for a verdict and move the workloads away again."""
+    status = {"replicas": [_status_row(HOME, "Unhealthy", WALL - 400)], "usableRegions": list(REGIONS[1:])}
+    t = tracker(failback_delay_seconds=300)
+    t.restore_failback_delays(status, now=NOW, wall_now=WALL)
+    assert t.replicas[HOME].state is UNKNOWN
+    make_healthy_at_startup(t, NOW)
+    assert HOME in t.usable(NOW)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {},
+        {"replicas": "nonsense", "usableRegions": 5},
+        {"replicas": [{"region": HOME, "state": "Healthy", "lastTransitionTime": "not a time"}], "usableRegions": []},
+        {"replicas": [{**_status_row(HOME, "Healthy", WALL - 5), "endpoint": "old.example.com"}], "usableRegions": []},
+        {"replicas": [_status_row(HOME, "Healthy", WALL - 5)], "usableRegions": [HOME]},
+        {"replicas": [_status_row(HOME, "Healthy", WALL - 5)]},  # no usableRegions: nothing to infer
+    ],
+)
+def test_a_status_without_a_pending_delay_changes_nothing(status: dict[str, Any]) -> None:
+    t = tracker(failback_delay_seconds=300)
+    t.restore_failback_delays(status, now=NOW, wall_now=WALL)
+    make_healthy_at_startup(t, NOW)
+    assert t.usable(NOW) == set(REGIONS)

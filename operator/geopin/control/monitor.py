@@ -15,8 +15,8 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from geopin.control.changes import wait_for_event
 from geopin.core.health import QUICK_REPROBE_SECONDS, HealthTracker, ReplicaState, Transition
@@ -111,6 +111,10 @@ class PolicyMonitor:
         self._recompute()
         self._wake.set()
         return old
+
+    def restore(self, status: Mapping[str, Any]) -> None:
+        """Failback delays under way when the last status was written (a restart, a new leader)."""
+        self.tracker.restore_failback_delays(status, self.clock(), time.time())
 
     def trigger(self, region: str) -> None:
         """Probe this replica now (a passive signal such as a kubelet pull error)."""

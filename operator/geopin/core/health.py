@@ -9,8 +9,10 @@ usable, the global endpoint (``fallback: Global``) or the current pin (``fallbac
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from geopin.core.policy import GLOBAL_REGION, Fallback, Policy, ProbeSettings, Replica
 
@@ -61,6 +63,17 @@ def choose(
     if policy.fallback is Fallback.STAY and current is not None and current in policy.endpoints:
         return Target(current, policy.endpoints[current])
     return Target(GLOBAL_REGION, policy.registry)
+
+
+def _wall_seconds(stamp: object) -> float | None:
+    """An RFC 3339 time of the status (``2026-11-28T03:09:40Z``) as wall-clock seconds, or None."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
 class ReplicaState(enum.StrEnum):
@@ -136,6 +149,32 @@ class HealthTracker:
             if health is None or health.endpoint != replica.endpoint:
                 health = ReplicaHealth(region=replica.region, endpoint=replica.endpoint)
             self.replicas[replica.region] = health
+
+    def restore_failback_delays(self, status: Mapping[str, Any], now: float, wall_now: float) -> None:
+        """Carry a failback delay under way over a restart or a change of leader, from the status geopin wrote.
+
+        A new process starts every replica Unknown, usable at its first success, so a recovered home
+        replica would attract workloads back before ``failbackDelaySeconds``. A row the status shows
+        Healthy but missing from ``usableRegions`` was waiting out that delay, which ends
+        ``failbackDelaySeconds`` after the row's ``lastTransitionTime`` (its recovery): the replica
+        stays Unknown until probed, and is usable no earlier than that. Nothing else is read: an
+        Unhealthy row may be stale (the status lags a repoint), and starting that replica Unhealthy
+        would move workloads off a replica the last leader had already moved them back to.
+        ``now`` is this tracker's clock and ``wall_now`` the wall clock at the same instant.
+        """
+        usable, rows = status.get("usableRegions"), status.get("replicas")
+        if not isinstance(usable, list) or not isinstance(rows, list):
+            return
+        for row in rows:
+            region = row.get("region") if isinstance(row, Mapping) else None
+            health = self.replicas.get(region) if isinstance(region, str) else None
+            if health is None or region in usable or row.get("state") != ReplicaState.HEALTHY:
+                continue
+            if row.get("endpoint") != health.endpoint:
+                continue  # the status describes another endpoint than the one probed now
+            if (recovered := _wall_seconds(row.get("lastTransitionTime"))) is not None:
+                ends = now - (wall_now - recovered) + self.settings.failback_delay_seconds
+                health.usable_at = max(health.usable_at, ends)
 
     def is_failure(self, outcome: str) -> bool:
         if outcome == _THROTTLED:
