@@ -75,7 +75,7 @@ CHART_ALL_FEATURES := --set serviceMonitor.enabled=true --set prometheusRule.ena
 	--set service.webhook.enabled=true --set networkPolicy.enabled=true --set priorityClass.create=true \
 	--set metrics.secure=true --set metrics.certSecret=geopin-metrics-tls
 
-.PHONY: tools chart-lint deploy-render deploy-check
+.PHONY: tools chart-lint deploy-render deploy-check corpus-render
 
 tools: ## build (or find cached) helm and kubeconform; prints their directory
 	@hack/tools/build.sh
@@ -87,6 +87,9 @@ chart-lint: $(STAMP) ## helm lint --strict (defaults and every optional feature)
 deploy-render: ## copy deploy/crds into the chart and render deploy/geopin.yaml from it
 	cp deploy/crds/$(CRD) $(CHART)/crds/$(CRD)
 	hack/render-deploy.sh
+
+corpus-render: ## re-render the plan corpus (tests/fixtures/manifests/rendered) with helm and kubectl kustomize
+	hack/render-corpus.sh
 
 deploy-check: ## fail when the chart's CRD or deploy/geopin.yaml is out of date
 	@cmp -s deploy/crds/$(CRD) $(CHART)/crds/$(CRD) || { echo "$(CHART)/crds/$(CRD) differs from deploy/crds/: make deploy-render" >&2; exit 1; }

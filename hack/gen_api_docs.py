@@ -43,6 +43,13 @@ ANNOTATION_ROWS = (
         "workload or Pod, written by geopin",
         "the region (or `global`) the images now point to",
     ),
+    (
+        "`geopin.io/pinned-endpoints`",
+        "workload or Pod, written by geopin",
+        "JSON object: registry → the explicit endpoint (`spec.replicas[].endpoint`) its images now point to,"
+        " only for an endpoint that is not the registry's `<name>.<region>.geo` host; recognises geopin's"
+        " own rewrite after that endpoint is changed or removed from the policy",
+    ),
 )
 ANNOTATIONS_INTRO = "Annotations on workloads and Pods (prefix `geopin.io/`). They are not part of the CRD schema."
 ANNOTATIONS_OUTRO = (

@@ -215,3 +215,28 @@ def test_failure_policy_fail_refuses_pods_while_the_webhook_is_down(env: Env) ->
             env.operator.stop()
         env.operator.start(*env.extra)  # type: ignore[attr-defined]
     assert (hook().failure_policy, hook().timeout_seconds) == ("Ignore", 2)
+
+
+def test_a_pod_bigger_than_a_mebibyte_is_pinned(env: Env) -> None:
+    """The API server accepts Pods up to etcd's 1.5 MiB and sends the whole object to the webhook
+    (aiohttp's default limit was 1 MiB). Dry-run creations: admission runs, nothing is stored."""
+
+    def created(name: str, env_vars: list[dict[str, str]]) -> Any:
+        pod = {
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {"containers": [{"name": "web", "image": IMAGE, "env": env_vars}]},
+        }
+        return env.core.create_namespaced_pod(NAMESPACE, pod, dry_run="All")
+
+    # The webhook answers (a restart in an earlier test made a new certificate): a small Pod is pinned.
+    small = wait_until(
+        lambda: (p := created("small", [])).spec.containers[0].image != IMAGE and p,
+        timeout=30,
+        what="the webhook pinning Pods",
+    )
+    active = small.spec.containers[0].image.removesuffix("/team/web:1")
+    padding = [{"name": f"BLOB_{i}", "value": "x" * (200 * 1024)} for i in range(6)]  # 1.2 MiB
+    big = created("big", padding)
+    assert big.spec.containers[0].image == f"{active}/team/web:1"
+    assert json.loads(big.metadata.annotations["geopin.io/original-images"]) == {"containers/web": IMAGE}
+    assert "review failed" not in env.operator.log()

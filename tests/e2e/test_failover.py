@@ -236,6 +236,66 @@ def _first_write_after(fleet: Fleet, operator: Operator, after: float) -> float:
     raise AssertionError("no Deployment write after the recovery")
 
 
+def test_a_failback_delay_under_way_survives_an_operator_restart(healthy: Fleet, operator: Operator) -> None:
+    """A new process (a restart, a new leader) starts with no memory; the status it reads says eastus
+    recovered moments ago, so workloads still move back only a whole failback delay after the recovery."""
+    fleet = healthy
+    fleet.registries["eastus"].stop()
+    wait_until(lambda: fleet.on("westus"), timeout=60, what=f"all {COUNT} Deployments on westus")
+    recovered_at = time.time()
+    fleet.registries["eastus"].heal()
+    healthy_again: float = wait_until(
+        lambda: _log_time(operator, r"replica eastus Unhealthy -> Healthy", recovered_at),
+        timeout=30,
+        ignore=(AssertionError,),
+        what="eastus healthy again",
+    )
+
+    def recovery_written() -> bool:
+        status = fleet.status()
+        rows = {r["region"]: r for r in status.get("replicas", [])}
+        return rows.get("eastus", {}).get("state") == "Healthy" and "eastus" not in status.get("usableRegions", [])
+
+    wait_until(recovery_written, timeout=15, interval=0.05, what="the status shows eastus waiting out its delay")
+    operator.stop()
+    operator.start()
+    wait_until(lambda: fleet.on("eastus"), timeout=60, what="failback to eastus after the restart")
+    first_move_back = _first_write_after(fleet, operator, healthy_again)
+    assert first_move_back - healthy_again >= FAILBACK_DELAY - 1, (healthy_again, first_move_back)
+
+
+def test_a_switch_is_counted_when_decided_not_when_the_repoint_settles(healthy: Fleet, operator: Operator) -> None:
+    """api.md: geopin_endpoint_switches_total and EndpointSwitched count the decision when it is made."""
+    fleet = healthy
+    before = _switches(operator)
+    mark, mark_time = fleet.cp.audit_line_count(), int(time.time())
+    fleet.registries["eastus"].stop()
+    counted_at: float = wait_until(
+        lambda: _switches(operator) > before and time.time(), timeout=60, interval=0.05, what="the switch counted"
+    )
+    wait_until(lambda: fleet.on("westus"), timeout=60, what=f"all {COUNT} Deployments on westus")
+    writes = [
+        datetime.fromisoformat(e["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+        for e in fleet.cp.audit_events(mark)
+        if (e.get("user") or {}).get("username") == operator.user
+        and (e.get("objectRef") or {}).get("resource") == "deployments"
+        and e.get("verb") == "patch"
+    ]
+    assert len(writes) >= COUNT
+    assert counted_at < max(writes), f"counted {counted_at - max(writes):.2f}s after the last repoint write"
+    event = wait_until(
+        lambda: [
+            e
+            for e in fleet.core.list_namespaced_event("default", field_selector="reason=EndpointSwitched").items
+            if (e.message or "").startswith("eastus -> westus")
+            and e.metadata.creation_timestamp.timestamp() >= mark_time
+        ],
+        timeout=15,
+        what="an EndpointSwitched Event",
+    )
+    assert event
+
+
 def test_throttling_is_counted_but_moves_nothing(healthy: Fleet, operator: Operator) -> None:
     fleet = healthy
 

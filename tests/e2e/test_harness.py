@@ -235,6 +235,18 @@ def test_sigkill_refuses_connections_and_restart_keeps_data(ca: CA, fault_regist
     assert oci.manifest_digest(fault_registry.endpoint, repo, "v1", verify=ca.ssl_context()) == digest
 
 
+def test_a_restarted_registry_serves_its_own_certificate_after_a_namesake_was_issued_one(ca: CA) -> None:
+    """A session's CA issues many registries named "eastus" (hosts differ): restarting the first one
+    must not load a namesake's certificate (its replica then failed every handshake by name)."""
+    name = unique("twin")
+    with Registry(name, ca, host="twin.example.test", ip="127.0.0.1") as first:
+        with Registry(name, ca, host="other.example.test", ip="127.0.0.1"):
+            pass
+        first.restart()
+        with first.client(timeout=5.0) as http:
+            assert http.get("/v2/").status_code == 200
+
+
 # -- replication ----------------------------------------------------------------------------------
 
 

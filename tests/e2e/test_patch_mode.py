@@ -145,8 +145,11 @@ class Cluster:
         return body
 
     def policy(self) -> dict[str, Any] | None:
+        return self.policy_named(POLICY)
+
+    def policy_named(self, name: str) -> dict[str, Any] | None:
         try:
-            body: dict[str, Any] = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, POLICY)
+            body: dict[str, Any] = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
         except client.ApiException as e:
             if e.status == 404:
                 return None
@@ -285,3 +288,65 @@ def _own_annotations(body: dict[str, Any]) -> dict[str, str]:
     annotations = copy.deepcopy(body["metadata"].get("annotations") or {})
     annotations.pop("deployment.kubernetes.io/revision", None)
     return annotations
+
+
+CORP_REGISTRY = "registry.contoso.com"  # not an ACR: every replica has an explicit endpoint
+CORP_NAMESPACE = "endpoints"
+
+
+def test_explicit_endpoint_changed_then_replica_removed_then_policy_deleted(
+    cluster: Cluster, operator: Operator, registries: Any, ca: CA
+) -> None:
+    """The workload follows its explicit endpoint through two policy edits, and deletion restores it exactly."""
+    east, west = registries["eastus"].port, registries["westus"].port
+    images = {"containers/web": f"{CORP_REGISTRY}/shop/web:1.4.2", "containers/proxy": "nginx:1.27"}
+    cluster.core.create_namespace({"metadata": {"name": CORP_NAMESPACE}})
+    cluster.apps.create_namespaced_deployment(
+        CORP_NAMESPACE, deployment("corp", CORP_NAMESPACE, images, {"team": "shop"})
+    )
+    before: dict[str, Any] = cluster.api.sanitize_for_serialization(
+        cluster.apps.read_namespaced_deployment("corp", CORP_NAMESPACE)
+    )
+
+    def corp() -> dict[str, Any]:
+        body: dict[str, Any] = cluster.api.sanitize_for_serialization(
+            cluster.apps.read_namespaced_deployment("corp", CORP_NAMESPACE)
+        )
+        return body
+
+    def spec(replicas: dict[str, str]) -> dict[str, Any]:
+        return {
+            "registry": CORP_REGISTRY,
+            "replicas": [{"region": region, "endpoint": endpoint} for region, endpoint in replicas.items()],
+            "probe": {"caBundle": ca.cert_pem.decode()},
+            "replicationCheck": False,
+        }
+
+    def pinned_to(host: str) -> bool:
+        return images_of(corp())["containers/web"] == f"{host}/shop/web:1.4.2"
+
+    policy = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RegistryPolicy", "metadata": {"name": "corp"}}
+    policy["spec"] = spec({"eastus": f"127.0.0.1:{east}", "westus": f"127.0.0.1:{west}"})
+    cluster.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, policy)
+    wait_until(lambda: pinned_to(f"127.0.0.1:{east}"), timeout=60, what="corp pinned to eastus")
+
+    # 1. eastus's explicit endpoint changes (same replica, another name): the workload follows it.
+    changed = spec({"eastus": f"localhost:{east}", "westus": f"127.0.0.1:{west}"})
+    cluster.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, "corp", {"spec": changed})
+    wait_until(lambda: pinned_to(f"localhost:{east}"), timeout=60, what="corp repointed to eastus's new endpoint")
+    assert json.loads(corp()["metadata"]["annotations"][ORIGINAL]) == {"containers/web": images["containers/web"]}
+
+    # 2. eastus leaves the policy: the workload moves to westus, its original still recorded.
+    shrunk = spec({"westus": f"127.0.0.1:{west}"})
+    cluster.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, "corp", {"spec": shrunk})
+    wait_until(lambda: pinned_to(f"127.0.0.1:{west}"), timeout=60, what="corp moved to westus")
+    assert json.loads(corp()["metadata"]["annotations"][ORIGINAL]) == {"containers/web": images["containers/web"]}
+    assert corp()["metadata"]["annotations"][PINNED] == "westus"
+
+    # 3. Deleting the policy restores the Deployment's spec and annotations byte for byte.
+    cluster.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "corp")
+    wait_until(lambda: cluster.policy_named("corp") is None, timeout=60, what="corp policy finalizer released")
+    after = corp()
+    assert _canonical(after["spec"]) == _canonical(before["spec"])
+    assert _own_annotations(after) == _own_annotations(before)
+    cluster.core.delete_namespace(CORP_NAMESPACE)

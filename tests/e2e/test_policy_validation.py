@@ -58,6 +58,33 @@ def _create(control_plane: ControlPlane, name: str, spec: dict[str, Any]) -> cli
         ),
         pytest.param({"registry": "contoso.azurecr.io"}, "spec", id="no-replicas-no-azure"),
         pytest.param({**VALID, "pullSecrets": "Sometimes"}, "spec.pullSecrets", id="pull-secrets-enum"),
+        pytest.param({**VALID, "replicas": [{"region": "auto"}]}, "spec.replicas[0].region", id="replica-auto"),
+        pytest.param(
+            {**VALID, "replicas": [{"region": "eastus", "endpoint": "contoso.westus.geo.azurecr.io"}]},
+            "spec.replicas[0].endpoint",
+            id="endpoint-of-another-region",
+        ),
+        pytest.param(
+            {
+                "registry": "registry.contoso.com",
+                "replicas": [
+                    {"region": "a", "endpoint": "m.contoso.com"},
+                    {"region": "b", "endpoint": "m.contoso.com"},
+                ],
+            },
+            "spec.replicas",
+            id="duplicate-endpoint",
+        ),
+        pytest.param(
+            {"registry": "r.contoso.com:0", "replicas": [{"region": "a", "endpoint": "m.contoso.com"}]},
+            "spec.registry",
+            id="registry-port-0",
+        ),
+        pytest.param(
+            {"registry": "r.contoso.com", "replicas": [{"region": "a", "endpoint": "m.contoso.com:65536"}]},
+            "spec.replicas[0].endpoint",
+            id="endpoint-port-65536",
+        ),
     ],
 )
 def test_api_server_rejects_malformed_policy(control_plane: ControlPlane, spec: dict[str, Any], field: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import itertools
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,12 @@ class CA:
         server: bool = False,
         client: bool = False,
     ) -> CertPair:
-        """Issue `<name>.crt`/`<name>.key`; `hosts` are IP addresses or DNS names for the SAN."""
+        """Issue `<name>.crt`/`<name>.key`; `hosts` are IP addresses or DNS names for the SAN.
+
+        A name issued before gets new files (`<name>-2.crt`, ...): a pair is never replaced on disk, so a
+        server restarted later (a replica healed after a kill) reloads its own certificate, not the
+        one a later server of the same name was issued.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
@@ -160,12 +166,25 @@ class CA:
         cert = builder.sign(self._key, hashes.SHA256())
         cert_pem = cert.public_bytes(serialization.Encoding.PEM)
         key_pem = _key_pem(key)
+        stem = self._claim(name)
         return CertPair(
-            cert_path=_write(self.directory / f"{name}.crt", cert_pem),
-            key_path=_write(self.directory / f"{name}.key", key_pem, private=True),
+            cert_path=_write(self.directory / f"{stem}.crt", cert_pem),
+            key_path=_write(self.directory / f"{stem}.key", key_pem, private=True),
             cert_pem=cert_pem,
             key_pem=key_pem,
         )
+
+    def _claim(self, name: str) -> str:
+        """The first free file stem for `name`, reserved by creating its `.crt` exclusively."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for attempt in itertools.count(1):
+            stem = name if attempt == 1 else f"{name}-{attempt}"
+            try:
+                (self.directory / f"{stem}.crt").touch(exist_ok=False)
+            except FileExistsError:
+                continue
+            return stem
+        raise AssertionError("unreachable")
 
     def issue_server(
         self, name: str, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"), *, client: bool = False

@@ -308,7 +308,7 @@ def test_deployment_with_null_metadata_is_not_a_traceback(policy_file: str) -> N
     run = geopin("plan", "--policy", policy_file, stdin="kind: Deployment\nmetadata:\nspec: {}\n")
     assert run.code == 1
     assert "Traceback" not in run.stderr
-    assert "Deployment without metadata: left as it is" in run.stderr
+    assert "warning: Deployment: metadata: must be an object; left as it is" in run.stderr
 
 
 def test_invalid_image_reference_warns_and_leaves_the_document(policy_file: str) -> None:

@@ -250,6 +250,9 @@ def test_full_example_spells_out_every_spec_field(spec_schema: dict[str, Any]) -
         ("replicas", [{"region": "EastUS"}]),
         ("replicas", [{"region": "eastus", "endpoint": "https://eastus.example"}]),
         ("replicas", [{"endpoint": "eastus.example"}]),
+        ("replicas", [{"region": "eastus", "endpoint": "eastus.example:0"}]),
+        ("replicas", [{"region": "eastus", "endpoint": "eastus.example:65536"}]),
+        ("registry", "contoso.example:99999"),
         ("azure", {"subscriptionId": "not-a-uuid", "resourceGroup": "rg"}),
         ("azure", {"subscriptionId": AZURE_MINIMAL["subscriptionId"]}),
         ("mode", "patch"),
@@ -475,6 +478,30 @@ def test_number_ranges_are_the_parsers(spec_schema: dict[str, Any]) -> None:
             {**MINIMAL_SPEC, "probe": {"intervalSeconds": 3, "timeoutSeconds": 4}},
             "spec.probe.timeoutSeconds",
             id="timeout-within-interval",
+        ),
+        pytest.param(
+            {"registry": "contoso.azurecr.io", "replicas": [{"region": "auto"}]},
+            "spec.replicas[0].region",
+            id="auto-region",
+        ),
+        pytest.param(
+            {
+                "registry": "contoso.azurecr.io",
+                "replicas": [{"region": "eastus", "endpoint": "contoso.westus.geo.azurecr.io"}],
+            },
+            "spec.replicas[0].endpoint",
+            id="endpoint-of-another-region",
+        ),
+        pytest.param(
+            {
+                "registry": "r.example.com",
+                "replicas": [
+                    {"region": "a", "endpoint": "m.example.com"},
+                    {"region": "b", "endpoint": "m.example.com"},
+                ],
+            },
+            "spec.replicas[1].endpoint",
+            id="duplicate-endpoint",
         ),
     ],
 )

@@ -356,3 +356,16 @@ def test_restore_keeps_pinned_region_of_a_non_writing_policy_s_images() -> None:
     assert images_of(restored) == {"web": CONTOSO_WEB, "api": "fabrikam.eastus.geo.azurecr.io/api:7"}
     assert record_of(restored) == {"containers/api": FABRIKAM_API}
     assert restored["metadata"]["annotations"].get(ANNOTATION_PINNED_REGION) == "eastus"
+
+
+def test_duplicate_container_names_get_no_decision() -> None:
+    """Two containers under one record key would swap images: such a workload is never written."""
+    body = deployment()
+    body["spec"]["template"]["spec"]["containers"] = [
+        {"name": "web", "image": CONTOSO_WEB},
+        {"name": "web", "image": "contoso.azurecr.io/shop/api:1"},
+    ]
+    assert plan_workload(view(body), [snapshot()], {}) is None
+    body["spec"]["template"]["spec"]["initContainers"] = [{"name": "web", "image": CONTOSO_WEB}]
+    del body["spec"]["template"]["spec"]["containers"][1]
+    assert plan_workload(view(body), [snapshot()], {}) is not None  # another list: another key

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -180,15 +181,22 @@ def test_unknown_failures_below_threshold_then_success_is_healthy() -> None:
 
 
 def _expected_states(
-    events: Sequence[tuple[int, bool]], failure_threshold: int, success_threshold: int
+    events: Sequence[tuple[int, bool | None]], failure_threshold: int, success_threshold: int
 ) -> tuple[dict[str, ReplicaState], dict[str, int], dict[str, int]]:
-    """A reference model from the documented rules: (state, trailing failure run, trailing success run)."""
+    """A reference model from the documented rules: (state, trailing failure run, trailing success run).
+
+    ``up`` None is a 429 that is not a failure: it gives an Unknown replica its first verdict and
+    otherwise counts neither way (reported, not counted).
+    """
     state = dict.fromkeys(REGIONS, UNKNOWN)
     fails = dict.fromkeys(REGIONS, 0)
     oks = dict.fromkeys(REGIONS, 0)
     for index, up in events:
         region = REGIONS[index]
-        if up:
+        if up is None:
+            if state[region] is UNKNOWN:
+                state[region] = HEALTHY
+        elif up:
             oks[region], fails[region] = oks[region] + 1, 0
             if state[region] is UNKNOWN or (state[region] is UNHEALTHY and oks[region] >= success_threshold):
                 state[region] = HEALTHY
@@ -218,7 +226,9 @@ def test_interleaved_results_follow_the_documented_thresholds(
     )
     for now, (index, outcome) in enumerate(events):
         t.observe(REGIONS[index], outcome, float(now))
-    ups = [(i, o == OK or (o == THROTTLED and not throttling_is_failure)) for i, o in events]
+    ups: list[tuple[int, bool | None]] = [
+        (i, None if o == THROTTLED and not throttling_is_failure else o == OK) for i, o in events
+    ]
     state, fails, oks = _expected_states(ups, failure_threshold, success_threshold)
     for region in REGIONS:
         health = t.replicas[region]
@@ -262,15 +272,31 @@ def test_throttling_is_not_a_failure_by_default(failure_threshold: int) -> None:
     assert HOME in t.usable(1.0)
 
 
-def test_throttling_counts_as_up_by_default() -> None:
+def test_throttling_is_reported_not_counted_by_default() -> None:
     t = tracker(failure_threshold=3, success_threshold=2)
+    # A first 429 is a verdict: the replica answers.
     assert t.observe(HOME, THROTTLED, 0.0) == Transition(HOME, UNKNOWN, HEALTHY, THROTTLED)
     feed(t, HOME, FAIL, 2, 1.0)
-    t.observe(HOME, THROTTLED, 1.0)  # interrupts the run of failures
-    feed(t, HOME, FAIL, 2, 1.0)
-    assert t.replicas[HOME].state is HEALTHY
-    make_unhealthy(t, HOME, 2.0)
-    assert feed(t, HOME, THROTTLED, 2, 3.0) == [Transition(HOME, UNHEALTHY, HEALTHY, THROTTLED)]
+    t.observe(HOME, THROTTLED, 1.0)  # does not interrupt the run of failures ...
+    assert t.replicas[HOME].consecutive_failures == 2
+    assert t.observe(HOME, FAIL, 1.0) == Transition(HOME, HEALTHY, UNHEALTHY, FAIL)
+    assert feed(t, HOME, THROTTLED, 5, 3.0) == []  # ... nor counts towards a recovery
+    assert t.replicas[HOME].state is UNHEALTHY
+    assert feed(t, HOME, OK, 2, 4.0) == [Transition(HOME, UNHEALTHY, HEALTHY, OK)]
+
+
+@pytest.mark.parametrize("start", ["unknown", "healthy"])
+def test_connection_failures_alternating_with_429s_make_a_replica_unhealthy(start: str) -> None:
+    t = tracker(failure_threshold=3)
+    if start == "healthy":
+        t.observe(HOME, OK, 0.0)
+    transitions: list[Transition] = []
+    for now in range(3):
+        transitions += feed(t, HOME, str(Outcome.CONNECT), 1, float(now))
+        transitions += feed(t, HOME, THROTTLED, 1, float(now))
+    assert t.replicas[HOME].state is UNHEALTHY
+    assert transitions[-1].current is UNHEALTHY
+    assert HOME not in t.usable(10.0)
 
 
 @pytest.mark.parametrize("failure_threshold", [1, 3])
@@ -401,6 +427,20 @@ def test_set_excluded_is_idempotent() -> None:
     assert t.set_excluded(HOME, True, 70.0) is None
     assert t.replicas[HOME].last_transition_time == 60.0
     assert t.set_excluded("northeurope", True, 70.0) is None
+
+
+@pytest.mark.parametrize("outcome", [FAIL, OK])
+def test_probing_an_excluded_replica_reports_no_transition(outcome: str) -> None:
+    """Its reported state stays Excluded: failing or recovering underneath posts no Event."""
+    t = tracker(failure_threshold=1, success_threshold=1)
+    make_healthy_at_startup(t)
+    if outcome == OK:
+        t.observe(HOME, FAIL, 0.5)
+    t.set_excluded(HOME, True, 1.0)
+    assert feed(t, HOME, outcome, 3, 2.0) == []
+    assert t.replicas[HOME].reported_state is EXCLUDED
+    assert t.replicas[HOME].state is (UNHEALTHY if outcome == FAIL else HEALTHY)
+    assert t.replicas[HOME].last_transition_time == 1.0  # the exclusion, still what the status shows
 
 
 def test_an_excluded_replica_that_fails_is_unhealthy_underneath() -> None:
@@ -962,3 +1002,64 @@ def test_stay_fallback_keeps_the_current_pin_in_decide() -> None:
     choice = decide(snap(Registry(), usable=frozenset(), fallback="Stay"), view, None)
     assert geo_policy("Stay").fallback is Fallback.STAY
     assert choice.target == Target("westus", endpoint("westus"))
+
+
+# -- failback delay across a restart or a change of leader ----------------------------------------------
+
+
+# -- failback delay across a restart or a change of leader ----------------------------------------------
+
+WALL, NOW = 1_700_000_000.0, 50.0  # the new process's wall clock and its own clock, at one instant
+
+
+def _status_row(region: str, state: str, since_wall: float) -> dict[str, Any]:
+    """A status.replicas row as the leader writes it (lastTransitionTime in whole seconds, UTC)."""
+    stamp = datetime.fromtimestamp(since_wall, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"region": region, "endpoint": endpoint(region), "state": state, "lastTransitionTime": stamp}
+
+
+def test_a_failback_delay_under_way_survives_a_restart() -> None:
+    """The home replica recovered 20 s before the restart: it is usable 300 s after the recovery."""
+    status = {
+        "replicas": [
+            _status_row(HOME, "Healthy", WALL - 20),
+            *(_status_row(r, "Healthy", WALL - 900) for r in REGIONS[1:]),
+        ],
+        "usableRegions": list(REGIONS[1:]),  # eastus healthy, waiting out its delay
+    }
+    t = tracker(failback_delay_seconds=300)
+    t.restore_failback_delays(status, now=NOW, wall_now=WALL)
+    assert not t.decided  # still Unknown: a first probe decides, as after any start
+    make_healthy_at_startup(t, NOW)
+    assert HOME not in t.usable(NOW + 279)
+    assert HOME in t.usable(NOW + 280)
+    assert set(REGIONS[1:]) <= t.usable(NOW)
+
+
+def test_a_stale_unhealthy_row_holds_nothing_back() -> None:
+    """The status lags a repoint: a leader that had already moved workloads back to eastus may have left it
+    shown Unhealthy. The new leader must not take that for a verdict and move the workloads away again."""
+    status = {"replicas": [_status_row(HOME, "Unhealthy", WALL - 400)], "usableRegions": list(REGIONS[1:])}
+    t = tracker(failback_delay_seconds=300)
+    t.restore_failback_delays(status, now=NOW, wall_now=WALL)
+    assert t.replicas[HOME].state is UNKNOWN
+    make_healthy_at_startup(t, NOW)
+    assert HOME in t.usable(NOW)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {},
+        {"replicas": "nonsense", "usableRegions": 5},
+        {"replicas": [{"region": HOME, "state": "Healthy", "lastTransitionTime": "not a time"}], "usableRegions": []},
+        {"replicas": [{**_status_row(HOME, "Healthy", WALL - 5), "endpoint": "old.example.com"}], "usableRegions": []},
+        {"replicas": [_status_row(HOME, "Healthy", WALL - 5)], "usableRegions": [HOME]},
+        {"replicas": [_status_row(HOME, "Healthy", WALL - 5)]},  # no usableRegions: nothing to infer
+    ],
+)
+def test_a_status_without_a_pending_delay_changes_nothing(status: dict[str, Any]) -> None:
+    t = tracker(failback_delay_seconds=300)
+    t.restore_failback_delays(status, now=NOW, wall_now=WALL)
+    make_healthy_at_startup(t, NOW)
+    assert t.usable(NOW) == set(REGIONS)

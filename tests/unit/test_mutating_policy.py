@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from geopin.core import mutating_policy
 from geopin.core.health import Target
 from geopin.core.mutating_policy import (
     API_VERSIONS,
@@ -272,11 +271,7 @@ def cel_managed(image: str, registry: str) -> bool:
         return False
     if not ("." in first or ":" in first or first == "localhost" or first != first.lower()):
         return False
-    if not re.search(REMAINDER_PATTERN, image[slash + 1 :]):
-        return False
-    return not re.search(mutating_policy.REGISTERED_DIGEST_PATTERN, image) or bool(
-        re.search(mutating_policy.VALID_REGISTERED_DIGEST_PATTERN, image)
-    )
+    return bool(re.search(REMAINDER_PATTERN, image[slash + 1 :]))
 
 
 def python_managed(image: str, registry: str) -> bool:
@@ -300,6 +295,8 @@ def python_managed(image: str, registry: str) -> bool:
         f"contoso.azurecr.io/web@sha256:{'A' * 64}",
         f"contoso.azurecr.io/web@sha512:{'b' * 128}",
         f"contoso.azurecr.io/web@custom:{'c' * 32}",
+        f"contoso.azurecr.io/web@md5:{'c' * 32}",
+        f"contoso.azurecr.io/web@sha384:{'d' * 96}",
         "contoso.azurecr.io/Shop/web:1",
         "contoso.azurecr.io/shop/web:",
         "contoso.azurecr.io/shop//web:1",

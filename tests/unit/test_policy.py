@@ -465,3 +465,95 @@ def test_manages_host_with_port() -> None:
     assert policy.manages_host("LOCALHOST:5000")
     assert not policy.manages_host("localhost")
     assert not policy.manages_host("localhost:5001")
+
+
+# --------------------------------------------------------------------------- endpoints that cannot be right
+
+ENDPOINT_MISTAKES = [
+    pytest.param(
+        {
+            "registry": "contoso.azurecr.io",
+            "replicas": [{"region": "eastus", "endpoint": "contoso.westus.geo.azurecr.io"}],
+        },
+        "spec.replicas[0].endpoint",
+        "westus",
+        id="acr-endpoint-of-another-region",
+    ),
+    pytest.param(
+        {
+            "registry": "registry.contoso.com",
+            "replicas": [
+                {"region": "eastus", "endpoint": "mirror.contoso.com"},
+                {"region": "westus", "endpoint": "Mirror.Contoso.com"},
+            ],
+        },
+        "spec.replicas[1].endpoint",
+        "spec.replicas[0]",
+        id="duplicate-endpoint",
+    ),
+    pytest.param(
+        {
+            "registry": "contoso.azurecr.io",
+            "replicas": [{"region": "eastus"}, {"region": "westus", "endpoint": "contoso.eastus.geo.azurecr.io"}],
+        },
+        "spec.replicas[1].endpoint",
+        "eastus",
+        id="explicit-endpoint-is-another-replicas-default",
+    ),
+    pytest.param(
+        {"registry": "registry.contoso.com:0", "replicas": [{"region": "eastus", "endpoint": "a.contoso.com"}]},
+        "spec.registry",
+        "1 to 65535",
+        id="registry-port-0",
+    ),
+    pytest.param(
+        {"registry": "registry.contoso.com", "replicas": [{"region": "eastus", "endpoint": "a.contoso.com:65536"}]},
+        "spec.replicas[0].endpoint",
+        "1 to 65535",
+        id="endpoint-port-65536",
+    ),
+    pytest.param(
+        {"registry": "registry.contoso.com", "replicas": [{"region": "eastus", "endpoint": "a.contoso.com:99999"}]},
+        "spec.replicas[0].endpoint",
+        "1 to 65535",
+        id="endpoint-port-99999",
+    ),
+    pytest.param(
+        {"registry": "contoso.azurecr.io", "replicas": [{"region": "auto"}]},
+        "spec.replicas[0].region",
+        "reserved",
+        id="replica-named-auto",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "field", "fragment"), ENDPOINT_MISTAKES)
+def test_endpoint_mistakes_are_rejected(spec: dict[str, Any], field: str, fragment: str) -> None:
+    with pytest.raises(InvalidPolicy) as info:
+        from_spec("p", spec)
+    # (A spec whose only replica is refused also has no replica left: "spec.replicas" is a consequence.)
+    (error,) = [e for e in info.value.errors if e.field != "spec.replicas"]
+    assert error.field == field
+    assert fragment in error.message
+
+
+@pytest.mark.parametrize("port", ["1", "443", "5000", "65535"])
+def test_ports_from_1_to_65535_are_accepted(port: str) -> None:
+    parsed = from_spec(
+        "p", {"registry": f"registry.contoso.com:{port}", "replicas": [{"region": "eastus", "endpoint": f"a.b:{port}"}]}
+    )
+    assert parsed.replicas[0].endpoint == f"a.b:{port}"
+
+
+def test_an_acr_endpoint_of_its_own_region_or_another_registry_is_fine() -> None:
+    parsed = from_spec(
+        "p",
+        {
+            "registry": "contoso.azurecr.io",
+            "replicas": [
+                {"region": "eastus", "endpoint": "contoso.eastus.geo.azurecr.io"},
+                {"region": "westus", "endpoint": "mirror.westus.example.com"},
+            ],
+        },
+    )
+    assert [r.endpoint for r in parsed.replicas] == ["contoso.eastus.geo.azurecr.io", "mirror.westus.example.com"]

@@ -185,7 +185,7 @@ def _wrapped(outer: Exception, inner: BaseException) -> Exception:
         (TimeoutError(), Outcome.TIMEOUT, "timeout"),
         (_wrapped(httpx.ConnectError("x"), ConnectionRefusedError(111, "x")), Outcome.CONNECT, "refused"),
         (_wrapped(httpx.ReadError("x"), ConnectionResetError(104, "x")), Outcome.CONNECT, "reset"),
-        (httpx.RemoteProtocolError("Server disconnected"), Outcome.CONNECT, "disconnected"),
+        (httpx.RemoteProtocolError("Server disconnected"), Outcome.CONNECT, "broke off the HTTP exchange"),
         (
             _wrapped(httpx.ConnectError("x"), ssl.SSLCertVerificationError(1, "certificate verify failed")),
             Outcome.TLS,

@@ -71,19 +71,17 @@ VALID: list[tuple[str, Reference]] = [
     ("app:_x", Reference(None, "app", "_x")),
     ("app:LATEST", Reference(None, "app", "LATEST")),
     ("app:" + "t" * 128, Reference(None, "app", "t" * 128)),
-    # Digests: registered algorithms with their exact length, others with >= 32 hex digits.
+    # Digests: the algorithms go-digest v1.0.0 registers, each with its exact lower-case hex length.
     ("example.com/app@" + SHA256, Reference("example.com", "app", None, SHA256)),
     ("example.com/app@" + SHA512, Reference("example.com", "app", None, SHA512)),
     ("example.com/app:1@" + SHA256, Reference("example.com", "app", "1", SHA256)),
     ("localhost:5000/app:1@" + SHA256, Reference("localhost:5000", "app", "1", SHA256)),
     ("app@sha384:" + "a" * 96, Reference(None, "app", None, "sha384:" + "a" * 96)),
-    ("app@blake3:" + "A" * 32, Reference(None, "app", None, "blake3:" + "A" * 32)),
-    ("app@multihash+base58:" + "0" * 40, Reference(None, "app", None, "multihash+base58:" + "0" * 40)),
-    # The 255-character name limit counts the host too.
+    # The 255-character limit is on the repository path alone, as distribution/reference v0.6.0 counts it.
     ("a" * NAME_TOTAL_LENGTH_MAX, Reference(None, "a" * NAME_TOTAL_LENGTH_MAX)),
     (
-        "example.com/" + "a" * (NAME_TOTAL_LENGTH_MAX - len("example.com/")) + ":tag@" + SHA256,
-        Reference("example.com", "a" * (NAME_TOTAL_LENGTH_MAX - len("example.com/")), "tag", SHA256),
+        "example.com/" + "a" * NAME_TOTAL_LENGTH_MAX + ":tag@" + SHA256,
+        Reference("example.com", "a" * NAME_TOTAL_LENGTH_MAX, "tag", SHA256),
     ),
 ]
 
@@ -130,7 +128,7 @@ INVALID: list[tuple[str, str]] = [
     ("nginx@:" + "a" * 64, "digest"),
     ("nginx@sha256" + "a" * 64, "digest"),
     ("a" * (NAME_TOTAL_LENGTH_MAX + 1), "255"),
-    ("example.com/" + "a" * (NAME_TOTAL_LENGTH_MAX + 1 - len("example.com/")) + ":1", "255"),
+    ("example.com/" + "a" * (NAME_TOTAL_LENGTH_MAX + 1) + ":1", "255"),
     ("a___b", "path"),
     ("a_-b", "path"),
     ("a..b", "path"),
@@ -162,6 +160,13 @@ INVALID: list[tuple[str, str]] = [
     ("example.com\n/app", "host"),
     ("nginx\n:latest", "path"),
     ("nginx@blake3:" + "a" * 32 + "\n@x", "digest"),
+    # Unregistered algorithms (go-digest answers ErrDigestUnsupported), and registered ones spelled otherwise.
+    ("nginx@md5:" + "a" * 32, "unsupported digest algorithm"),
+    ("nginx@sha1:" + "a" * 40, "unsupported digest algorithm"),
+    ("nginx@blake3:" + "a" * 64, "unsupported digest algorithm"),
+    ("nginx@multihash+base58:" + "0" * 40, "unsupported digest algorithm"),
+    ("nginx@SHA256:" + "a" * 64, "unsupported digest algorithm"),
+    ("nginx@Sha512:" + "a" * 128, "unsupported digest algorithm"),
 ]
 
 
@@ -329,10 +334,7 @@ _HEX = "0123456789abcdef"
 _DIGESTS = st.one_of(
     st.text(_HEX, min_size=64, max_size=64).map(lambda h: "sha256:" + h),
     st.text(_HEX, min_size=128, max_size=128).map(lambda h: "sha512:" + h),
-    st.tuples(
-        st.sampled_from(["blake3", "sha3+x", "a.b_c-d"]),
-        st.text(_HEX + "ABCDEF", min_size=32, max_size=80),
-    ).map(":".join),
+    st.text(_HEX, min_size=96, max_size=96).map(lambda h: "sha384:" + h),
 )
 
 
@@ -347,7 +349,6 @@ def references(draw: st.DrawFn) -> tuple[str, Reference]:
     tag = draw(st.none() | _TAGS)
     digest = draw(st.none() | _DIGESTS)
     name = path if host is None else f"{host}/{path}"
-    assume(len(name) <= NAME_TOTAL_LENGTH_MAX)
     text = name + ("" if tag is None else f":{tag}") + ("" if digest is None else f"@{digest}")
     return text, Reference(host, path, tag, digest)
 
@@ -369,8 +370,7 @@ def test_with_host_changes_only_the_host(case: tuple[str, Reference], new_host: 
     assert (moved.path, moved.tag, moved.digest) == (ref.path, ref.tag, ref.digest)
     rest = text if ref.host is None else text[len(ref.host) + 1 :]
     assert str(moved) == f"{new_host}/{rest}"
-    assume(len(new_host) + 1 + len(ref.path) <= NAME_TOTAL_LENGTH_MAX)
-    assert parse(str(moved)) == moved
+    assert parse(str(moved)) == moved  # a host never makes a valid reference invalid
 
 
 @given(hosts(), st.randoms(use_true_random=False))

@@ -283,6 +283,47 @@ def test_invalid_only_workload_gets_no_write() -> None:
     assert len(desired.invalid) == 1
 
 
+# --------------------------------------------------------------------------- the 255-character name limit
+
+# A path that fits 255 characters behind the global host but not behind the regional one.
+LONG_PATH = "team/" + "a" * (255 - len("contoso.azurecr.io/team/") - 2)
+LONG_IMAGE = f"contoso.azurecr.io/{LONG_PATH}:1"
+
+
+def test_a_rewrite_never_makes_the_name_longer_than_255() -> None:
+    assert len(f"contoso.azurecr.io/{LONG_PATH}") <= 255 < len(f"{EAST.endpoint}/{LONG_PATH}")
+    body = workload({"web": LONG_IMAGE, "api": "contoso.azurecr.io/api:1"})
+    once, desired, _ = step(body, EAST)
+    # containerd 1.x counts the host in the 255 characters: the long one stays on the global host.
+    assert images_of(once) == {"containers/web": LONG_IMAGE, "containers/api": f"{EAST.endpoint}/api:1"}
+    (too_long,) = desired.invalid
+    assert (too_long.container, too_long.image) == ("containers/web", LONG_IMAGE)
+    assert "255" in too_long.reason
+    twice, _, patch = step(once, EAST)
+    assert patch == []
+    restored, _, _ = step(twice, None)
+    assert images_of(restored) == images_of(body)
+    assert ANNOTATION_ORIGINAL_IMAGES not in annotations_of(restored)
+
+
+def test_a_long_name_written_earlier_is_still_recognised_and_restored() -> None:
+    """A regional name over 255 characters (as an older geopin wrote it) keeps its record: restored."""
+    moved = f"{EAST.endpoint}/{LONG_PATH}:1"
+    body = workload(
+        {"web": moved},
+        annotations={
+            ANNOTATION_ORIGINAL_IMAGES: encode_record({"containers/web": LONG_IMAGE}),
+            ANNOTATION_PINNED_REGION: "eastus",
+        },
+    )
+    restored, desired, _ = step(body, None)
+    assert images_of(restored) == {"containers/web": LONG_IMAGE}
+    assert desired.originals == {}
+    west, desired, _ = step(body, WEST)
+    assert images_of(west) == {"containers/web": LONG_IMAGE}  # moved back to a name that fits
+    assert desired.originals == {}
+
+
 # --------------------------------------------------------------------------- record, restore, idempotence
 
 
@@ -397,6 +438,72 @@ def test_repin_after_the_pinned_replica_left_the_policy() -> None:
     restored, _, _ = step(east, None, policy=shrunk)
     assert images_of(restored) == images_of(body)
     assert ANNOTATION_ORIGINAL_IMAGES not in annotations_of(restored)
+
+
+def _corp(*replicas: tuple[str, str]) -> Policy:
+    """A registry that is not an ACR: every replica has an explicit endpoint."""
+    return from_spec(
+        "corp",
+        {"registry": "registry.contoso.com", "replicas": [{"region": r, "endpoint": e} for r, e in replicas]},
+    )
+
+
+CORP_IMAGE = "registry.contoso.com/shop/web:1"
+CORP_EAST = ("eastus", "eastus.registry.contoso.com")
+CORP_EAST2 = ("eastus", "eastus2.registry.contoso.com:5000")
+CORP_WEST = ("westus", "westus.registry.contoso.com")
+
+
+def _without_empty_annotations(body: Body) -> Body:
+    # An empty map is what the API server drops (omitempty): the only possible difference.
+    if body["metadata"].get("annotations") == {}:
+        body = copy.deepcopy(body)
+        del body["metadata"]["annotations"]
+    return body
+
+
+@pytest.mark.parametrize("then", ["endpoint-changed", "replica-removed", "both"])
+def test_explicit_endpoint_changed_or_removed_then_policy_deleted_restores_exactly(then: str) -> None:
+    body = workload({"web": CORP_IMAGE, "proxy": "nginx:1.27"}, annotations={"team": "shop"})
+    east, _, _ = step(body, Target(*CORP_EAST), policy=_corp(CORP_EAST, CORP_WEST))
+    assert images_of(east)["containers/web"] == "eastus.registry.contoso.com/shop/web:1"
+    assert (
+        annotations_of(east)["geopin.io/pinned-endpoints"] == '{"registry.contoso.com":"eastus.registry.contoso.com"}'
+    )
+    current = east
+    if then in ("endpoint-changed", "both"):
+        edited = _corp(CORP_EAST2, CORP_WEST)
+        current, desired, _ = step(current, Target(*CORP_EAST2), policy=edited)
+        assert images_of(current)["containers/web"] == "eastus2.registry.contoso.com:5000/shop/web:1"
+        assert desired.originals == {"containers/web": CORP_IMAGE}
+    if then in ("replica-removed", "both"):
+        shrunk = _corp(CORP_WEST)
+        current, desired, _ = step(current, Target(*CORP_WEST), policy=shrunk)
+        assert images_of(current)["containers/web"] == "westus.registry.contoso.com/shop/web:1"
+        assert desired.originals == {"containers/web": CORP_IMAGE}
+    final = _corp(CORP_WEST) if then != "endpoint-changed" else _corp(CORP_EAST2, CORP_WEST)
+    restored, desired, _ = step(current, None, policy=final)
+    assert desired.originals == {}
+    assert json.dumps(_without_empty_annotations(restored)) == json.dumps(body)
+
+
+def test_explicit_endpoint_removed_with_no_replica_left_restores_on_deletion() -> None:
+    body = workload({"web": CORP_IMAGE})
+    east, _, _ = step(body, Target(*CORP_EAST), policy=_corp(CORP_EAST, CORP_WEST))
+    # The policy now lists only another endpoint; deletion comes before any repoint.
+    restored, _, _ = step(east, None, policy=_corp(CORP_EAST2))
+    assert json.dumps(_without_empty_annotations(restored)) == json.dumps(body)
+
+
+def test_a_user_edit_to_another_host_is_still_the_users_intent() -> None:
+    body = workload({"web": CORP_IMAGE})
+    east, _, _ = step(body, Target(*CORP_EAST), policy=_corp(CORP_EAST, CORP_WEST))
+    edited = copy.deepcopy(east)
+    pod_spec_of(edited)["containers"][0]["image"] = "mirror.example.com/shop/web:1"
+    result, desired, _ = step(edited, Target(*CORP_WEST), policy=_corp(CORP_EAST2, CORP_WEST))
+    assert images_of(result) == {"containers/web": "mirror.example.com/shop/web:1"}
+    assert desired.originals == {}
+    assert not {k for k in annotations_of(result) if k.startswith("geopin.io/")}
 
 
 def test_user_change_after_rewrite_becomes_the_intent() -> None:

@@ -14,9 +14,8 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
-import yaml
-
 from geopin import __version__
+from geopin.cli import manifests
 from geopin.cli.errors import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, CliError
 from geopin.core.config import RunConfig
 from geopin.core.nodes import DEFAULT_CREDENTIAL_FIX, parse_threshold
@@ -307,18 +306,20 @@ def _add_status(commands: Any) -> None:
     status.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table", help="default table")
 
 
-def _load_yaml(path: str, stdin: TextIO) -> list[Any]:
+def _load_yaml(path: str, stdin: TextIO) -> list[manifests.Document]:
     try:
         if path == "-":
-            return list(yaml.safe_load_all(stdin))
-        with open(path, encoding="utf-8") as f:
-            return list(yaml.safe_load_all(f))
+            text = stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        return manifests.load(text)
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise CliError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        raise CliError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except manifests.ManifestError as e:
+        raise CliError(f"{path}: not valid YAML: {e}") from None
 
 
 def _manifest_paths(paths: Sequence[str]) -> list[str]:
@@ -340,7 +341,7 @@ def _manifest_paths(paths: Sequence[str]) -> list[str]:
 
 
 def _load_policy(path: str, stdin: TextIO) -> Policy:
-    docs = [d for d in _load_yaml(path, stdin) if d is not None]
+    docs = [d.value for d in _load_yaml(path, stdin)]
     policies = [d for d in docs if isinstance(d, dict) and d.get("kind") == "RegistryPolicy"]
     if len(policies) != 1:
         raise CliError(f"{path}: expected exactly one RegistryPolicy, found {len(policies)}")
@@ -355,17 +356,17 @@ def _load_policy(path: str, stdin: TextIO) -> Policy:
 
 
 def _plan(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
-    from geopin.core.plan import PlanUsageError, plan_documents
+    from geopin.core.plan import PlanUsageError, apply_patches, plan_documents
 
     policy = _load_policy(args.policy, stdin)
-    documents: list[Any] = []
+    documents: list[manifests.Document] = []
     for path in _manifest_paths(args.files or ["-"]):
         documents.extend(_load_yaml(path, stdin))
     try:
-        result = plan_documents(policy, documents, args.region, args.active_region)
+        result = plan_documents(policy, [d.value for d in documents], args.region, args.active_region)
     except PlanUsageError as e:
         raise CliError(str(e), EXIT_USAGE) from None
-    yaml.safe_dump_all(result.documents, stdout, sort_keys=False, explicit_start=True)
+    manifests.dump(apply_patches([d.tree for d in documents], result), stdout)
     for line in result.rewritten:
         print(f"rewrite: {line}", file=stderr)
     for line in result.warnings:

@@ -38,6 +38,11 @@ class _QuietHandlerSuccess(logging.Filter):
         return not (record.levelno == logging.INFO and str(record.msg).endswith(" succeeded."))
 
 
+# Libraries that log request details at DEBUG: the kubernetes client its bodies, httpcore the exception
+# h11 raises for a header value it refuses (with that value). Secrets must never reach the log.
+QUIET_LOGGERS = ("kubernetes", "urllib3", "httpcore")
+
+
 def configure_logging(config: RunConfig) -> None:
     handler = logging.StreamHandler()
     if config.log_format == "json":
@@ -47,9 +52,8 @@ def configure_logging(config: RunConfig) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if config.verbose else logging.INFO)
-    # The kubernetes client logs request bodies at DEBUG; secrets must never reach the log.
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     if not config.verbose:
         logging.getLogger("kopf.objects").addFilter(_QuietHandlerSuccess())
 

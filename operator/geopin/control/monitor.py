@@ -14,19 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+import traceback
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from geopin.control.changes import wait_for_event
 from geopin.core.health import QUICK_REPROBE_SECONDS, HealthTracker, ReplicaState, Transition
 from geopin.core.policy import with_discovered
 from geopin.io import metrics
 from geopin.io.images import ImageCache
+from geopin.io.probes import Outcome, ProbeResult
 
 if TYPE_CHECKING:
     from geopin.core.policy import Policy
     from geopin.io.azure import ArmDiscovery, DiscoveredReplica, DiscoveryResult
-    from geopin.io.probes import ProbeResult, RegistryClient
+    from geopin.io.probes import RegistryClient
 
 __all__ = ["MonitorListener", "PolicyMonitor"]
 
@@ -110,6 +112,10 @@ class PolicyMonitor:
         self._wake.set()
         return old
 
+    def restore(self, status: Mapping[str, Any]) -> None:
+        """Failback delays under way when the last status was written (a restart, a new leader)."""
+        self.tracker.restore_failback_delays(status, self.clock(), time.time())
+
     def trigger(self, region: str) -> None:
         """Probe this replica now (a passive signal such as a kubelet pull error)."""
         if region in self.tracker.replicas:
@@ -149,6 +155,7 @@ class PolicyMonitor:
         return min([now + IDLE_WAKE_SECONDS, *times])
 
     async def _probe(self, region: str) -> None:
+        started = self.clock()
         try:
             health = self.tracker.replicas.get(region)
             if health is None:
@@ -157,8 +164,16 @@ class PolicyMonitor:
             self.record(region, result)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            logger.exception("probing %s of policy %s failed unexpectedly", region, self.policy.name)
+        except Exception as error:
+            # Not registry trouble the client could classify, but a failed probe all the same: without
+            # an observation the replica's state would freeze. The stack is logged, never the
+            # exception's text, which may quote a request header and so a credential.
+            name = type(error).__name__
+            stack = "".join(traceback.format_tb(error.__traceback__))
+            logger.error("probing %s of policy %s failed unexpectedly (%s):\n%s", region, self.policy.name, name, stack)
+            if region in self.tracker.replicas:
+                latency = max(self.clock() - started, 0.0)
+                self.record(region, ProbeResult(Outcome.CONNECT, None, latency, f"probe failed unexpectedly ({name})"))
         finally:
             current = asyncio.current_task()
             inflight = self._inflight.get(region, {})

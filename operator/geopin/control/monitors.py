@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -134,7 +134,7 @@ class Monitors:
             return
         self._involved[entry.name] = entry.involved()
         try:
-            await self._ensure(entry.name, entry.policy)
+            await self._ensure(entry.name, entry.policy, entry.observed_status)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -192,7 +192,7 @@ class Monitors:
 
     # -- starting one loop --------------------------------------------------------------------------
 
-    async def _ensure(self, name: str, policy: Policy) -> None:
+    async def _ensure(self, name: str, policy: Policy, status: Mapping[str, Any]) -> None:
         client = await self.registry_client(policy)
         loop = self.loops.get(name)
         if loop is not None:
@@ -204,6 +204,7 @@ class Monitors:
         except BaseException:
             await client.aclose()
             raise
+        loop.restore(status)  # failback delays under way when the last status was written
         self.loops[name] = loop
         loop.start()
 

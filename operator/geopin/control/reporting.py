@@ -109,6 +109,27 @@ class StatusReporter:
         self.mutating_policies = mutating_policies
         self.node_credentials = node_credentials
         self.written: dict[str, dict[str, Any]] = {}  # policy uid → last status written (or read)
+        self.active: dict[str, str] = {}  # policy uid → active region as last decided
+        self.switches: dict[str, dict[str, str]] = {}  # policy uid → lastSwitch, from the decision
+
+    def decided(self, entry: PolicyEntry) -> None:
+        """Count and announce a move of the policy's active endpoint when it is decided (api.md), not
+        once the repoint it causes has settled. Called when the usable replicas change, and on every
+        pass for what else moves it (a spec edit, the cluster's region)."""
+        snapshot = None if entry.deleting else self.book.snapshot(entry)
+        if snapshot is None or entry.policy is None:
+            return
+        target = snapshot.home()
+        last = self.written.get(entry.uid, entry.observed_status)
+        previous = self.active.get(entry.uid, last.get("activeRegion"))
+        self.active[entry.uid] = target.region
+        if previous is None or previous == target.region:
+            return
+        reason = _switch_reason(previous, target, snapshot, self.monitors.loops.get(entry.name), last)
+        self.switches[entry.uid] = {"from": previous, "to": target.region, "reason": reason, "time": rfc3339()}
+        metrics.ENDPOINT_SWITCHES.labels(entry.name, entry.policy.registry, previous, target.region, reason).inc()
+        message = f"{previous} -> {target.region} ({target.endpoint}): {reason}"
+        self.events.add(entry.involved(), "Normal", "EndpointSwitched", message, urgent=True)
 
     async def run(self) -> None:
         self.written.clear()  # a new term: start from the statuses as read (another leader may have written)
@@ -131,6 +152,8 @@ class StatusReporter:
         """One pass: retry failed probe starts, refresh stale registry answers and pull secret keys, one resync,
         every status."""
         entries = [e for e in self.book.entries.values() if not e.deleting]
+        for entry in entries:
+            self.decided(entry)
         await self.monitors.retry_failed(entries)
         if any(s.get("workloads", {}).get("awaitingReplication") for s in self.written.values()):
             await self.monitors.refresh_images()
@@ -166,15 +189,10 @@ class StatusReporter:
         settling = bool(last) and not workers.idle and workers.busy_for < CONVERGING_AFTER_SECONDS
         if settling and self.mutating_policies is None:
             return
-        status, switch = self.compute(entry, views, labels, workers, last)
+        status = self.compute(entry, views, labels, workers, last)
         await self._sync_mutating_policy(entry, status)
         if settling:
             return
-        if switch is not None and entry.policy is not None:
-            reason = status["lastSwitch"]["reason"]
-            previous, target = last.get("activeRegion"), status.get("activeRegion")
-            metrics.ENDPOINT_SWITCHES.labels(entry.name, entry.policy.registry, previous, target, reason).inc()
-            self.events.add(entry.involved(), "Normal", "EndpointSwitched", switch, urgent=True)
         if differs(status, last):
             await self.kube.patch_policy_status(entry.name, status)
             self.written[entry.uid] = status
@@ -197,12 +215,12 @@ class StatusReporter:
         labels: Mapping[str, Mapping[str, str]],
         workers: Workers,
         last: Mapping[str, Any],
-    ) -> tuple[dict[str, Any], str | None]:
-        """The policy's status now and, when the active region moved since ``last``, the switch message."""
+    ) -> dict[str, Any]:
+        """The policy's status now; ``lastSwitch`` is the move last decided (``decided``)."""
         monitor = self.monitors.loops.get(entry.name)
         held = self._held(entry, monitor, last)
         if held is not None:
-            return held, None
+            return held
         snapshot = self.book.snapshot(entry)
         assert snapshot is not None  # _held covers every case without one
         assert entry.policy is not None
@@ -220,7 +238,8 @@ class StatusReporter:
             "replicas": replicas,
             "workloads": counts.as_status(),
         }
-        switch = _switch(status, last, snapshot, monitor, target)
+        if (switched := self.switches.get(entry.uid) or last.get("lastSwitch")) is not None:
+            status["lastSwitch"] = switched
         ready = self._ready(entry, snapshot, target, counts, workers)
         items = [ready, _degraded(replicas), _failed_over(snapshot, target)]
         if snapshot.policy.azure is not None and monitor is not None:
@@ -230,7 +249,7 @@ class StatusReporter:
             items.append((NODE_CREDENTIALS, *node_credentials))
         status["conditions"] = conditions(last, entry.generation, items)
         self.gauges.export(entry.name, entry.policy.registry, target, counts)
-        return status, switch
+        return status
 
     def _held(
         self, entry: PolicyEntry, monitor: PolicyMonitor | None, last: Mapping[str, Any]
@@ -336,28 +355,19 @@ def _control_plane(monitor: PolicyMonitor) -> Condition:
     return ("ControlPlaneUnavailable", False, "ArmReachable", f"{len(monitor.discovered)} replicas discovered in ARM")
 
 
-def _switch(
-    status: dict[str, Any],
-    last: Mapping[str, Any],
+def _switch_reason(
+    previous: str,
+    target: Target,
     snapshot: PolicySnapshot,
     monitor: PolicyMonitor | None,
-    target: Target,
-) -> str | None:
-    """Record a move of the active region in ``status`` (``lastSwitch``); the Event's message, if it moved."""
-    last_active: str | None = last.get("activeRegion")
-    if last_active is not None and last_active != target.region:
-        reason = switch_reason(last_active, target, snapshot, monitor)
-        if target.is_global and snapshot.node_credentials_enforced:
-            reason = "NodeCredentialsAtRisk"
-        elif (
-            last_active == GLOBAL_REGION and _condition_reason(last.get("conditions", []), NODE_CREDENTIALS) == ENFORCED
-        ):
-            reason = "NodeCredentialsCovered"
-        status["lastSwitch"] = {"from": last_active, "to": target.region, "reason": reason, "time": rfc3339()}
-        return f"{last_active} -> {target.region} ({target.endpoint}): {reason}"
-    if "lastSwitch" in last:
-        status["lastSwitch"] = last["lastSwitch"]
-    return None
+    last: Mapping[str, Any],
+) -> str:
+    """Why the active endpoint moved from ``previous`` to ``target`` (nodeImageCheck: Enforce included)."""
+    if target.is_global and snapshot.node_credentials_enforced:
+        return "NodeCredentialsAtRisk"
+    if previous == GLOBAL_REGION and _condition_reason(last.get("conditions", []), NODE_CREDENTIALS) == ENFORCED:
+        return "NodeCredentialsCovered"
+    return switch_reason(previous, target, snapshot, monitor)
 
 
 # Fields that change on every probe: written when the status changes for another reason, never on

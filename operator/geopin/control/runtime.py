@@ -178,6 +178,8 @@ class Runtime:
             policies = self.changes.take_usable()
             queued = self.reconciler.enqueue_if_needed(self.cluster.views())
             for policy in sorted(policies):
+                if (entry := self.book.entries.get(policy)) is not None:
+                    self.reporter.decided(entry)
                 loop = self.monitors.loops.get(policy)
                 usable = sorted(loop.usable or ()) if loop is not None else []
                 logger.info("policy %s: usable replicas %s: %d workloads queued", policy, usable, queued)

@@ -28,6 +28,7 @@ from geopin.core.rewrite import (
 )
 from geopin.core.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
+    ANNOTATION_PINNED_ENDPOINTS,
     ANNOTATION_PINNED_REGION,
     ANNOTATION_REGION,
     WorkloadView,
@@ -193,11 +194,12 @@ def _already_digest_pinned(view: WorkloadView, policy: Policy) -> bool:
 def _applied(view: WorkloadView, desired: Desired) -> WorkloadView:
     """The view as it would be after ``desired`` is written (for folding the next policy)."""
     containers = tuple(replace(c, image=desired.images.get(c.key, c.image)) for c in view.containers)
-    annotations = {
-        k: v for k, v in view.annotations.items() if k not in (ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION)
-    }
+    written = (ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION, ANNOTATION_PINNED_ENDPOINTS)
+    annotations = {k: v for k, v in view.annotations.items() if k not in written}
     if desired.originals:
         annotations[ANNOTATION_ORIGINAL_IMAGES] = encode_record(desired.originals)
+        if desired.pinned_endpoints:
+            annotations[ANNOTATION_PINNED_ENDPOINTS] = encode_record(desired.pinned_endpoints)
         if desired.pinned_region is not None:
             annotations[ANNOTATION_PINNED_REGION] = desired.pinned_region
         elif ANNOTATION_PINNED_REGION in view.annotations:
@@ -218,6 +220,8 @@ def plan_workload(
     For a workload template (``admission=False``) Patch-mode policies pin and Admission-mode ones
     restore; for a Pod at creation (``admission=True``) only Admission-mode policies act, and pin.
     """
+    if len({c.key for c in view.containers}) != len(view.containers):
+        return None  # one record key would stand for two containers (the API server refuses such Pods)
     current = view
     result: Desired | None = None
     invalid: list[InvalidImage] = []

@@ -9,8 +9,10 @@ usable, the global endpoint (``fallback: Global``) or the current pin (``fallbac
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from geopin.core.policy import GLOBAL_REGION, Fallback, Policy, ProbeSettings, Replica
 
@@ -63,6 +65,17 @@ def choose(
     return Target(GLOBAL_REGION, policy.registry)
 
 
+def _wall_seconds(stamp: object) -> float | None:
+    """An RFC 3339 time of the status (``2026-11-28T03:09:40Z``) as wall-clock seconds, or None."""
+    if not isinstance(stamp, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
+
+
 class ReplicaState(enum.StrEnum):
     HEALTHY = "Healthy"
     UNHEALTHY = "Unhealthy"
@@ -111,8 +124,12 @@ class HealthTracker:
     - ``failureThreshold`` consecutive failures make a replica Unhealthy; ``successThreshold``
       consecutive successes make it Healthy again. An Unknown replica (just started, or just listed)
       is Healthy after its first success, so a restart does not wait to trust a working replica.
-    - A 429 is reported but counts as "up" unless ``throttlingIsFailure`` (as ACR's own failover does).
-    - A replica that recovers, or comes back from ARM exclusion, is *usable* by workloads only after
+    - A 429 is reported but not counted unless ``throttlingIsFailure`` (as ACR's own failover does): it
+      gives an Unknown replica its first verdict (it answers), and otherwise neither interrupts a run of
+      failures nor counts towards a recovery, so failures between 429s still make a replica Unhealthy.
+    - An Excluded replica is still probed, but its changes underneath are not transitions: what is
+      reported (and announced) stays Excluded until ARM includes it again.
+    - A replica that recovers, or comes back from ARM exclusion, is *usable* for workloads only after
       ``failbackDelaySeconds`` of uninterrupted health: a flapping replica attracts nothing back.
     """
 
@@ -133,6 +150,32 @@ class HealthTracker:
                 health = ReplicaHealth(region=replica.region, endpoint=replica.endpoint)
             self.replicas[replica.region] = health
 
+    def restore_failback_delays(self, status: Mapping[str, Any], now: float, wall_now: float) -> None:
+        """Carry a failback delay under way over a restart or a change of leader, from the status geopin wrote.
+
+        A new process starts every replica Unknown, usable at its first success, so a recovered home
+        replica would attract workloads back before ``failbackDelaySeconds``. A row the status shows
+        Healthy but missing from ``usableRegions`` was waiting out that delay, which ends
+        ``failbackDelaySeconds`` after the row's ``lastTransitionTime`` (its recovery): the replica
+        stays Unknown until probed, and is usable no earlier than that. Nothing else is read: an
+        Unhealthy row may be stale (the status lags a repoint), and starting that replica Unhealthy
+        would move workloads off a replica the last leader had already moved them back to.
+        ``now`` is this tracker's clock and ``wall_now`` the wall clock at the same instant.
+        """
+        usable, rows = status.get("usableRegions"), status.get("replicas")
+        if not isinstance(usable, list) or not isinstance(rows, list):
+            return
+        for row in rows:
+            region = row.get("region") if isinstance(row, Mapping) else None
+            health = self.replicas.get(region) if isinstance(region, str) else None
+            if health is None or region in usable or row.get("state") != ReplicaState.HEALTHY:
+                continue
+            if row.get("endpoint") != health.endpoint:
+                continue  # the status describes another endpoint than the one probed now
+            if (recovered := _wall_seconds(row.get("lastTransitionTime"))) is not None:
+                ends = now - (wall_now - recovered) + self.settings.failback_delay_seconds
+                health.usable_at = max(health.usable_at, ends)
+
     def is_failure(self, outcome: str) -> bool:
         if outcome == _THROTTLED:
             return self.settings.throttling_is_failure
@@ -149,7 +192,11 @@ class HealthTracker:
         health.last_outcome = outcome
         health.message = message or outcome
         previous = health.state
-        if self.is_failure(outcome):
+        if outcome == _THROTTLED and not self.settings.throttling_is_failure:
+            if previous is ReplicaState.UNKNOWN:
+                health.state = ReplicaState.HEALTHY
+                health.usable_at = max(health.usable_at, now)
+        elif self.is_failure(outcome):
             health.consecutive_failures += 1
             health.consecutive_successes = 0
             if (
@@ -166,7 +213,7 @@ class HealthTracker:
             elif previous is ReplicaState.UNHEALTHY and health.consecutive_successes >= self.settings.success_threshold:
                 health.state = ReplicaState.HEALTHY
                 health.usable_at = now + self.settings.failback_delay_seconds
-        if health.state is previous:
+        if health.state is previous or health.excluded:
             return None
         health.last_transition_time = now
         return Transition(region, previous, health.state, health.message)

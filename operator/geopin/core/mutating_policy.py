@@ -74,11 +74,9 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # No backslashes, so the pattern is the same in Python, in the JSON sent and in the CEL string literal.
 _COMPONENT = "[a-z0-9]+(?:(?:[_.]|__|-+)[a-z0-9]+)*"
 _TAG = "[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
-_DIGEST = "[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+# Only go-digest's registered algorithms, each with its exact lower-case hex length.
+_DIGEST = "(?:sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})"
 REMAINDER_PATTERN = f"^{_COMPONENT}(?:/{_COMPONENT})*(?::{_TAG})?(?:@{_DIGEST})?$"
-# Registered algorithms have a fixed, lower-case hex length (RE2 has no look-ahead: a second test).
-REGISTERED_DIGEST_PATTERN = "@sha(?:256|384|512):"
-VALID_REGISTERED_DIGEST_PATTERN = "@(?:sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})$"
 
 
 def _managed(image: str, registry: str) -> str:
@@ -89,9 +87,7 @@ def _managed(image: str, registry: str) -> str:
         f" && {first}.lowerAscii() == {registry}"
         f" && ({first}.contains('.') || {first}.contains(':') || {first} == 'localhost'"
         f" || {first} != {first}.lowerAscii())"
-        f" && {image}.substring({image}.indexOf('/') + 1).matches('{REMAINDER_PATTERN}')"
-        f" && (!{image}.matches('{REGISTERED_DIGEST_PATTERN}')"
-        f" || {image}.matches('{VALID_REGISTERED_DIGEST_PATTERN}')))"
+        f" && {image}.substring({image}.indexOf('/') + 1).matches('{REMAINDER_PATTERN}'))"
     )
 
 

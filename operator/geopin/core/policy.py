@@ -42,9 +42,11 @@ AUTO_REGION = "auto"
 GLOBAL_REGION = "global"
 
 REGION_RE = endpoints.REGION_RE
-# host[:port]: DNS name or IPv4, optional port. Mirrors the CRD's pattern.
+# host[:port]: DNS name or IPv4, optional port from 1 to 65535. Mirrors the CRD's pattern.
+_PORT = r"(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 HOST_RE = re.compile(
-    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]{1,5})?$"
+    r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    rf"(?::{_PORT})?$"
 )
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -223,8 +225,8 @@ def from_spec(name: str, spec: Mapping[str, Any]) -> Policy:
     if not registry:
         read.error("spec.registry", "required: the registry's global login server, e.g. contoso.azurecr.io")
         registry = ""
-    elif not HOST_RE.fullmatch(registry):
-        read.error("spec.registry", f"{registry!r} is not a host[:port] (no scheme, no path)")
+    elif (problem := _host_problem(registry)) is not None:
+        read.error("spec.registry", problem)
 
     region = read.string(spec, "region", path, AUTO_REGION) or AUTO_REGION
     if region != AUTO_REGION and not REGION_RE.fullmatch(region):
@@ -267,12 +269,22 @@ def from_spec(name: str, spec: Mapping[str, Any]) -> Policy:
     return policy
 
 
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` is not a ``host[:port]``, or None."""
+    if HOST_RE.fullmatch(host):
+        return None
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and HOST_RE.fullmatch(name):
+        return f"{host!r}: the port must be 1 to 65535"
+    return f"{host!r} is not a host[:port] (no scheme, no path)"
+
+
 def _read_replicas(read: _Reader, spec: Mapping[str, Any], registry: str) -> list[Replica]:
     items = spec.get("replicas") or []
     if not isinstance(items, list):
         read.error("spec.replicas", "must be a list")
         return []
-    replicas: list[Replica] = []
+    listed: list[tuple[int, Replica]] = []
     seen: set[str] = set()
     for index, item in enumerate(items):
         path = f"spec.replicas[{index}]"
@@ -286,14 +298,23 @@ def _read_replicas(read: _Reader, spec: Mapping[str, Any], registry: str) -> lis
         if region == GLOBAL_REGION:
             read.error(f"{path}.region", "'global' is reserved for the global endpoint")
             continue
+        if region == AUTO_REGION:
+            read.error(f"{path}.region", "'auto' is reserved (spec.region: auto reads the nodes' region)")
+            continue
         if region in seen:
             read.error(f"{path}.region", f"{region!r} is listed twice")
             continue
         seen.add(region)
         endpoint = read.string(item, "endpoint", path)
         if endpoint:
-            if not HOST_RE.fullmatch(endpoint):
-                read.error(f"{path}.endpoint", f"{endpoint!r} is not a host[:port] (no scheme, no path)")
+            if (problem := _host_problem(endpoint)) is not None:
+                read.error(f"{path}.endpoint", problem)
+                continue
+            regional = endpoints.parse_regional(endpoint)
+            if regional is not None and regional.kind == "geo" and regional.region != region:
+                read.error(
+                    f"{path}.endpoint", f"{endpoint!r} is the regional endpoint of {regional.region}, not of {region}"
+                )
                 continue
         else:
             try:
@@ -301,8 +322,12 @@ def _read_replicas(read: _Reader, spec: Mapping[str, Any], registry: str) -> lis
             except ValueError as e:
                 read.error(f"{path}.endpoint", f"required: {e}")
                 continue
-        replicas.append(Replica(region=region, endpoint=endpoint))
-    return replicas
+        twin = next((i for i, other in listed if same_host(other.endpoint, endpoint)), None)
+        if twin is not None:
+            read.error(f"{path}.endpoint", f"{endpoint!r} is also the endpoint of spec.replicas[{twin}]")
+            continue
+        listed.append((index, Replica(region=region, endpoint=endpoint)))
+    return [replica for _, replica in listed]
 
 
 def _read_azure(read: _Reader, spec: Mapping[str, Any], registry: str) -> AzureDiscovery | None:

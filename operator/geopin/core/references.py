@@ -8,7 +8,7 @@ The grammar is the one of github.com/distribution/reference (``reference.go``)::
     remote-name   := path-component ["/" path-component]*
     path-component:= [a-z0-9]+ (separator [a-z0-9]+)*      separator := [_.] | __ | -+
     tag           := [\\w][\\w.-]{0,127}
-    digest        := algorithm ":" hex
+    digest        := algorithm ":" hex        (registered algorithms only, see below)
 
 As in Docker, the first component is a registry host only when it contains ``.`` or ``:``, is
 ``localhost``, or has an upper-case letter; otherwise the reference is a Docker Hub short name
@@ -21,7 +21,16 @@ import functools
 import re
 from dataclasses import dataclass, replace
 
-__all__ = ["InvalidReference", "Reference", "image_host", "parse", "same_host", "split_host"]
+__all__ = [
+    "InvalidReference",
+    "Reference",
+    "image_host",
+    "name_fits_older_runtimes",
+    "parse",
+    "same_host",
+    "split_host",
+    "split_reference",
+]
 
 _ALNUM = r"[a-z0-9]+"
 _SEPARATOR = r"(?:[_.]|__|-+)"
@@ -36,9 +45,18 @@ _DOMAIN_RE = re.compile(rf"^{_DOMAIN}\Z")
 _PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*\Z")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}\Z", re.ASCII)
 _DIGEST_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}\Z")
-# Registered algorithms have a fixed, lower-case hex length (opencontainers/go-digest).
+# The digest grammar above admits any algorithm, but a digest is valid only for an algorithm that is
+# registered, with exactly its lower-case hex length: github.com/opencontainers/go-digest v1.0.0
+# (the version containerd and the kubelet use), algorithm.go registers sha256, sha384 and sha512
+# with anchored `^[a-f0-9]{64}$`, `{96}`, `{128}`; Digest.Validate answers ErrDigestUnsupported for
+# any other algorithm (md5, blake3, an upper-case SHA256) and ErrDigestInvalidFormat for a wrong length.
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha384": 96, "sha512": 128}
 
+# The repository path (the name without its host) is at most 255 characters. distribution/reference
+# v0.6.0, which containerd 2 and the kubelet use, checks `len(repo.path) > RepositoryNameTotalLengthMax`
+# in Parse (reference.go, commit aaca75e "Exclude domain from name length check"). Older parsers
+# (distribution/reference <= v0.5.0, containerd 1.x's reference/docker) count the host too: see
+# ``name_fits_older_runtimes``, which a rewrite must respect because only the host changes.
 NAME_TOTAL_LENGTH_MAX = 255
 
 
@@ -97,7 +115,9 @@ def _check_digest(reference: str, digest: str) -> None:
         raise InvalidReference(reference, f"invalid digest {digest!r}")
     algorithm, _, hex_value = digest.partition(":")
     expected = _DIGEST_HEX_LENGTH.get(algorithm)
-    if expected is not None and (len(hex_value) != expected or hex_value != hex_value.lower()):
+    if expected is None:
+        raise InvalidReference(reference, f"unsupported digest algorithm {algorithm!r} (sha256, sha384, sha512)")
+    if len(hex_value) != expected or hex_value != hex_value.lower():
         raise InvalidReference(reference, f"a {algorithm} digest is {expected} lower-case hex digits")
 
 
@@ -125,16 +145,12 @@ def parse(reference: str) -> Reference:
         if not _TAG_RE.match(tag):
             raise InvalidReference(reference, f"invalid tag {tag!r}")
 
-    if len(name) > NAME_TOTAL_LENGTH_MAX:
-        raise InvalidReference(reference, f"repository name longer than {NAME_TOTAL_LENGTH_MAX} characters")
+    host, path = split_reference(name)
+    if host is not None and not _DOMAIN_RE.match(host):
+        raise InvalidReference(reference, f"invalid registry host {host!r}")
 
-    host: str | None = None
-    path = name
-    first, slash, rest = name.partition("/")
-    if slash and (any(c in first for c in ".:") or first == "localhost" or first != first.lower()):
-        host, path = first, rest
-        if not _DOMAIN_RE.match(host):
-            raise InvalidReference(reference, f"invalid registry host {host!r}")
+    if len(path) > NAME_TOTAL_LENGTH_MAX:
+        raise InvalidReference(reference, f"repository name longer than {NAME_TOTAL_LENGTH_MAX} characters")
 
     if not _PATH_RE.match(path):
         if path != path.lower():
@@ -142,6 +158,21 @@ def parse(reference: str) -> Reference:
         raise InvalidReference(reference, f"invalid repository path {path!r}")
 
     return Reference(host=host, path=path, tag=tag, digest=digest if at else None)
+
+
+def split_reference(reference: str) -> tuple[str | None, str]:
+    """(registry host, what follows ``host/``) of any string, valid or not, by Docker's rule: the first
+    component is a host when it contains ``.`` or ``:``, is ``localhost`` or has an upper-case letter."""
+    first, slash, rest = reference.partition("/")
+    if slash and (any(c in first for c in ".:") or first == "localhost" or first != first.lower()):
+        return first, rest
+    return None, reference
+
+
+def name_fits_older_runtimes(ref: Reference) -> bool:
+    """Is host/path at most 255 characters, as containerd 1.x and distribution/reference <= v0.5.0 require?"""
+    name = ref.path if ref.host is None else f"{ref.host}/{ref.path}"
+    return len(name) <= NAME_TOTAL_LENGTH_MAX
 
 
 def image_host(image: str) -> str | None:

@@ -4,7 +4,10 @@ Level-based: the desired state is computed from what the object holds now, never
 For each container the *intent* is the image the user asked for:
 
 - if ``geopin.io/original-images`` records an original for the container and the current image is
-  that original moved to one of the policy's endpoints, the intent is the recorded original;
+  that original moved to one of the policy's endpoints, the intent is the recorded original. An
+  endpoint counts when the policy lists it now, when it is a ``<name>.<region>.geo`` host of the
+  registry, or when ``geopin.io/pinned-endpoints`` says geopin wrote it (an explicit endpoint that
+  the policy has since changed or dropped);
 - otherwise the intent is the current image (the user changed it since, or geopin never touched it;
   a stale record entry is dropped).
 
@@ -21,15 +24,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from geopin.core.endpoints import parse_regional
 from geopin.core.health import Target
 from geopin.core.policy import Policy
-from geopin.core.references import InvalidReference, Reference, parse
+from geopin.core.references import (
+    InvalidReference,
+    Reference,
+    name_fits_older_runtimes,
+    parse,
+    same_host,
+    split_host,
+    split_reference,
+)
 from geopin.core.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
+    ANNOTATION_PINNED_ENDPOINTS,
     ANNOTATION_PINNED_REGION,
     Container,
     Kind,
@@ -60,6 +72,8 @@ class Desired:
     pull_secrets: tuple[str, ...] | None = None
     unknown: tuple[tuple[str, str, str], ...] = ()  # (policy, image, region) to look up first; nothing else set
     unknown_secrets: tuple[tuple[str, str], ...] = ()  # (namespace, name) of pull secrets to read first
+    # geopin.io/pinned-endpoints: registry → explicit endpoint its images point to (empty → no annotation)
+    pinned_endpoints: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def undecided(self) -> bool:
@@ -81,6 +95,38 @@ def read_record(annotations: Mapping[str, str]) -> tuple[dict[str, str], bool]:
     return {str(k): v for k, v in record.items()}, False
 
 
+def read_pinned_endpoints(annotations: Mapping[str, str]) -> dict[str, str]:
+    """The ``geopin.io/pinned-endpoints`` map (registry → endpoint); a malformed one counts as empty."""
+    raw = annotations.get(ANNOTATION_PINNED_ENDPOINTS)
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, str)}
+
+
+def registry_key(registry: str) -> str:
+    """A registry as a key of ``geopin.io/pinned-endpoints``: lower-case host, port kept."""
+    name, port = split_host(registry)
+    return name if port is None else f"{name}:{port}"
+
+
+def implied_by_registry(host: str, policy: Policy) -> bool:
+    """Is ``host`` the registry's global host, or one of its ``<name>.<region>.geo.<suffix>`` hosts?"""
+    if policy.manages_host(host):
+        return True
+    regional = parse_regional(host)
+    return (
+        regional is not None
+        and regional.kind == "geo"
+        and policy.manages_host(f"{regional.registry}.{regional.suffix}")
+    )
+
+
 def encode_record(record: Mapping[str, str]) -> str:
     """Canonical JSON, so that the same record is always the same string (no write on resync)."""
     return json.dumps(dict(record), sort_keys=True, separators=(",", ":"))
@@ -93,28 +139,46 @@ def _try_parse(image: str) -> Reference | None:
         return None
 
 
-def is_rewrite_of(image: str, original: str, policy: Policy) -> bool:
-    """Is ``image`` the ``original`` moved to one of the policy's endpoints (optionally digest-pinned)?"""
+def _appended_digest(rest: str, original_rest: str) -> bool:
+    """Is ``rest`` the ``original_rest`` with a digest appended (digestPinning)?"""
+    if "@" in original_rest or not rest.startswith(original_rest + "@"):
+        return False
+    try:
+        parse(f"x.io/a@{rest[len(original_rest) + 1 :]}")
+    except InvalidReference:
+        return False
+    return True
+
+
+def is_rewrite_of(image: str, original: str, policy: Policy, pinned_endpoint: str | None = None) -> bool:
+    """Is ``image`` the ``original`` moved to one of the policy's endpoints (optionally digest-pinned)?
+
+    ``pinned_endpoint`` is the explicit endpoint ``geopin.io/pinned-endpoints`` records for the
+    registry: geopin wrote it, whatever the policy says now.
+
+    Compared as text, host against the rest, so that a reference that does not parse (any more) is
+    still recognised: a record must never be dropped because the current image fails to parse.
+    """
     if image == original:
         return True
-    ref, orig = _try_parse(image), _try_parse(original)
-    if ref is None or orig is None or ref.host is None or not policy.manages_host(orig.host):
+    host, rest = split_reference(image)
+    original_host, original_rest = split_reference(original)
+    if host is None or not policy.manages_host(original_host):
         return False
-    if ref.path != orig.path or ref.tag != orig.tag:
+    if rest != original_rest and not _appended_digest(rest, original_rest):
         return False
-    if ref.digest != orig.digest and not (orig.digest is None and ref.digest is not None):
-        return False
-    if any(ref.host == endpoint for endpoint in policy.endpoints.values()):
+    if pinned_endpoint is not None and same_host(host, pinned_endpoint):
+        return True
+    if any(same_host(host, endpoint) for endpoint in policy.endpoints.values()):
         return True
     # A pin to a geo-replica of this registry that has since left the policy (spec edit, ARM discovery):
     # still geopin's own rewrite, or the workload would stay on the removed replica and lose its original.
-    regional = parse_regional(ref.host)
-    if regional is None or regional.kind != "geo":
-        return False
-    return policy.manages_host(f"{regional.registry}.{regional.suffix}")
+    return implied_by_registry(host, policy)
 
 
-def intent_of(container: Container, record: Mapping[str, str], policy: Policy) -> tuple[str, bool]:
+def intent_of(
+    container: Container, record: Mapping[str, str], policy: Policy, pinned_endpoint: str | None = None
+) -> tuple[str, bool]:
     """(the image the user asked for, whether the record entry belongs to another policy)."""
     recorded = record.get(container.key)
     if recorded is None:
@@ -122,15 +186,16 @@ def intent_of(container: Container, record: Mapping[str, str], policy: Policy) -
     recorded_ref = _try_parse(recorded)
     if recorded_ref is not None and not policy.manages_host(recorded_ref.host):
         return recorded, True
-    return (recorded if is_rewrite_of(container.image, recorded, policy) else container.image), False
+    return (recorded if is_rewrite_of(container.image, recorded, policy, pinned_endpoint) else container.image), False
 
 
 def managed_intents(view: WorkloadView, policy: Policy) -> dict[str, str]:
     """Container key → the user's image, for every valid image on the policy's registry."""
     record, _ = read_record(view.annotations)
+    pinned_endpoint = read_pinned_endpoints(view.annotations).get(registry_key(policy.registry))
     intents: dict[str, str] = {}
     for container in view.containers:
-        intent, foreign = intent_of(container, record, policy)
+        intent, foreign = intent_of(container, record, policy, pinned_endpoint)
         ref = None if foreign else _try_parse(intent)
         if ref is not None and policy.manages_host(ref.host):
             intents[container.key] = intent
@@ -157,13 +222,15 @@ def desired_state(
     it. A digest geopin appended earlier is kept on a repoint, so a failover never changes what runs.
     """
     record, malformed = read_record(view.annotations)
+    pinned_endpoints = read_pinned_endpoints(view.annotations)
+    pinned_endpoint = pinned_endpoints.pop(registry_key(policy.registry), None)
     images: dict[str, str] = {}
     originals: dict[str, str] = {}
     invalid: list[InvalidImage] = []
     present = {c.key for c in view.containers}
 
     for container in view.containers:
-        intent, foreign = intent_of(container, record, policy)
+        intent, foreign = intent_of(container, record, policy, pinned_endpoint)
         if foreign:
             # Another policy's record (one policy per registry): neither ours to rewrite nor to drop.
             images[container.key] = container.image
@@ -173,8 +240,9 @@ def desired_state(
         try:
             ref = parse(intent)
         except InvalidReference as e:
+            # Left as the user wrote it: a recorded original that no longer parses is restored.
             invalid.append(InvalidImage(container.key, intent, e.reason))
-            images[container.key] = container.image
+            images[container.key] = intent
             continue
         if not policy.manages_host(ref.host) or target is None:
             images[container.key] = intent
@@ -184,6 +252,14 @@ def desired_state(
             moved = intent
         else:
             moved_ref = ref.with_host(target.endpoint)
+            if not name_fits_older_runtimes(moved_ref):
+                reason = (
+                    f"{target.endpoint} would make the name longer than 255 characters, which container "
+                    f"runtimes before containerd 2 refuse; it stays on {ref.host}"
+                )
+                invalid.append(InvalidImage(container.key, intent, reason))
+                images[container.key] = intent
+                continue
             digest = None
             if digests is not None:  # digestPinning on
                 kept = pinned_digest(container.image, intent) if intent != container.image else None
@@ -197,6 +273,10 @@ def desired_state(
     # Entries for containers that no longer exist are stale: dropped with the rest of the record.
     originals = {k: v for k, v in originals.items() if k in present}
     ours = any(not _is_foreign(v, policy) for v in originals.values())
+    if ours and target is not None and not implied_by_registry(target.endpoint, policy):
+        pinned_endpoints[registry_key(policy.registry)] = target.endpoint
+    # Only registries the record still holds keep an entry.
+    recorded = {registry_key(host) for v in originals.values() if (host := split_reference(v)[0]) is not None}
     return Desired(
         images=images,
         originals=originals,
@@ -206,6 +286,7 @@ def desired_state(
         else (view.annotations.get(ANNOTATION_PINNED_REGION) if originals else None),
         invalid=tuple(invalid),
         record_was_malformed=malformed,
+        pinned_endpoints={k: v for k, v in pinned_endpoints.items() if k in recorded},
     )
 
 
@@ -239,14 +320,17 @@ def json_patch(kind: Kind, view: WorkloadView, desired: Desired) -> JsonPatch:
     wanted = {
         ANNOTATION_ORIGINAL_IMAGES: encode_record(desired.originals) if desired.originals else None,
         ANNOTATION_PINNED_REGION: desired.pinned_region if desired.originals else None,
+        ANNOTATION_PINNED_ENDPOINTS: (
+            encode_record(desired.pinned_endpoints) if desired.originals and desired.pinned_endpoints else None
+        ),
     }
     annotation_ops: JsonPatch = []
     for key, new in wanted.items():
         current = view.annotations.get(key)
         pointer = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
         if current == new:
-            if ops and current is not None and key == ANNOTATION_ORIGINAL_IMAGES:
-                # The images were computed from this record: a concurrent change to it must fail the patch.
+            if ops and current is not None and key != ANNOTATION_PINNED_REGION:
+                # The images were computed from these: a concurrent change to them must fail the patch.
                 annotation_ops.append({"op": "test", "path": pointer, "value": current})
             continue
         if current is not None:

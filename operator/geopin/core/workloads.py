@@ -15,6 +15,7 @@ from geopin.core.gitops import managed_by
 
 __all__ = [
     "ANNOTATION_ORIGINAL_IMAGES",
+    "ANNOTATION_PINNED_ENDPOINTS",
     "ANNOTATION_PINNED_REGION",
     "ANNOTATION_REGION",
     "ANNOTATION_SKIP",
@@ -25,6 +26,8 @@ __all__ = [
     "Kind",
     "WorkloadView",
     "is_standalone",
+    "patch_kind",
+    "shape_errors",
     "tracked",
     "view_of",
 ]
@@ -33,7 +36,16 @@ ANNOTATION_SKIP = "geopin.io/skip"
 ANNOTATION_REGION = "geopin.io/region"
 ANNOTATION_ORIGINAL_IMAGES = "geopin.io/original-images"
 ANNOTATION_PINNED_REGION = "geopin.io/pinned-region"
-_OWN_ANNOTATIONS = (ANNOTATION_SKIP, ANNOTATION_REGION, ANNOTATION_ORIGINAL_IMAGES, ANNOTATION_PINNED_REGION)
+# registry → explicit endpoint its images point to (one that the registry's name does not imply): how
+# geopin recognises its own rewrite once the policy changes or drops that endpoint.
+ANNOTATION_PINNED_ENDPOINTS = "geopin.io/pinned-endpoints"
+_OWN_ANNOTATIONS = (
+    ANNOTATION_SKIP,
+    ANNOTATION_REGION,
+    ANNOTATION_ORIGINAL_IMAGES,
+    ANNOTATION_PINNED_REGION,
+    ANNOTATION_PINNED_ENDPOINTS,
+)
 
 # Ephemeral containers exist only on Pods and are rewritten only in Admission mode.
 CONTAINER_LISTS = ("initContainers", "containers")
@@ -149,8 +161,92 @@ def view_of(kind: Kind, body: Mapping[str, Any]) -> WorkloadView:
 def is_standalone(body: Mapping[str, Any]) -> bool:
     """Not managed by a controller (a Deployment's ReplicaSets, a CronJob's Jobs are not ours)."""
     owners = body.get("metadata", {}).get("ownerReferences") or []
-    return not any(owner.get("controller") for owner in owners)
+    return not any(isinstance(owner, Mapping) and owner.get("controller") is True for owner in owners)
 
 
 def tracked(kind: Kind, body: Mapping[str, Any]) -> bool:
+    """Is this object of a watched kind a workload of its own? The one rule the operator and plan share."""
     return kind.kind != "ReplicaSet" or is_standalone(body)
+
+
+def patch_kind(body: Mapping[str, Any]) -> Kind | None:
+    """The kind of a manifest whose pod template Patch mode rewrites, or None (``geopin plan``)."""
+    name = body.get("kind")
+    kind = KINDS.get(name) if isinstance(name, str) else None
+    if kind is None or kind.kind not in PATCH_KINDS:
+        return None
+    api_version = body.get("apiVersion")
+    if isinstance(api_version, str) and api_version.rpartition("/")[0] != kind.group:
+        return None  # the same kind name in another API group is not what the operator watches
+    return kind if tracked(kind, body) else None
+
+
+def shape_errors(kind: Kind, body: Mapping[str, Any]) -> list[str]:
+    """What the API server's schema would reject in the fields geopin reads, as ``field: problem``.
+
+    Only offline manifests (``geopin plan``) can be malformed; objects from the API server never are.
+    Duplicate container names are included: one record key would stand for two containers.
+    """
+    errors: list[str] = []
+    metadata = body.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return ["metadata: must be an object"]
+    for field in ("name", "namespace"):
+        if metadata.get(field) is not None and not isinstance(metadata[field], str):
+            errors.append(f"metadata.{field}: must be a string")
+    for field in ("labels", "annotations"):
+        values = metadata.get(field)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            errors.append(f"metadata.{field}: must be an object")
+            continue
+        errors += [
+            f"metadata.{field}.{key}: {_not_a_string(value)}"
+            for key, value in values.items()
+            if not isinstance(value, str)
+        ]
+    owners = metadata.get("ownerReferences")
+    if owners is not None and not (isinstance(owners, list) and all(isinstance(o, Mapping) for o in owners)):
+        errors.append("metadata.ownerReferences: must be a list of objects")
+    path = ""
+    node: Any = body
+    for key in kind.pod_spec_path:
+        path = f"{path}.{key}" if path else key
+        node = node.get(key)
+        if node is None:
+            return errors
+        if not isinstance(node, Mapping):
+            return [*errors, f"{path}: must be an object"]
+    seen: set[tuple[str, str]] = set()
+    for list_name in CONTAINER_LISTS:
+        containers = node.get(list_name)
+        if containers is None:
+            continue
+        if not isinstance(containers, list):
+            errors.append(f"{path}.{list_name}: must be a list")
+            continue
+        for index, container in enumerate(containers):
+            where = f"{path}.{list_name}[{index}]"
+            if not isinstance(container, Mapping):
+                errors.append(f"{where}: must be an object")
+                continue
+            name, image = container.get("name"), container.get("image")
+            if name is None:
+                errors.append(f"{where}.name: required")
+            elif not isinstance(name, str):
+                errors.append(f"{where}.name: must be a string")
+            elif (list_name, name) in seen:
+                errors.append(f"{where}.name: {name!r} is used twice")
+            else:
+                seen.add((list_name, name))
+            if image is not None and not isinstance(image, str):
+                errors.append(f"{where}.image: must be a string")
+    return errors
+
+
+def _not_a_string(value: Any) -> str:
+    if isinstance(value, Mapping | list):
+        return "must be a string"
+    text = "" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return f'must be a string (quote it: "{text}")'

@@ -7,6 +7,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 __all__ = [
     "ACTIVE_REGION_INFO",
     "ADMISSION_DURATION",
+    "ADMISSION_INVALID_REVIEWS",
     "ENDPOINT_SWITCHES",
     "PINNED_WORKLOADS",
     "PROBE_DURATION",
@@ -66,6 +67,11 @@ ADMISSION_DURATION = Histogram(
     "Time geopin spends inside one admission review.",
     ["result"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
+ADMISSION_INVALID_REVIEWS = Counter(
+    "geopin_admission_invalid_reviews_total",
+    "Admission reviews the webhook could not read (too_large, malformed); each Pod was admitted unchanged.",
+    ["reason"],
 )
 
 

@@ -38,7 +38,10 @@ Authentication, answered to the challenge of each endpoint:
   (``grant_type=access_token``) for an ACR refresh token, which ``POST /oauth2/token``
   (``grant_type=refresh_token``) turns into a scoped access token.
 
-Passwords and tokens never appear in a message, an exception, a repr or a log line.
+Passwords and tokens never appear in a message, an exception, a repr or a log line, in any encoding:
+messages are built from outcome classes, errno texts, standard HTTP reason phrases and validated
+header values, never from an exception's or a server's free text (h11 quotes the repr of a header
+value it refuses, and a registry that received a token could echo it).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import base64
 import binascii
 import enum
 import hashlib
+import http
 import json
 import logging
 import os
@@ -182,7 +186,11 @@ def _in_chain(error: BaseException, kind: type[E]) -> E | None:
 
 
 def classify_exception(error: BaseException, timeout_seconds: float | None = None) -> tuple[Outcome, str]:
-    """(outcome, one-line message) for an exception raised while talking to a registry."""
+    """(outcome, one-line message) for an exception raised while talking to a registry.
+
+    The message comes from the exception's class, errno and TLS verdict, never from its text, which
+    may quote a request header and so a credential.
+    """
     after = "" if timeout_seconds is None else f" after {timeout_seconds:g}s"
     if isinstance(error, httpx.ConnectTimeout):
         return Outcome.TIMEOUT, f"connect timeout{after}"
@@ -192,31 +200,47 @@ def classify_exception(error: BaseException, timeout_seconds: float | None = Non
         return Outcome.TIMEOUT, f"timeout{after}"
     tls = _in_chain(error, ssl.SSLError)
     if tls is not None:
-        verify_message = getattr(tls, "verify_message", None)
         if isinstance(tls, ssl.SSLCertVerificationError):
-            return Outcome.TLS, f"TLS certificate verify failed: {verify_message or one_line(str(tls))}"
-        reason = getattr(tls, "reason", None)
-        return Outcome.TLS, f"TLS error: {reason or type(tls).__name__}"
+            # OpenSSL's verdict (X509_verify_cert_error_string, with the host name on a mismatch).
+            verdict = getattr(tls, "verify_message", None) or "unknown reason"
+            return Outcome.TLS, f"TLS certificate verify failed: {one_line(verdict)}"
+        return Outcome.TLS, f"TLS error: {one_line(getattr(tls, 'reason', None) or type(tls).__name__)}"
     if isinstance(error, httpx.ConnectError | httpx.ReadError | httpx.WriteError | httpx.CloseError):
         # anyio wraps the refusal: OSError("All connection attempts failed") from ConnectionRefusedError.
         # asyncio's own strerror is "Connect call failed (host, port)": prefer the errno's text.
         detail = next((_os_error_text(e) for e in _chain(error) if isinstance(e, OSError) and e.errno), None)
-        if detail:
-            return Outcome.CONNECT, f"connect: {detail}"
-        return Outcome.CONNECT, f"connect: {one_line(str(error)) or type(error).__name__}"
+        return Outcome.CONNECT, f"connect: {detail or type(error).__name__}"
+    if isinstance(error, httpx.LocalProtocolError | UnicodeError):
+        return Outcome.CONNECT, f"request not sent: a header value is not valid HTTP ({type(error).__name__})"
+    if isinstance(error, httpx.InvalidURL):
+        return Outcome.CONNECT, "request not sent: the URL is not valid (InvalidURL)"
+    if isinstance(error, httpx.RemoteProtocolError):
+        return Outcome.CONNECT, "the registry broke off the HTTP exchange (RemoteProtocolError)"
     if isinstance(error, httpx.TransportError):
-        return Outcome.CONNECT, f"{type(error).__name__}: {one_line(str(error))}"
+        return Outcome.CONNECT, f"transport error ({type(error).__name__})"
     if isinstance(error, OSError):
         return Outcome.CONNECT, f"connect: {_os_error_text(error)}"
-    return Outcome.CONNECT, f"{type(error).__name__}: {one_line(str(error))}"
+    return Outcome.CONNECT, f"unexpected error ({type(error).__name__})"
 
 
 def _os_error_text(error: OSError) -> str:
     if isinstance(error, socket.gaierror):
-        return f"name resolution failed: {error.strerror or error}".lower()
+        return f"name resolution failed: {error.strerror or type(error).__name__}".lower()
     if error.errno:
         return os.strerror(error.errno).lower()
-    return (error.strerror or type(error).__name__).lower()
+    return type(error).__name__
+
+
+def _status_text(response: httpx.Response) -> str:
+    """``HTTP 503 Service Unavailable``: the standard reason phrase, never the one the server sent."""
+    status = response.status_code
+    try:
+        return f"HTTP {status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+_DIGEST_HEADER_RE = re.compile(r"sha(?:256|384|512):[0-9a-f]{64,128}")
 
 
 _PARAM_RE = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
@@ -421,12 +445,11 @@ class RegistryClient:
         try:
             request = self._http.build_request(method, url, **kwargs)
             return await self._http.send(request, auth=auth, stream=stream, follow_redirects=follow_redirects)
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL, ssl.SSLError, UnicodeError) as e:
+            # UnicodeError: httpx encodes header values as ASCII while building the request;
+            # InvalidURL: a challenge's realm that is not a URL.
             outcome, message = classify_exception(e, self.timeout_seconds)
             raise ProbeError(outcome, self._scrub(message)) from None
-        except ssl.SSLError as e:  # pragma: no cover - httpx wraps these, belt and braces
-            outcome, message = classify_exception(e, self.timeout_seconds)
-            raise ProbeError(outcome, message) from None
 
     async def _ping(self, endpoint: str) -> tuple[int, Outcome, str]:
         response = await self._send("GET", self._url(endpoint, "/v2/"))
@@ -440,7 +463,7 @@ class RegistryClient:
             return status, outcome, f"GET /v2/: HTTP {status}{auth}"
         if status == 401:
             return status, outcome, "GET /v2/: HTTP 401 without a WWW-Authenticate challenge"
-        return status, outcome, f"GET /v2/: HTTP {status} {response.reason_phrase}".rstrip()
+        return status, outcome, f"GET /v2/: {_status_text(response)}"
 
     async def _manifest_head(self, endpoint: str, repository: str, reference: str) -> httpx.Response:
         return await self._authorized(
@@ -456,7 +479,8 @@ class RegistryClient:
         status = response.status_code
         if outcome is Outcome.OK:
             digest = response.headers.get("docker-content-digest", "")
-            return f"manifest {image}: HTTP {status}" + (f" {digest}" if digest else "")
+            shown = f" {digest}" if _DIGEST_HEADER_RE.fullmatch(digest) else ""
+            return f"manifest {image}: HTTP {status}{shown}"
         if status in (404, 410):
             return f"manifest {image} not found (HTTP {status})"
         if status == 401:
@@ -464,7 +488,7 @@ class RegistryClient:
             if challenge is None:
                 return f"manifest {image}: HTTP 401 without a challenge"
             return f"manifest {image}: HTTP 401, {challenge.scheme} credentials missing or refused"
-        return f"manifest {image}: HTTP {status} {response.reason_phrase}".rstrip()
+        return f"manifest {image}: {_status_text(response)}"
 
     async def _authorized(
         self,
@@ -693,7 +717,7 @@ class RegistryClient:
             outcome = classify_status(status)
             if outcome is Outcome.OK or status in (400, 401, 404):
                 outcome = Outcome.UNAUTHORIZED
-            raise ProbeError(outcome, f"{what}: HTTP {status} {response.reason_phrase}".rstrip(), status)
+            raise ProbeError(outcome, f"{what}: {_status_text(response)}", status)
         try:
             body = response.json()
         except ValueError:
@@ -753,13 +777,20 @@ class RegistryClient:
     # -- secrets -------------------------------------------------------------------------------
 
     def _scrub(self, message: str) -> str:
-        """Defence in depth: no known secret survives into a message."""
+        """Defence in depth: no known secret survives into a message, raw, repr-escaped or base64."""
         secrets = [t.value for t in self._tokens.values()] + [t.value for t in self._refresh_tokens.values()]
         if self._credentials is not None:
-            secrets.append(self._credentials.password)
+            secrets += [self._credentials.password, _basic(self._credentials).removeprefix("Basic ")]
         for secret in secrets:
-            if secret and len(secret) >= 4:
-                message = message.replace(secret, "***")
+            forms = (
+                secret,
+                repr(secret)[1:-1],
+                repr(secret.encode())[2:-1],
+                base64.b64encode(secret.encode()).decode(),
+            )
+            for form in forms:
+                if len(form) >= 4:
+                    message = message.replace(form, "***")
         return one_line(message)
 
 

@@ -1,12 +1,12 @@
 """The mutating admission webhook (Admission mode): an aiohttp HTTPS server on every replica.
 
 It answers from memory (``admission.mutate_pod`` over the current snapshots) and never blocks a
-Pod: any error is answered ``allowed`` with no patch, and the API server is told to ignore a
-webhook that is down (``failurePolicy: Ignore`` and a 2 s timeout by default, kube-system and
-geopin's own namespace always excluded). Certificates come from a mounted directory (``tls.crt``/
-``tls.key``, e.g. cert-manager), re-read when they change so a rotation needs no restart, or are made
-at start-up (one replica, development), in which case geopin keeps its MutatingWebhookConfiguration's
-``caBundle`` in step (:class:`geopin.io.certs.ServingTls`).
+Pod: any error is answered ``allowed`` with no patch (and the review's uid, which the API server
+checks), and the API server is told to ignore a webhook that is down (``failurePolicy: Ignore`` and a
+2 s timeout by default, kube-system and geopin's own namespace always excluded). Certificates come
+from a mounted directory (``tls.crt``/``tls.key``, e.g. cert-manager), re-read when they change so a
+rotation needs no restart, or are made at start-up (one replica, development), in which case geopin
+keeps its MutatingWebhookConfiguration's ``caBundle`` in step (:class:`geopin.io.certs.ServingTls`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -27,13 +28,49 @@ from geopin.io.https import HttpsServer
 if TYPE_CHECKING:
     from geopin.core.decisions import PolicySnapshot
 
-__all__ = ["FAILURE_POLICIES", "TIMEOUT_RANGE", "WebhookServer", "webhook_configuration"]
+__all__ = ["FAILURE_POLICIES", "MAX_REVIEW_BYTES", "TIMEOUT_RANGE", "WebhookServer", "webhook_configuration"]
 
 logger = logging.getLogger(__name__)
 
 PATH = "/mutate/pods"
 FAILURE_POLICIES = ("Ignore", "Fail")
 TIMEOUT_RANGE = range(1, 31)  # what admissionregistration.k8s.io/v1 accepts for timeoutSeconds
+# kube-apiserver accepts request bodies up to 3 MiB (its MaxRequestBodyBytes), and an UPDATE review
+# (pods/ephemeralcontainers) carries the object and the old object: two of them plus the envelope
+# (request metadata, userInfo, options). aiohttp's default of 1 MiB refused ordinary large Pods.
+MAX_REVIEW_BYTES = 2 * 3 * 1024 * 1024 + 1024 * 1024
+# The uid comes first in the request (the API server serialises AdmissionRequest in field order):
+# enough of an unreadable review to answer it with its uid.
+_UID_RE = re.compile(rb'"uid"\s*:\s*"([A-Za-z0-9._:-]{1,128})"')
+_UID_SEARCH_BYTES = 64 * 1024
+BURST_LOG_SECONDS = 60.0
+
+
+class _BurstLog:
+    """One log line per burst of unreadable reviews: the first at once, then a count once a minute."""
+
+    def __init__(self) -> None:
+        self.logged_at = -BURST_LOG_SECONDS
+        self.suppressed = 0
+
+    def __call__(self, problem: str, uid: str) -> None:
+        now = time.monotonic()
+        if now - self.logged_at < BURST_LOG_SECONDS:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more since the last report)" if self.suppressed else ""
+        logger.warning(
+            "webhook: an admission review %s (uid %r); the Pod is admitted unchanged%s. Further ones are "
+            "counted in geopin_admission_invalid_reviews_total and reported once a minute",
+            problem,
+            uid,
+            more,
+        )
+        self.logged_at, self.suppressed = now, 0
+
+
+class _Unreadable(Exception):
+    """The body is not a review geopin can read (counted and logged already)."""
 
 
 def webhook_configuration(
@@ -112,6 +149,7 @@ class WebhookServer:
         self.snapshots = snapshots
         self.namespace_labels = namespace_labels
         self.server = HttpsServer("webhook", port, address, cert_dir, hosts)
+        self._burst_log = _BurstLog()
 
     @property
     def ca_pem(self) -> bytes:
@@ -119,7 +157,7 @@ class WebhookServer:
         return self.server.tls.ca_pem
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_REVIEW_BYTES)
         app.router.add_post(PATH, self._review)
         await self.server.start(app)
         logger.info("webhook: serving %s on :%d", PATH, self.server.port)
@@ -127,13 +165,41 @@ class WebhookServer:
     async def stop(self) -> None:
         await self.server.stop()
 
+    async def _read(self, request: web.Request) -> tuple[dict[str, Any] | None, str, str | None]:
+        """(the review's request, its uid, what is wrong with it: None, "too_large" or "malformed").
+
+        The body is read in chunks so that an oversized one is counted and drained, never held whole.
+        """
+        body, size = bytearray(), 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size <= MAX_REVIEW_BYTES:
+                body += chunk
+            elif len(body) > _UID_SEARCH_BYTES:
+                del body[_UID_SEARCH_BYTES:]
+        found = _UID_RE.search(bytes(body[:_UID_SEARCH_BYTES]))
+        uid = found.group(1).decode() if found else ""
+        if size > MAX_REVIEW_BYTES:
+            return None, uid, "too_large"
+        try:
+            review = json.loads(body)
+        except ValueError:  # UnicodeDecodeError included
+            return None, uid, "malformed"
+        req = review.get("request") if isinstance(review, dict) else None
+        if not isinstance(req, dict):
+            return None, uid, "malformed"
+        return req, str(req.get("uid", "")), None
+
     async def _review(self, request: web.Request) -> web.Response:
         began = time.perf_counter()
         result, uid, patch = "error", "", []
         try:
-            review = await request.json()
-            req = review.get("request") or {}
-            uid = str(req.get("uid", ""))
+            req, uid, problem = await self._read(request)
+            if req is None:
+                metrics.ADMISSION_INVALID_REVIEWS.labels(problem).inc()
+                problem_text = "too large to read" if problem == "too_large" else "malformed (not JSON or no request)"
+                self._burst_log(problem_text, uid)
+                raise _Unreadable
             namespace = str(req.get("namespace") or "")
             patch = mutate_pod(
                 req.get("object") or {},
@@ -143,6 +209,8 @@ class WebhookServer:
                 subresource=req.get("subResource"),
             )
             result = "mutated" if patch else "unchanged"
+        except _Unreadable:
+            patch = []
         except Exception:
             logger.exception("webhook: review failed; the Pod is admitted unchanged")
             patch = []
