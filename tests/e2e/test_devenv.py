@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.harness import nodeaddresses, procs
+from tests.harness import netns, procs
 from tests.harness.controlplane import REGION_LABEL, REPO_ROOT
 from tests.harness.devenv import recorded_processes
 from tests.harness.nodecleanup import mounts_under, shim_pids
@@ -130,7 +130,7 @@ def test_dev_run_refuses_clearly_without_root(dev_dir: Path) -> None:
         )
     assert refused.returncode == 2
     assert refused.stdout == ""
-    assert refused.stderr == ".dev/run: needs root (it enters the environment's mount namespace)\n"
+    assert refused.stderr == ".dev/run: needs root (it enters the environment's namespaces)\n"
 
 
 def test_nodes_json_lists_a_ready_kubelet_that_runs_pods(dev_dir: Path) -> None:
@@ -142,9 +142,13 @@ def test_nodes_json_lists_a_ready_kubelet_that_runs_pods(dev_dir: Path) -> None:
     assert {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"] == "True"
     assert node["metadata"]["labels"][REGION_LABEL] == "eastus"
     assert node["metadata"]["labels"][NODE_IMAGE_LABEL] == AKS_WITH_GEO.node_image_version
-    # Its own address (on lo, 198.18.0.0/15): the Node's InternalIP, and so its hostNetwork Pods' IP.
-    assert ipaddress.ip_address(listed[0]["ip"]) in nodeaddresses.NETWORK
-    assert listed[0]["ip"] in nodeaddresses.on_host()
+    # Its own address (198.18.0.0/15): the Node's InternalIP, and so its hostNetwork Pods' IP. It exists
+    # in the environment's network only: the host's is untouched.
+    assert ipaddress.ip_address(listed[0]["ip"]) in netns.NETWORK
+    holder = int((dev_dir / "namespace.pid").read_text())
+    with netns.inside(holder):
+        assert listed[0]["ip"] in netns.on_host()
+    assert listed[0]["ip"] not in netns.on_host()
     assert {a["type"]: a["address"] for a in node["status"]["addresses"]}["InternalIP"] == listed[0]["ip"]
     # The sandbox image is on the node already: a Pod runs without a registry, and leaves mounts behind
     # for `down` to clean (its rootfs, its sandbox's shm, its service-account token volume).
@@ -184,4 +188,4 @@ def test_down_stops_everything_and_removes_the_directory(dev_dir: Path) -> None:
     # Nothing of the node is left: no shim, no container, no mount.
     assert shim_pids(NodePaths(node_dirs[0]).socket) == []
     assert mounts_under(dev_dir) == []
-    assert not set(node_ips) & nodeaddresses.on_host()  # the node's address is off lo again
+    assert not set(node_ips) & netns.on_host()  # never on the host

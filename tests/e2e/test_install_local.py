@@ -35,7 +35,7 @@ import httpx
 import pytest
 from kubernetes import client, config
 
-from tests.harness import oci
+from tests.harness import devenv, installlocal, netns, oci
 from tests.harness.chart import tools_bin
 from tests.harness.controlplane import REPO_ROOT, find_binaries
 from tests.harness.names import resolving_transport
@@ -77,6 +77,18 @@ def dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         if directory.exists():
             stopped = harness(directory, "down")
             assert stopped.returncode == 0, stopped.stderr[-3000:]
+
+
+@pytest.fixture
+def inside(dev_dir: Path) -> Iterator[None]:
+    """The test's thread in the environment's network, where the API server and the Pods' addresses are.
+
+    HEAD's image is built first, here, with the host's network (its Dockerfile installs from PyPI):
+    `make install-local` then finds it in build/ and only pushes and installs.
+    """
+    installlocal.ensure_image()
+    with netns.inside(devenv.holder_pid(dev_dir)):
+        yield
 
 
 class Cluster:
@@ -212,6 +224,7 @@ def phase(name: str, began: float) -> float:
 
 
 @pytest.mark.timeout(1200)
+@pytest.mark.usefixtures("inside")
 def test_install_local_fail_over_with_the_leader_pod_deleted_and_uninstall(dev_dir: Path) -> None:
     cluster = Cluster(dev_dir)
     ca_pem = (dev_dir / "ca.crt").read_text()

@@ -9,10 +9,11 @@ describes them in `.dev/`; `down` stops what `.dev/` lists and removes it (see d
                     "pid", "data_host", "data_ip", "data_pid", "username", "password"}, ...,
                     "global": {"endpoint", "host": "contoso.azurecr.io", "ip", "pid", "order",
                     "failover_delay_seconds", "state", "username", "password"}}
-  run               `.dev/run CMD ARGS...`: CMD in the private name space, the run's CA trusted
+  run               `.dev/run CMD ARGS...`: CMD in the environment's mount namespace (the names) and
+                    network namespace (every address above), the run's CA trusted
   namespace.pid     the name space's holder process
   nodes.json        [{"name", "region", "pid" (the kubelet), "containerd_pid", "dir", "ip"}]: each Ready at
-                    `up`; "ip" is its address on lo (198.18.0.0/15), taken off again by `down`
+                    `up`; "ip" is its address (198.18.0.0/15) in the environment's own network
   hosts             the /etc/hosts seen inside it
   pids              one pid per line, everything `up` started
   processes.json    [{"name", "pid", "argv0"}]: lets `down` skip pids the kernel has reused
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.harness import nodeaddresses, procs
+from tests.harness import netns, procs
 from tests.harness.acr import AcrRegistrySet
 from tests.harness.controlplane import REPO_ROOT, ControlPlane, find_binaries
 from tests.harness.globalrouter import DEFAULT_FAILOVER_DELAY
@@ -40,6 +41,7 @@ from tests.harness.names import require_root
 from tests.harness.nodecleanup import direct, kill_shims, namespace_launcher, teardown
 from tests.harness.nodeconfig import NodePaths
 from tests.harness.nodeenv import NodeEnvironment
+from tests.harness.nodes import find_node_binaries
 from tests.harness.pki import CA
 from tests.harness.registries import DEFAULT_REGIONS
 
@@ -52,11 +54,12 @@ STOP_RANKS = {"kube-apiserver": 1, "etcd": 2, "hosts-namespace": 3}
 
 RUN_SCRIPT = """#!/bin/sh
 # Written by `make dev-up`. .dev/run CMD ARGS... runs CMD where the environment's names resolve (its
-# private mount namespace: contoso.azurecr.io, contoso.<region>.geo.azurecr.io, ...) and its CA is
-# trusted (SSL_CERT_FILE, REQUESTS_CA_BUNDLE); KUBECONFIG is the environment's. Exit status: CMD's.
+# private mount namespace: contoso.azurecr.io, contoso.<region>.geo.azurecr.io, ...), in its own
+# network namespace (where its addresses are), with its CA trusted (SSL_CERT_FILE, REQUESTS_CA_BUNDLE);
+# KUBECONFIG is the environment's. Exit status: CMD's.
 dev=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
 if [ "$(id -u)" != 0 ]; then
-  echo ".dev/run: needs root (it enters the environment's mount namespace)" >&2; exit 2
+  echo ".dev/run: needs root (it enters the environment's namespaces)" >&2; exit 2
 fi
 if [ $# -eq 0 ]; then echo "usage: .dev/run CMD [ARGS...]" >&2; exit 2; fi
 pid=$(cat "$dev/namespace.pid" 2>/dev/null || true)
@@ -66,7 +69,7 @@ if [ -z "$pid" ] || [ -z "$inside" ] || [ "$inside" = "$(readlink /proc/self/ns/
 fi
 export SSL_CERT_FILE="$dev/ca-bundle.crt" REQUESTS_CA_BUNDLE="$dev/ca-bundle.crt" KUBECONFIG="$dev/kubeconfig"
 export PATH="{path}:$PATH"
-exec nsenter --target "$pid" --mount --wd="$PWD" -- "$@"
+exec nsenter --target "$pid" --mount --net --wd="$PWD" -- "$@"
 """
 
 
@@ -121,17 +124,17 @@ def up(
         print(f"{dev_dir} is stale (nothing running): removing it", file=sys.stderr)
         for node_dir in recorded_node_dirs(dev_dir):
             kill_shims(NodePaths(node_dir).socket)  # they outlive containerd, and hold its mounts
-        listing = dev_dir / "nodes.json"
-        if listing.exists():
-            nodeaddresses.remove(
-                e["ip"] for e in json.loads(listing.read_text()) if e.get("ip", "127.0.0.1") != "127.0.0.1"
-            )
         shutil.rmtree(dev_dir)
     began = time.monotonic()
     logs = dev_dir / "logs"
     logs.mkdir(parents=True)
     ca = CA(dev_dir / "pki")
-    binaries = find_binaries()
+    binaries = find_binaries()  # may build, from the Go module proxy: before the network is left behind
+    if nodes > 0:
+        find_node_binaries()
+    # Everything from here on runs in the environment's own network (tests/harness/netns.py).
+    node_addresses = netns.addresses(nodes)
+    netns.unshare_network(node_addresses)
     control_plane = ControlPlane(
         node_regions=node_regions if nodes == 0 else (),
         extra_apiserver_args=extra_apiserver_args,
@@ -153,7 +156,7 @@ def up(
         log_dir=logs,
         detach=True,
         control_plane=control_plane,
-        node_addresses=nodes > 0,
+        node_addresses=node_addresses,
     )
     try:
         registries.start()
@@ -208,6 +211,17 @@ def up(
         )
 
 
+def holder_pid(dev_dir: Path) -> int:
+    """The name space holder's pid: its mount namespace has the names, its network namespace the addresses."""
+    try:
+        pid = int((dev_dir / "namespace.pid").read_text())
+    except (OSError, ValueError):
+        raise DevEnvError(f"{dev_dir} has no running environment: make dev-up") from None
+    if not procs.pid_alive(pid):
+        raise DevEnvError(f"the environment's name space holder ({pid}) is gone: make dev-down && make dev-up")
+    return pid
+
+
 def write_run_script(path: Path, path_dirs: Iterable[Path]) -> None:
     path.write_text(RUN_SCRIPT.replace("{path}", ":".join(str(d) for d in path_dirs)))
     path.chmod(0o755)
@@ -255,8 +269,7 @@ def stop_nodes(dev_dir: Path, recorded: Sequence[Recorded], owned: set[int]) -> 
     def running(pid: int) -> Callable[[], bool]:
         return lambda: pid in owned and procs.pid_alive(pid)
 
-    entries = json.loads(listing.read_text())
-    for entry in entries:
+    for entry in json.loads(listing.read_text()):
         containerd = entry["containerd_pid"]
         teardown(
             NodePaths(Path(entry["dir"])),
@@ -265,7 +278,6 @@ def stop_nodes(dev_dir: Path, recorded: Sequence[Recorded], owned: set[int]) -> 
             stop_containerd=stopper(containerd),
             launcher=functools.partial(_in_namespace, [holder, containerd if containerd in owned else None]),
         )
-    nodeaddresses.remove(entry["ip"] for entry in entries if entry.get("ip", "127.0.0.1") != "127.0.0.1")
 
 
 def _in_namespace(members: Sequence[int | None], argv: Sequence[str]) -> list[str]:

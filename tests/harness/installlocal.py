@@ -10,7 +10,8 @@ credentials from the kubelet's credential provider: no pull secret.
 What the local environment needs beyond the chart's defaults, in `.dev/install-local.values.yaml`:
 
 - `hostNetwork: true`: Pods have no network of their own here (docs/testing.md, Real nodes). Each
-  node has its own address on lo, so the two replicas listen on their own Pod IPs.
+  node has its own address in the environment's network (tests/harness/netns.py), so the two replicas
+  listen on their own Pod IPs.
 - `KUBERNETES_SERVICE_HOST/PORT`: the API server's own address. There is no kube-proxy, so the
   `kubernetes` Service's ClusterIP leads nowhere; in-cluster configuration reads these variables.
 - `service.webhook.enabled` with a TLS Secret (`geopin-webhook-tls`, made here with geopin's own
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from tests.harness import devenv, netns
 from tests.harness.chart import CHART, ROOT, tools_bin
 
 RELEASE = "geopin"
@@ -177,8 +179,6 @@ def helm(dev_dir: Path, *args: str, timeout: float = 600) -> subprocess.Complete
 
 def install(dev_dir: Path, sets: list[str] | None = None) -> dict[str, Any]:
     """Build (if needed), push and install; returns what was installed."""
-    from kubernetes import client, config
-
     if not (dev_dir / "registries.json").exists():
         raise InstallError(f"{dev_dir} has no environment: make dev-up first")
     nodes = json.loads((dev_dir / "nodes.json").read_text()) if (dev_dir / "nodes.json").exists() else []
@@ -186,11 +186,21 @@ def install(dev_dir: Path, sets: list[str] | None = None) -> dict[str, Any]:
         raise InstallError("the environment has no real nodes: make dev-down && make dev-up NODES=2")
     began = time.monotonic()
     summary = ensure_image()
+    tools_bin()  # helm: built from the Go module proxy if not cached, before leaving the host's network
+    # The Pods' addresses exist only in the environment's network namespace (tests/harness/netns.py): this
+    # thread, and every process it starts, works from there.
+    with netns.inside(devenv.holder_pid(dev_dir)):
+        return _install(dev_dir, summary, sets or [], began, len(nodes))
+
+
+def _install(dev_dir: Path, summary: dict[str, Any], sets: list[str], began: float, nodes: int) -> dict[str, Any]:
+    from kubernetes import client, config
+
     built = time.monotonic()
     pushed = push(dev_dir, summary)
     print(f"install-local: pushed {', '.join(pushed)} in {time.monotonic() - built:.1f}s", file=sys.stderr)
     # Two replicas need two nodes: with hostNetwork their ports are host ports, one replica per node.
-    replicas = min(2, len(nodes))
+    replicas = min(2, nodes)
     if replicas < 2:
         print("install-local: one node, so one replica (make dev-up NODES=2 gives the chart's two)", file=sys.stderr)
     values_path = dev_dir / "install-local.values.yaml"
@@ -212,7 +222,7 @@ def install(dev_dir: Path, sets: list[str] | None = None) -> dict[str, Any]:
         "--create-namespace",
         "--values",
         str(values_path),
-        *(arg for value in sets or [] for arg in ("--set", value)),
+        *(arg for value in sets for arg in ("--set", value)),
         "--wait",
         "--timeout",
         "5m",

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.harness import nodeaddresses, oci, procs
+from tests.harness import oci, procs
 from tests.harness.controlplane import ControlPlane
 from tests.harness.nodecleanup import NodeError, mounts_under
 from tests.harness.nodeconfig import AKS_WITH_GEO
@@ -141,10 +141,11 @@ class NodeEnvironment(procs.Service):
         log_dir: Path | None = None,
         detach: bool = False,
         control_plane: ControlPlane | None = None,
-        node_addresses: bool = False,
+        node_addresses: Sequence[str] = (),
     ) -> None:
-        """``node_addresses``: give each node a routable address of its own (tests/harness/nodeaddresses.py)
-        instead of none, so that its hostNetwork Pods have that podIP and Services reach them."""
+        """``node_addresses``: addresses of this network namespace (tests/harness/netns.py) the nodes take
+        in turn, so that a node's hostNetwork Pods have its address as podIP and Services reach them;
+        without them a node has no address at all."""
         self.ca = ca
         self.acr = acr
         self.workdir = workdir
@@ -159,8 +160,7 @@ class NodeEnvironment(procs.Service):
             log_dir=self.log_dir,
             detach=detach,
         )
-        # Node addresses: a pool picked now; each node takes one, on lo from its start to close().
-        self._address_pool = nodeaddresses.pick(len(node_regions) + 8) if node_addresses else []
+        self._address_pool = list(node_addresses)
         self.addresses: list[str] = []
         self.nodes = NodeSet(
             [self._node(f"aks-nodepool1-{i}", region, credential_provider) for i, region in enumerate(node_regions)]
@@ -200,7 +200,6 @@ class NodeEnvironment(procs.Service):
             if not self.acr.namespace.alive():
                 raise NodeError("start the ACR-shaped replicas first: the nodes run in their name space")
             private_fixed_paths(self.acr.command, self.workdir / "fixed")
-            nodeaddresses.add(self.addresses)
             self.control_plane.start()
             self.nodes.start()
         except BaseException:
@@ -215,8 +214,6 @@ class NodeEnvironment(procs.Service):
         """Start one more node and wait for it to be Ready; `close()` stops it if the caller has not."""
         node = self._node(name, region, credential_provider or self.credential_provider)
         self.extra.append(node)
-        if node.node_ip in self.addresses:
-            nodeaddresses.add([node.node_ip])
         node.start()
         return node
 
@@ -240,7 +237,4 @@ class NodeEnvironment(procs.Service):
         return mounts_under(self.workdir, self.acr.command)
 
     def close(self) -> None:
-        try:
-            procs.close_all([*self.extra, *self.nodes.values(), self.control_plane])
-        finally:
-            nodeaddresses.remove(self.addresses)
+        procs.close_all([*self.extra, *self.nodes.values(), self.control_plane])
