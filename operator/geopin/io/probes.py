@@ -1,24 +1,9 @@
 """Registry probes: is a regional endpoint serving, and does it have the canary image?
 
-One :class:`RegistryClient` per policy holds one ``httpx.AsyncClient`` (HTTP/1.1) and, per endpoint,
-the authentication state: every regional endpoint of a geo-replicated registry is its own
-authenticated surface, so challenges, bearer tokens and ACR refresh tokens are cached per endpoint
-(and per scope), each until its expiry minus a margin.
-
-Outcomes (the ``reason`` label of ``geopin_probe_failures_total``):
-
-- ``ok``: ``GET /v2/`` answered 2xx, or 401 with a ``WWW-Authenticate`` challenge (the registry is up
-  and asks for credentials); a canary manifest ``HEAD`` answered 2xx.
-- ``timeout``: no answer within ``timeout_seconds`` (connect, TLS handshake or read); the whole probe,
-  authentication included, is bounded by it. A 408 answer too.
-- ``connect``: connection refused or reset, DNS failure, a broken HTTP exchange.
-- ``tls``: certificate or handshake failure (an ``ssl.SSLError`` anywhere in the exception chain).
-- ``http_5xx``: a 5xx answer.  ``throttled``: 429.
-- ``unauthorized``: 401 without a challenge, 401 after authenticating, 403, a token endpoint refusing.
-- ``not_found``: 404/410 (for a canary: the image is not on this replica), or any other answer that is
-  not the registry API (3xx after redirects, 400, 405, ...).
-- ``data_endpoint``: a deep probe's blob download failed after the registry redirected it to another
-  host (ACR's ``<name>.<region>.data.azurecr.io``): the login endpoint answers, pulls would not.
+One :class:`RegistryClient` per policy holds one ``httpx.AsyncClient`` (HTTP/1.1), what it learnt of
+each endpoint (its challenge, the canary's config digest) and a :class:`~geopin.io.registry_auth.TokenCache`
+for the tokens. What a probe can find is :mod:`geopin.io.probe_outcomes`; how it authenticates is
+:mod:`geopin.io.registry_auth`.
 
 Deep probe (with a canary image): a manifest ``HEAD``; the manifest itself is read once per digest
 (an index is followed to one image) to learn the config blob's digest; then ``GET`` of that blob,
@@ -27,51 +12,47 @@ redirect's target gets no ``Authorization`` header when it is another origin (AC
 pre-signed, and a registry token must not leak to another host). httpx would drop the header too
 (except for an http→https upgrade of the same host), but the rule is geopin's, so it is written here.
 
-Authentication, answered to the challenge of each endpoint:
-
-- ``Bearer realm=...,service=...`` (distribution token auth): ``GET realm?service=&scope=``, with basic
-  credentials when configured, anonymous otherwise; the answer's ``token`` (or ``access_token``) and
-  ``expires_in`` (default 60 s).
-- ``Basic``: the basic credentials.
-- ACR with an Azure AD credential (workload identity): an AAD token for
-  ``https://containerregistry.azure.net/.default`` is exchanged at ``POST /oauth2/exchange``
-  (``grant_type=access_token``) for an ACR refresh token, which ``POST /oauth2/token``
-  (``grant_type=refresh_token``) turns into a scoped access token.
-
-Passwords and tokens never appear in a message, an exception, a repr or a log line, in any encoding:
-messages are built from outcome classes, errno texts, standard HTTP reason phrases and validated
-header values, never from an exception's or a server's free text (h11 quotes the repr of a header
-value it refuses, and a registry that received a token could echo it).
+Passwords and tokens never appear in a message, an exception, a repr or a log line, in any encoding
+(see :mod:`geopin.io.probe_outcomes`); :meth:`RegistryClient._scrub` is the defence in depth.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import enum
 import hashlib
-import http
-import json
-import logging
-import os
 import re
-import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from geopin import __version__
 from geopin.core.references import InvalidReference, parse
 from geopin.core.text import one_line
+from geopin.io.probe_outcomes import (
+    Outcome,
+    ProbeError,
+    ProbeResult,
+    classify_exception,
+    classify_status,
+    status_text,
+)
+from geopin.io.registry_auth import (
+    AAD_SCOPE,
+    BasicCredentials,
+    Challenge,
+    TokenCache,
+    parse_challenge,
+)
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
 
+# The probe's whole vocabulary stays importable from here.
 __all__ = [
     "AAD_SCOPE",
     "MANIFEST_ACCEPT",
@@ -85,10 +66,6 @@ __all__ = [
     "parse_challenge",
 ]
 
-log = logging.getLogger(__name__)
-E = TypeVar("E", bound=BaseException)
-
-AAD_SCOPE = "https://containerregistry.azure.net/.default"
 MANIFEST_ACCEPT = ", ".join(
     [
         "application/vnd.oci.image.manifest.v1+json",
@@ -97,10 +74,6 @@ MANIFEST_ACCEPT = ", ".join(
         "application/vnd.docker.distribution.manifest.list.v2+json",
     ]
 )
-DEFAULT_TOKEN_SECONDS = 60.0
-# ACR refresh tokens are JWTs with an `exp`; when one cannot be read, assume this much.
-DEFAULT_REFRESH_TOKEN_SECONDS = 600.0
-MAX_MARGIN_SECONDS = 30.0
 # A deep probe reads at most this much of the canary's config blob: enough to prove the download
 # path works, never a real layer's worth of traffic per probe.
 BLOB_READ_LIMIT = 64 * 1024
@@ -110,194 +83,7 @@ INDEX_MEDIA_TYPES = frozenset(
     {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
 )
 _DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
-
-
-class Outcome(enum.StrEnum):
-    OK = "ok"
-    TIMEOUT = "timeout"
-    CONNECT = "connect"
-    TLS = "tls"
-    HTTP_5XX = "http_5xx"
-    THROTTLED = "throttled"
-    UNAUTHORIZED = "unauthorized"
-    NOT_FOUND = "not_found"
-    DATA_ENDPOINT = "data_endpoint"
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    outcome: Outcome
-    status: int | None
-    latency_seconds: float
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class BasicCredentials:
-    username: str
-    password: str = field(repr=False)
-
-
-class ProbeError(Exception):
-    """A probe or lookup failed; ``outcome`` classifies it, ``message`` is one secret-free line."""
-
-    def __init__(self, outcome: Outcome, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.outcome = outcome
-        self.message = message
-        self.status = status
-
-    def __repr__(self) -> str:
-        return f"ProbeError({self.outcome.value!r}, {self.message!r}, status={self.status!r})"
-
-
-# -- classification (pure) ---------------------------------------------------------------------
-
-
-def classify_status(status: int, *, challenged: bool = False) -> Outcome:
-    """The outcome of an HTTP answer; ``challenged``: a 401 carried a usable WWW-Authenticate."""
-    if 200 <= status < 300:
-        return Outcome.OK
-    if status == 401:
-        return Outcome.OK if challenged else Outcome.UNAUTHORIZED
-    if status == 403:
-        return Outcome.UNAUTHORIZED
-    if status == 408:
-        return Outcome.TIMEOUT
-    if status == 429:
-        return Outcome.THROTTLED
-    if 500 <= status < 600:
-        return Outcome.HTTP_5XX
-    return Outcome.NOT_FOUND
-
-
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """``error`` and its causes/contexts, outermost first."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        yield current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-
-
-def _in_chain(error: BaseException, kind: type[E]) -> E | None:
-    return next((e for e in _chain(error) if isinstance(e, kind)), None)
-
-
-def classify_exception(error: BaseException, timeout_seconds: float | None = None) -> tuple[Outcome, str]:
-    """(outcome, one-line message) for an exception raised while talking to a registry.
-
-    The message comes from the exception's class, errno and TLS verdict, never from its text, which
-    may quote a request header and so a credential.
-    """
-    after = "" if timeout_seconds is None else f" after {timeout_seconds:g}s"
-    if isinstance(error, httpx.ConnectTimeout):
-        return Outcome.TIMEOUT, f"connect timeout{after}"
-    if isinstance(error, httpx.ReadTimeout):
-        return Outcome.TIMEOUT, f"read timeout{after}"
-    if isinstance(error, httpx.TimeoutException | TimeoutError):
-        return Outcome.TIMEOUT, f"timeout{after}"
-    tls = _in_chain(error, ssl.SSLError)
-    if tls is not None:
-        if isinstance(tls, ssl.SSLCertVerificationError):
-            # OpenSSL's verdict (X509_verify_cert_error_string, with the host name on a mismatch).
-            verdict = getattr(tls, "verify_message", None) or "unknown reason"
-            return Outcome.TLS, f"TLS certificate verify failed: {one_line(verdict)}"
-        return Outcome.TLS, f"TLS error: {one_line(getattr(tls, 'reason', None) or type(tls).__name__)}"
-    if isinstance(error, httpx.ConnectError | httpx.ReadError | httpx.WriteError | httpx.CloseError):
-        # anyio wraps the refusal: OSError("All connection attempts failed") from ConnectionRefusedError.
-        # asyncio's own strerror is "Connect call failed (host, port)": prefer the errno's text.
-        detail = next((_os_error_text(e) for e in _chain(error) if isinstance(e, OSError) and e.errno), None)
-        return Outcome.CONNECT, f"connect: {detail or type(error).__name__}"
-    if isinstance(error, httpx.LocalProtocolError | UnicodeError):
-        return Outcome.CONNECT, f"request not sent: a header value is not valid HTTP ({type(error).__name__})"
-    if isinstance(error, httpx.InvalidURL):
-        return Outcome.CONNECT, "request not sent: the URL is not valid (InvalidURL)"
-    if isinstance(error, httpx.RemoteProtocolError):
-        return Outcome.CONNECT, "the registry broke off the HTTP exchange (RemoteProtocolError)"
-    if isinstance(error, httpx.TransportError):
-        return Outcome.CONNECT, f"transport error ({type(error).__name__})"
-    if isinstance(error, OSError):
-        return Outcome.CONNECT, f"connect: {_os_error_text(error)}"
-    return Outcome.CONNECT, f"unexpected error ({type(error).__name__})"
-
-
-def _os_error_text(error: OSError) -> str:
-    if isinstance(error, socket.gaierror):
-        return f"name resolution failed: {error.strerror or type(error).__name__}".lower()
-    if error.errno:
-        return os.strerror(error.errno).lower()
-    return type(error).__name__
-
-
-def _status_text(response: httpx.Response) -> str:
-    """``HTTP 503 Service Unavailable``: the standard reason phrase, never the one the server sent."""
-    status = response.status_code
-    try:
-        return f"HTTP {status} {http.HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"HTTP {status}"
-
-
 _DIGEST_HEADER_RE = re.compile(r"sha(?:256|384|512):[0-9a-f]{64,128}")
-
-
-_PARAM_RE = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,"]+))')
-
-
-@dataclass(frozen=True, slots=True)
-class Challenge:
-    """A parsed ``WWW-Authenticate`` challenge: ``scheme`` is ``bearer`` or ``basic``."""
-
-    scheme: str
-    params: Mapping[str, str]
-
-    @property
-    def realm(self) -> str | None:
-        return self.params.get("realm")
-
-    @property
-    def service(self) -> str | None:
-        return self.params.get("service")
-
-
-def parse_challenge(headers: httpx.Headers) -> Challenge | None:
-    """The Bearer challenge of a 401 if it has one (with a realm), else its Basic one, else None."""
-    found: dict[str, Challenge] = {}
-    for value in headers.get_list("www-authenticate"):
-        scheme, _, rest = value.strip().partition(" ")
-        scheme = scheme.lower()
-        if scheme not in ("bearer", "basic") or scheme in found:
-            continue
-        params: dict[str, str] = {}
-        for match in _PARAM_RE.finditer(rest):
-            quoted, bare = match.group(2), match.group(3)
-            params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
-        found[scheme] = Challenge(scheme=scheme, params=params)
-    bearer = found.get("bearer")
-    if bearer is not None and bearer.realm:
-        return bearer
-    return found.get("basic")
-
-
-# -- the client --------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Token:
-    value: str = field(repr=False)
-    expires_at: float  # on the client's monotonic clock
-
-
-def _jwt_seconds_left(token: str) -> float | None:
-    """Seconds until a JWT's ``exp`` (unverified: only to schedule a refresh), or None."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return float(claims["exp"]) - time.time()
-    except (IndexError, ValueError, KeyError, TypeError, binascii.Error):
-        return None
 
 
 def _split_canary(canary: str) -> tuple[str, str]:
@@ -352,9 +138,9 @@ class RegistryClient:
         self._challenges: dict[str, Challenge | None] = {}
         # (repository, manifest digest) → config blob digest: content-addressed, so shared by endpoints.
         self._configs: dict[tuple[str, str], str] = {}
-        self._tokens: dict[tuple[str, str], _Token] = {}
-        self._refresh_tokens: dict[str, _Token] = {}
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._auth = TokenCache(
+            self._send, self._url, credentials=credentials, aad_credential=aad_credential, clock=clock
+        )
 
     def __repr__(self) -> str:
         auth = "aad" if self._aad is not None else "basic" if self._credentials is not None else "anonymous"
@@ -463,7 +249,7 @@ class RegistryClient:
             return status, outcome, f"GET /v2/: HTTP {status}{auth}"
         if status == 401:
             return status, outcome, "GET /v2/: HTTP 401 without a WWW-Authenticate challenge"
-        return status, outcome, f"GET /v2/: {_status_text(response)}"
+        return status, outcome, f"GET /v2/: {status_text(response)}"
 
     async def _manifest_head(self, endpoint: str, repository: str, reference: str) -> httpx.Response:
         return await self._authorized(
@@ -488,7 +274,7 @@ class RegistryClient:
             if challenge is None:
                 return f"manifest {image}: HTTP 401 without a challenge"
             return f"manifest {image}: HTTP 401, {challenge.scheme} credentials missing or refused"
-        return f"manifest {image}: {_status_text(response)}"
+        return f"manifest {image}: {status_text(response)}"
 
     async def _authorized(
         self,
@@ -508,7 +294,7 @@ class RegistryClient:
         base = dict(headers or {})
         options: dict[str, Any] = {"stream": True, "follow_redirects": False} if blob else {}
         known = self._challenges.get(endpoint)
-        authorization = await self._authorization(endpoint, known, scope, force=False) if known else None
+        authorization = await self._auth.authorization(endpoint, known, scope, force=False) if known else None
         response = await self._send(method, url, headers=_with_auth(base, authorization), **options)
         if response.status_code != 401:
             return response
@@ -516,7 +302,7 @@ class RegistryClient:
         self._challenges[endpoint] = challenge
         if challenge is None:
             return response
-        retry = await self._authorization(endpoint, challenge, scope, force=authorization is not None)
+        retry = await self._auth.authorization(endpoint, challenge, scope, force=authorization is not None)
         if retry is None or (retry == authorization and challenge.scheme == "basic"):
             return response
         if blob:
@@ -654,134 +440,11 @@ class RegistryClient:
             outcome = Outcome.DATA_ENDPOINT
         return ProbeError(outcome, self._scrub(f"data endpoint {progress.data_host}: {message}"), status)
 
-    async def _authorization(self, endpoint: str, challenge: Challenge, scope: str, *, force: bool) -> str | None:
-        """The Authorization header value answering ``challenge``, or None when we have nothing to offer."""
-        if challenge.scheme == "basic":
-            return _basic(self._credentials) if self._credentials is not None else None
-        token = await self._bearer_token(endpoint, challenge, scope, force=force)
-        return f"Bearer {token}"
-
-    # -- tokens --------------------------------------------------------------------------------
-
-    def _lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
-
-    def _expiry(self, seconds: float) -> float:
-        seconds = max(seconds, 0.0)
-        return self._clock() + seconds - min(MAX_MARGIN_SECONDS, seconds * 0.1)
-
-    def _fresh(self, token: _Token | None) -> bool:
-        return token is not None and self._clock() < token.expires_at
-
-    async def _bearer_token(self, endpoint: str, challenge: Challenge, scope: str, *, force: bool) -> str:
-        key = (endpoint, scope)
-        stale = self._tokens.get(key)
-        async with self._lock(key):
-            cached = self._tokens.get(key)
-            # Forced (a token was refused): still reuse one that another task fetched meanwhile.
-            if cached is not None and self._fresh(cached) and (not force or cached is not stale):
-                return cached.value
-            if self._aad is not None:
-                token = await self._acr_access_token(endpoint, challenge, scope)
-            else:
-                token = await self._distribution_token(endpoint, challenge, scope)
-            self._tokens[key] = token
-            return token.value
-
-    async def _distribution_token(self, endpoint: str, challenge: Challenge, scope: str) -> _Token:
-        realm = challenge.realm
-        if not realm:
-            raise ProbeError(Outcome.UNAUTHORIZED, "Bearer challenge without a realm")
-        params = {"scope": scope}
-        if challenge.service:
-            params["service"] = challenge.service
-        auth = (
-            httpx.BasicAuth(self._credentials.username, self._credentials.password)
-            if self._credentials is not None
-            else None
-        )
-        log.debug("fetching a registry token for %s scope %s from %s", endpoint, scope, realm)
-        response = await self._send("GET", realm, params=params, auth=auth)
-        body = self._token_body(response, "token endpoint")
-        value = body.get("token") or body.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise ProbeError(Outcome.UNAUTHORIZED, "token endpoint answered without a token", response.status_code)
-        return _Token(value, self._expiry(_seconds(body.get("expires_in"), DEFAULT_TOKEN_SECONDS)))
-
-    def _token_body(self, response: httpx.Response, what: str) -> dict[str, Any]:
-        status = response.status_code
-        if status != 200:
-            outcome = classify_status(status)
-            if outcome is Outcome.OK or status in (400, 401, 404):
-                outcome = Outcome.UNAUTHORIZED
-            raise ProbeError(outcome, f"{what}: {_status_text(response)}", status)
-        try:
-            body = response.json()
-        except ValueError:
-            raise ProbeError(Outcome.UNAUTHORIZED, f"{what}: answer is not JSON", status) from None
-        if not isinstance(body, dict):
-            raise ProbeError(Outcome.UNAUTHORIZED, f"{what}: answer is not a JSON object", status)
-        return body
-
-    async def _acr_refresh_token(self, endpoint: str, service: str, *, force: bool) -> str:
-        async with self._lock((endpoint, "")):
-            cached = self._refresh_tokens.get(endpoint)
-            if not force and cached is not None and self._fresh(cached):
-                return cached.value
-            assert self._aad is not None
-            try:
-                aad = await self._aad.get_token(AAD_SCOPE)
-            except Exception as e:
-                raise ProbeError(Outcome.UNAUTHORIZED, f"Azure AD token: {type(e).__name__}") from None
-            log.debug("exchanging an AAD token for an ACR refresh token at %s", endpoint)
-            response = await self._send(
-                "POST",
-                self._url(endpoint, "/oauth2/exchange"),
-                data={"grant_type": "access_token", "service": service, "access_token": aad.token},
-            )
-            body = self._token_body(response, "ACR token exchange")
-            value = body.get("refresh_token")
-            if not isinstance(value, str) or not value:
-                raise ProbeError(Outcome.UNAUTHORIZED, "ACR token exchange answered without a refresh_token")
-            seconds = _jwt_seconds_left(value)
-            self._refresh_tokens[endpoint] = _Token(
-                value, self._expiry(seconds if seconds is not None else DEFAULT_REFRESH_TOKEN_SECONDS)
-            )
-            return value
-
-    async def _acr_access_token(self, endpoint: str, challenge: Challenge, scope: str) -> _Token:
-        service = challenge.service or endpoint
-        realm = challenge.realm or self._url(endpoint, "/oauth2/token")
-        for attempt in range(2):
-            refresh = await self._acr_refresh_token(endpoint, service, force=attempt > 0)
-            response = await self._send(
-                "POST",
-                realm,
-                data={"grant_type": "refresh_token", "service": service, "scope": scope, "refresh_token": refresh},
-            )
-            if response.status_code == 401 and attempt == 0:
-                continue  # the refresh token was revoked or expired early: exchange again once
-            body = self._token_body(response, "ACR token endpoint")
-            value = body.get("access_token")
-            if not isinstance(value, str) or not value:
-                raise ProbeError(Outcome.UNAUTHORIZED, "ACR token endpoint answered without an access_token")
-            seconds: float | None = _seconds(body.get("expires_in"), -1.0)
-            if seconds is None or seconds < 0:
-                seconds = _jwt_seconds_left(value)
-            return _Token(value, self._expiry(seconds if seconds is not None else DEFAULT_TOKEN_SECONDS))
-        raise AssertionError("unreachable")  # pragma: no cover
-
     # -- secrets -------------------------------------------------------------------------------
 
     def _scrub(self, message: str) -> str:
         """Defence in depth: no known secret survives into a message, raw, repr-escaped or base64."""
-        secrets = [t.value for t in self._tokens.values()] + [t.value for t in self._refresh_tokens.values()]
-        if self._credentials is not None:
-            secrets += [self._credentials.password, _basic(self._credentials).removeprefix("Basic ")]
-        for secret in secrets:
+        for secret in self._auth.secrets():
             forms = (
                 secret,
                 repr(secret)[1:-1],
@@ -820,17 +483,6 @@ def _index_choice(manifests: object) -> str | None:
         if isinstance(platform, dict) and (platform.get("os"), platform.get("architecture")) == ("linux", "amd64"):
             return str(entry["digest"])
     return str(entries[0]["digest"]) if entries else None
-
-
-def _seconds(value: object, default: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return default
-    return float(value)
-
-
-def _basic(credentials: BasicCredentials) -> str:
-    raw = f"{credentials.username}:{credentials.password}".encode()
-    return "Basic " + base64.b64encode(raw).decode()
 
 
 def _with_auth(headers: Mapping[str, str], authorization: str | None) -> dict[str, str]:
