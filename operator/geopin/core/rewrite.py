@@ -248,25 +248,15 @@ def desired_state(
             images[container.key] = intent
             continue
 
-        if target.is_global:
-            moved = intent
-        else:
-            moved_ref = ref.with_host(target.endpoint)
-            if not name_fits_older_runtimes(moved_ref):
-                reason = (
-                    f"{target.endpoint} would make the name longer than 255 characters, which container "
-                    f"runtimes before containerd 2 refuse; it stays on {ref.host}"
-                )
-                invalid.append(InvalidImage(container.key, intent, reason))
-                images[container.key] = intent
-                continue
-            digest = None
-            if digests is not None:  # digestPinning on
-                kept = pinned_digest(container.image, intent) if intent != container.image else None
-                digest = kept or digests.get(intent)
-            if digest is not None and moved_ref.digest is None:
-                moved_ref = moved_ref.with_digest(digest)
-            moved = str(moved_ref)
+        moved = _moved(container, intent, ref, target, digests)
+        if moved is None:
+            reason = (
+                f"{target.endpoint} would make the name longer than 255 characters, which container "
+                f"runtimes before containerd 2 refuse; it stays on {ref.host}"
+            )
+            invalid.append(InvalidImage(container.key, intent, reason))
+            images[container.key] = intent
+            continue
         images[container.key] = moved
         originals[container.key] = intent
 
@@ -288,6 +278,25 @@ def desired_state(
         record_was_malformed=malformed,
         pinned_endpoints={k: v for k, v in pinned_endpoints.items() if k in recorded},
     )
+
+
+def _moved(
+    container: Container, intent: str, ref: Reference, target: Target, digests: Mapping[str, str] | None
+) -> str | None:
+    """``intent`` on ``target`` (a digest geopin appended before is kept, else the resolved one is added);
+    None when the name would not fit older runtimes."""
+    if target.is_global:
+        return intent
+    moved_ref = ref.with_host(target.endpoint)
+    if not name_fits_older_runtimes(moved_ref):
+        return None
+    digest = None
+    if digests is not None:  # digestPinning on
+        kept = pinned_digest(container.image, intent) if intent != container.image else None
+        digest = kept or digests.get(intent)
+    if digest is not None and moved_ref.digest is None:
+        moved_ref = moved_ref.with_digest(digest)
+    return str(moved_ref)
 
 
 def _is_foreign(image: str, policy: Policy) -> bool:
