@@ -39,11 +39,16 @@ lint: $(STAMP) ## ruff (lint + format check) and mypy
 test-unit: $(STAMP) ## the pure core's tests (seconds)
 	$(BIN)/pytest tests/unit -q
 
-test-e2e: prereqs $(STAMP) controlplane nodes ## end-to-end tests on the local control plane and registries
-	$(BIN)/pytest tests/e2e -q
+# Two pytest-xdist workers, each taking whole files (module fixtures stay shared within a file): most
+# end-to-end time is spent waiting on probes, Pods and the API server, not on the CPU.
+WORKERS ?= 2
+PARALLEL := -n $(WORKERS) --dist loadfile
 
-test: prereqs lint controlplane nodes ## the whole suite: what .ci/run runs
-	$(BIN)/pytest tests -q
+test-e2e: prereqs $(STAMP) controlplane nodes ## end-to-end tests on the local control plane and registries
+	$(BIN)/pytest tests/e2e -q $(PARALLEL)
+
+test: prereqs lint controlplane nodes ## the whole suite: what .ci/run runs (WORKERS=0: in one process)
+	$(BIN)/pytest tests -q $(PARALLEL)
 
 # NODES=1 for one real node; NODES=0 for the node-less environment (fake Node objects).
 NODES ?= 2

@@ -21,6 +21,9 @@
     node_kube      an ApiClient for node_env's control plane
     extra_nodes    start_node(name, region="eastus", credential_provider=...) for one test; every
                    node it started is stopped after the test
+    short_dir      short_dir("name"): a new directory under pytest's temp dir, by a short name (a
+                   symlink /tmp/gp-XXXXXXXX): for node directories, whose unix sockets must stay
+                   under the kernel's 108 bytes (pytest-xdist adds popen-gwN/ to every temp path)
 
 Every process is stopped at the end of the session, on failure too (the fixtures yield inside `with`),
 and attached processes die with pytest even if it is killed (PR_SET_PDEATHSIG).
@@ -28,6 +31,8 @@ and attached processes die with pytest even if it is killed (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
@@ -99,8 +104,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def node_env(ca: CA, acr: AcrRegistrySet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeEnvironment]:
-    with NodeEnvironment(ca, acr, workdir=tmp_path_factory.mktemp("nodes")) as env:
+def short_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Path]]:
+    links: list[Path] = []
+
+    def make(name: str) -> Path:
+        link = Path(tempfile.mkdtemp(prefix="gp-", dir="/tmp"))
+        link.rmdir()
+        link.symlink_to(tmp_path_factory.mktemp(name))
+        links.append(link)
+        return link
+
+    try:
+        yield make
+    finally:
+        for link in links:
+            link.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def node_env(ca: CA, acr: AcrRegistrySet, short_dir: Callable[[str], Path]) -> Iterator[NodeEnvironment]:
+    with NodeEnvironment(ca, acr, workdir=short_dir("nodes")) as env:
         yield env
 
 

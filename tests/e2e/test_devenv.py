@@ -23,7 +23,7 @@ from tests.harness.nodeconfig import AKS_WITH_GEO, SANDBOX_IMAGE, NodePaths
 from tests.harness.nodes import NODE_IMAGE_LABEL
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 pytestmark = pytest.mark.e2e
 
@@ -48,8 +48,8 @@ def dev_run(dev_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("devenv") / ".dev"
+def dev_dir(short_dir: Callable[[str], Path]) -> Iterator[Path]:
+    directory = short_dir("devenv") / ".dev"
     started = harness(directory, "up", "--global-failover-delay", "7")
     assert started.returncode == 0, started.stderr[-3000:]
     try:

@@ -43,7 +43,7 @@ from tests.harness.nodes import pod_image
 from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -67,8 +67,8 @@ def harness(dev_dir: Path, *args: str, timeout: float = 300) -> subprocess.Compl
 
 
 @pytest.fixture(scope="module")
-def dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("install") / ".dev"
+def dev_dir(short_dir: Callable[[str], Path]) -> Iterator[Path]:
+    directory = short_dir("install") / ".dev"
     started = harness(directory, "up", "--nodes", "2", "--global-failover-delay", "10")
     assert started.returncode == 0, started.stderr[-3000:]
     try:
