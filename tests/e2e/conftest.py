@@ -21,9 +21,9 @@
     node_kube      an ApiClient for node_env's control plane
     extra_nodes    start_node(name, region="eastus", credential_provider=...) for one test; every
                    node it started is stopped after the test
-    short_dir      short_dir("name"): a new directory under pytest's temp dir, by a short name (a
-                   symlink /tmp/gp-XXXXXXXX): for node directories, whose unix sockets must stay
-                   under the kernel's 108 bytes (pytest-xdist adds popen-gwN/ to every temp path)
+    short_dir      short_dir("name"): a new directory /tmp/gp-name-XXXXXXXX, removed at the end of
+                   the session: for node directories, whose unix sockets must stay under the
+                   kernel's 108 bytes (pytest-xdist adds popen-gwN/ to every temp path)
 
 Every process is stopped at the end of the session, on failure too (the fixtures yield inside `with`),
 and attached processes die with pytest even if it is killed (PR_SET_PDEATHSIG).
@@ -31,6 +31,7 @@ and attached processes die with pytest even if it is killed (PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -104,21 +105,30 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def short_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Path]]:
-    links: list[Path] = []
+def short_dir() -> Iterator[Callable[[str], Path]]:
+    made: list[Path] = []
 
     def make(name: str) -> Path:
-        link = Path(tempfile.mkdtemp(prefix="gp-", dir="/tmp"))
-        link.rmdir()
-        link.symlink_to(tmp_path_factory.mktemp(name))
-        links.append(link)
-        return link
+        # A real directory, not a symlink into pytest's temp dir: the kubelet resolves symlinks
+        # before it binds its sockets, and under pytest-xdist those paths pass 108 bytes.
+        directory = Path(tempfile.mkdtemp(prefix=f"gp-{name}-", dir="/tmp"))
+        made.append(directory)
+        return directory
 
     try:
         yield make
     finally:
-        for link in links:
-            link.unlink(missing_ok=True)
+        mounted = _mount_points()
+        for directory in made:
+            # A mount left below (a failed node cleanup) keeps its directory for inspection: rmtree
+            # would descend into the mounted filesystem.
+            if not any(point == directory or directory in point.parents for point in mounted):
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+def _mount_points() -> list[Path]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        return [Path(line.split()[4]) for line in mountinfo]
 
 
 @pytest.fixture(scope="session")

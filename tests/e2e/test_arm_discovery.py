@@ -176,6 +176,14 @@ def setup(control_plane: ControlPlane, ca: CA, tmp_path_factory: pytest.TempPath
                     assert image == f"{REGISTRY}/team/{d.metadata.name}:1", f"{d.metadata.name} not restored: {image}"
             finally:
                 operator.stop()
+                # Gone before the next file starts: a terminating namespace keeps its Deployments
+                # for seconds, and a later policy for the same registry would count and pin them.
+                s.apps.delete_collection_namespaced_deployment(NAMESPACE)
+                wait_until(
+                    lambda: not s.apps.list_namespaced_deployment(NAMESPACE).items,
+                    timeout=30,
+                    what="armdisc Deployments deleted",
+                )
                 core.delete_namespace(NAMESPACE)
 
 

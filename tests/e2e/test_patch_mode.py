@@ -183,6 +183,16 @@ def operator(
     workdir: Path = tmp_path_factory.mktemp("operator")
     with Operator(control_plane, workdir, verbose=True) as op:
         yield op
+        # A test that failed half-way leaves its policy: delete it while the operator still runs its
+        # finalizer, or a later file's policy for the same registry would meet a conflict.
+        for name in (POLICY, "corp"):
+            if cluster.policy_named(name) is not None:
+                cluster.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+        wait_until(
+            lambda: all(cluster.policy_named(name) is None for name in (POLICY, "corp")),
+            timeout=60,
+            what="this file's policies gone",
+        )
     print(op.log()[-5000:])
 
 
