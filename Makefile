@@ -113,8 +113,8 @@ image-push: ## push build/image to REGISTRY=host:port [REPOSITORY=geopin] (REGIS
 # -- benchmarks (bench/, docs/performance.md): full sizes write bench/results/, smoke is what CI runs -----
 .PHONY: bench bench-smoke
 
-bench: prereqs $(STAMP) controlplane ## every benchmark at full size (about 20 min on 2 cores), results in bench/results/
+bench: prereqs $(STAMP) controlplane nodes ## every benchmark at full size (about 35 min on 2 cores), results in bench/results/
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-smoke: prereqs $(STAMP) controlplane ## every benchmark at smoke size (under 3 min)
+bench-smoke: prereqs $(STAMP) controlplane nodes ## every benchmark at smoke size (about 4 min), results in a temp dir
 	$(BIN)/python -m bench --smoke $(BENCH_ARGS)

@@ -1,6 +1,7 @@
-"""`python -m bench [--smoke] [failover|steady|admission|probe-hang ...]`: run benchmarks in sequence.
+"""`python -m bench [--smoke] [failover|steady|admission|probe-hang|pods ...]`: run benchmarks in sequence.
 
-Results go to bench/results/ (or $BENCH_RESULTS_DIR) as <name>-<timestamp>.json.
+Results go to bench/results/ (or $BENCH_RESULTS_DIR) as <name>-<timestamp>.json; a smoke run's go to a
+new temp directory unless BENCH_RESULTS_DIR is set, so that it leaves nothing in the checkout.
 """
 
 from __future__ import annotations
@@ -8,11 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 from bench.env import say
 
-NAMES = ("failover", "steady", "admission", "probe-hang")
+NAMES = ("failover", "steady", "admission", "probe-hang", "pods")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", help="failover: comma-separated N values (default 100,1000,5000; smoke 50)")
     parser.add_argument("--rounds", type=int, help="failover: outages per N up to 1,000 (default 3; smoke 1)")
     parser.add_argument("--deployments", type=int, help="steady: Deployments (default 10000; smoke 300)")
+    parser.add_argument("--pods-sizes", help="pods: comma-separated N values (default 100,1000; smoke 10)")
+    parser.add_argument("--global-delay", type=float, help="pods: the global endpoint's failover delay (60; smoke 15)")
     args = parser.parse_args(argv)
+    if args.smoke and not os.environ.get("BENCH_RESULTS_DIR"):
+        os.environ["BENCH_RESULTS_DIR"] = tempfile.mkdtemp(prefix="geopin-bench-smoke-")
     names = args.names or list(NAMES)
     began = time.monotonic()
     for name in names:
@@ -47,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
                 admission.run(admission.SMOKE_RATES, admission.SMOKE_SECONDS)
             else:
                 admission.run(admission.FULL_RATES, admission.FULL_SECONDS)
+        elif name == "pods":
+            from bench import pods
+
+            sizes = [int(s) for s in args.pods_sizes.split(",")] if args.pods_sizes else None
+            rounds = args.rounds or (pods.SMOKE_ROUNDS if args.smoke else pods.FULL_ROUNDS)
+            delay = args.global_delay or (pods.SMOKE_GLOBAL_DELAY if args.smoke else pods.FULL_GLOBAL_DELAY)
+            pods.run(sizes or (pods.SMOKE_SIZES if args.smoke else pods.FULL_SIZES), rounds, delay)
         else:
             from bench import probe_hang
 

@@ -1,4 +1,6 @@
-"""The benchmarks' smoke run (`python -m bench --smoke`) on the real control plane, so bench/ never rots.
+"""The benchmarks' smoke run (`python -m bench --smoke ...`) on the real control plane, so bench/ never rots.
+
+The real-node benchmark (`pods`) has its own file, test_bench_pods_smoke.py.
 
 No timed assertions: only that every benchmark ran to the end and wrote a JSON result of the
 documented shape. Results go to a temp dir (BENCH_RESULTS_DIR), never into bench/results/.
@@ -25,7 +27,7 @@ def test_bench_smoke_writes_every_result(tmp_path: Path) -> None:
     env = {**os.environ, "BENCH_RESULTS_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     env.pop("BENCH_STEADY_SECONDS", None)
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke"],
+        [sys.executable, "-m", "bench", "--smoke", *BENCHMARKS],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
