@@ -211,6 +211,8 @@ class BenchEnv:
             "probe": probe,
             # The images are never pushed: replication awareness is not what these benchmarks measure.
             "replicationCheck": False,
+            # Unpaced: `failover` measures how fast geopin can repoint against the API server's ceiling.
+            "failover": {"maxRepointsPerSecond": 0},
         }
         if mode is not None:
             spec["mode"] = mode

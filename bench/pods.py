@@ -237,6 +237,6 @@ def run(sizes: list[int] | tuple[int, ...], rounds: int, global_delay: float) ->
         "pods_running": SCALED,
         "global_failover_delay_seconds": global_delay,
         "failback_delay_seconds": FAILBACK_DELAY,
-        "strategy": "Repoint (templates move at once; the only strategy before failover without restarts)",
+        "strategy": "Repoint: every pinned template moves, at the default maxRepointsPerSecond (20)",
     }
     write_result(NAME, version, parameters, figures)

@@ -187,10 +187,13 @@ def test_every_kind_is_pinned_and_restored_byte_for_byte(
             }, kind
 
         # The Deployment's own ReplicaSets follow its template; geopin writes only the standalone one.
-        owned = kinds.api.sanitize_for_serialization(
-            client.AppsV1Api(kinds.api).list_namespaced_replica_set(NAMESPACE, label_selector="app=deployment")
-        )["items"]
-        assert owned, "the controller manager made the Deployment's ReplicaSets"
+        owned = wait_until(
+            lambda: kinds.api.sanitize_for_serialization(
+                client.AppsV1Api(kinds.api).list_namespaced_replica_set(NAMESPACE, label_selector="app=deployment")
+            )["items"],
+            timeout=30,
+            what="the controller manager made the Deployment's ReplicaSets",
+        )
         written = {
             (event.get("objectRef") or {}).get("name")
             for event in control_plane.audit_events()

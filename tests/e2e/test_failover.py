@@ -98,6 +98,8 @@ class Fleet:
                 "probe": {"caBundle": self.ca.cert_pem.decode(), "failbackDelaySeconds": FAILBACK_DELAY},
                 # The 100 images are never pushed: replication has its own test (test_replication.py).
                 "replicationCheck": False,
+                # Unpaced: these tests time the failover itself; test_a_switch_is_paced_... paces it.
+                "failover": {"maxRepointsPerSecond": 0},
                 **spec,
             },
         }
@@ -294,6 +296,54 @@ def test_a_switch_is_counted_when_decided_not_when_the_repoint_settles(healthy: 
         what="an EndpointSwitched Event",
     )
     assert event
+
+
+def _repoint_writes(fleet: Fleet, operator: Operator, mark: int) -> list[float]:
+    """When the API server received each of the operator's Deployment patches since ``mark``."""
+    return sorted(
+        datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+        for e in fleet.cp.audit_events(mark)
+        if (e.get("user") or {}).get("username") == operator.user
+        and (e.get("objectRef") or {}).get("resource") == "deployments"
+        and e.get("verb") == "patch"
+        and (e.get("responseStatus") or {}).get("code") == 200
+    )
+
+
+def _busiest_second(stamps: list[float]) -> int:
+    return max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
+
+
+def test_a_switch_is_paced_both_ways_and_the_pending_gauge_shows_it(healthy: Fleet, operator: Operator) -> None:
+    fleet = healthy
+    per_second = 10
+    fleet.patch_policy({"failover": {"maxRepointsPerSecond": per_second}})
+    try:
+        mark = fleet.cp.audit_line_count()
+        fleet.registries["eastus"].stop()
+        pending = wait_until(
+            lambda: operator.metric("geopin_template_repoints_pending", policy=POLICY),
+            timeout=30,
+            interval=0.05,
+            what="templates waiting for their turn",
+        )
+        wait_until(lambda: fleet.on("westus"), timeout=60, what=f"all {COUNT} Deployments on westus, paced")
+        away = _repoint_writes(fleet, operator, mark)
+        assert len(away) == COUNT, len(away)  # each template once
+        assert _busiest_second(away) <= per_second + 1, away  # +1: jitter can pull slot s + 1.0 inside
+        assert away[-1] - away[0] >= (COUNT - 1) / per_second * 0.95, away[-1] - away[0]
+        wait_until(lambda: operator.metric("geopin_template_repoints_pending", policy=POLICY) == 0,
+                   timeout=10, what="nothing left pending once the last worker is through")  # fmt: skip
+        print(f"paced failover: {COUNT} writes over {away[-1] - away[0]:.1f}s, {pending:g} pending at first sight")
+
+        mark = fleet.cp.audit_line_count()
+        fleet.registries["eastus"].heal()
+        wait_until(lambda: fleet.on("eastus"), timeout=FAILBACK_DELAY + 60, what="failback, paced")
+        back = _repoint_writes(fleet, operator, mark)
+        assert len(back) == COUNT, len(back)
+        assert _busiest_second(back) <= per_second + 1, back
+    finally:
+        fleet.patch_policy({"failover": {"maxRepointsPerSecond": 0}})
 
 
 def test_throttling_is_counted_but_moves_nothing(healthy: Fleet, operator: Operator) -> None:

@@ -473,6 +473,7 @@ def test_prometheus_rule_alerts() -> None:
         "GeopinNoHealthyReplica",
         "GeopinProbeErrors",
         "GeopinAwaitingReplication",
+        "GeopinRepointStalled",
     }
     assert "geopin_replica_healthy" in alerts["GeopinReplicaUnhealthy"]["expr"]
     assert alerts["GeopinReplicaUnhealthy"]["for"] == "2m"
@@ -484,6 +485,7 @@ def test_prometheus_rule_alerts() -> None:
     assert alerts["GeopinProbeErrors"]["expr"].endswith("> 0.1")
     assert "geopin_replication_pending_workloads" in alerts["GeopinAwaitingReplication"]["expr"]
     assert alerts["GeopinAwaitingReplication"]["for"] == "15m"
+    assert "geopin_template_repoints_pending" in alerts["GeopinRepointStalled"]["expr"]
     for alert in alerts.values():
         assert alert["labels"]["team"] == "platform"
         assert alert["labels"]["severity"] in ("warning", "critical")

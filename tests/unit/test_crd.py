@@ -309,6 +309,7 @@ DEFAULTED_FIELDS: dict[str, Any] = {
     "probe.throttlingIsFailure": lambda p: p.probe.throttling_is_failure,
     "probe.scheme": lambda p: p.probe.scheme,
     "probe.caBundle": lambda p: p.probe.ca_bundle,
+    "failover.maxRepointsPerSecond": lambda p: p.failover.max_repoints_per_second,
     "credentials.azureWorkloadIdentity": lambda p: p.credentials.azure_workload_identity,
     "credentials.nodeImageCheck": lambda p: p.credentials.node_image_check,
 }
@@ -419,6 +420,7 @@ def test_every_spec_integer_is_bounded(spec_schema: dict[str, Any]) -> None:
         "probe.failureThreshold",
         "probe.successThreshold",
         "probe.failbackDelaySeconds",
+        "failover.maxRepointsPerSecond",
     }
 
 

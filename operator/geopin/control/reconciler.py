@@ -19,9 +19,10 @@ from geopin.control.book import PolicyBook, records_policy
 from geopin.control.changes import Changes, wait_for_event
 from geopin.control.notices import WorkloadNotices
 from geopin.control.pull_secret_sync import PullSecretSync
+from geopin.control.repoint_pacer import RepointPacer
 from geopin.core.decisions import PolicySnapshot, plan_workload
 from geopin.core.references import image_host
-from geopin.core.rewrite import Desired, json_patch
+from geopin.core.rewrite import Desired, json_patch, moves_pin
 from geopin.core.workloads import KINDS, Kind, WorkloadRef, WorkloadView, view_of
 from geopin.io import metrics
 from geopin.io.cache import ClusterCache
@@ -56,6 +57,7 @@ class Reconciler:
         *,
         images: ImageResolver | None = None,
         secrets: PullSecretReader | None = None,
+        pacer: RepointPacer | None = None,
         workers: int = 8,
         retries: int = 5,
         retry_delay: float = 0.2,
@@ -68,6 +70,7 @@ class Reconciler:
         self.images = images
         self.secrets = secrets
         self.pull_secrets = PullSecretSync(kube, notices)
+        self.pacer = pacer or RepointPacer()
         self.workers = workers
         self.retries = retries
         self.retry_delay = retry_delay
@@ -134,6 +137,8 @@ class Reconciler:
             if self.active:  # only the leader speaks
                 self.notices.decided(view, desired, snapshots, self.cluster.namespace_labels(view.namespace))
             if self.needs_write(view, desired):
+                if desired is not None and moves_pin(view, desired):
+                    self.pacer.queued(_policy_label(view, desired, snapshots), view.ref)
                 self.enqueue(view.ref)
                 count += 1
         return count
@@ -156,6 +161,7 @@ class Reconciler:
         self._tasks = []
         self._queue = asyncio.Queue()  # the next leader queues whatever still diverges
         self._pending.clear()
+        self.pacer.clear()
         self._busy = 0
         self._idle.set()
 
@@ -171,6 +177,7 @@ class Reconciler:
             except Exception:
                 logger.exception("reconciling %s/%s/%s failed; the next resync retries it", *ref)
             finally:
+                self.pacer.done(ref)
                 self._busy -= 1
                 if self.idle:
                     self._idle.set()
@@ -192,6 +199,8 @@ class Reconciler:
             ops = json_patch(kind, view, desired)
             if not ops:
                 return
+            if moves_pin(view, desired):
+                await self.pacer.turn(policy, self._repoints_per_second(policy))
             result = await self._write(kind, view, ops, policy, attempt)
             if result == "applied":
                 await self._written(view, desired, policy)
@@ -254,6 +263,12 @@ class Reconciler:
         if outcome.result == "conflict":
             metrics.WORKLOAD_REWRITES.labels(policy, kind.kind, "conflict").inc()
         return outcome.result
+
+    def _repoints_per_second(self, policy: str) -> int:
+        entry = self.book.entries.get(policy)
+        if entry is None or entry.policy is None:
+            return 0
+        return entry.policy.failover.max_repoints_per_second
 
     def _allowed(self, ref: WorkloadRef, policy: str) -> None:
         refused = self.forbidden.get(policy)

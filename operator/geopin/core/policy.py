@@ -24,6 +24,7 @@ __all__ = [
     "GLOBAL_REGION",
     "AzureDiscovery",
     "Credentials",
+    "FailoverSettings",
     "Fallback",
     "FieldError",
     "InvalidPolicy",
@@ -120,6 +121,12 @@ class ProbeSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FailoverSettings:
+    # Template writes a switch causes (failover, failback, a changed replica list), per second; 0: unpaced.
+    max_repoints_per_second: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class SecretRef:
     namespace: str
     name: str
@@ -142,6 +149,7 @@ class Policy:
     mode: Mode = Mode.PATCH
     fallback: Fallback = Fallback.GLOBAL
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
     credentials: Credentials = field(default_factory=Credentials)
     replication_check: bool = True
     digest_pinning: bool = False
@@ -238,6 +246,7 @@ def from_spec(name: str, spec: Mapping[str, Any]) -> Policy:
         read.error("spec.replicas", "list at least one replica, or set spec.azure to discover them")
 
     probe = _read_probe(read, read.mapping(spec, "probe", path))
+    failover = _read_failover(read, read.mapping(spec, "failover", path))
     credentials = _read_credentials(read, read.mapping(spec, "credentials", path))
 
     selectors: dict[str, LabelSelector] = {}
@@ -257,6 +266,7 @@ def from_spec(name: str, spec: Mapping[str, Any]) -> Policy:
         mode=read.choice(spec, "mode", path, Mode, Mode.PATCH),
         fallback=read.choice(spec, "fallback", path, Fallback, Fallback.GLOBAL),
         probe=probe,
+        failover=failover,
         credentials=credentials,
         replication_check=read.boolean(spec, "replicationCheck", path, True),
         digest_pinning=read.boolean(spec, "digestPinning", path, False),
@@ -381,6 +391,15 @@ def _read_probe(read: _Reader, probe: Mapping[str, Any]) -> ProbeSettings:
     if settings.ca_bundle and "-----BEGIN CERTIFICATE-----" not in settings.ca_bundle:
         read.error(f"{path}.caBundle", "must be PEM (-----BEGIN CERTIFICATE-----)")
     return settings
+
+
+def _read_failover(read: _Reader, failover: Mapping[str, Any]) -> FailoverSettings:
+    defaults = FailoverSettings()
+    return FailoverSettings(
+        max_repoints_per_second=read.integer(
+            failover, "maxRepointsPerSecond", "spec.failover", defaults.max_repoints_per_second, 0, 10000
+        ),
+    )
 
 
 def _read_credentials(read: _Reader, credentials: Mapping[str, Any]) -> Credentials:

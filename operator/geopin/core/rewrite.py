@@ -48,7 +48,7 @@ from geopin.core.workloads import (
     WorkloadView,
 )
 
-__all__ = ["Desired", "InvalidImage", "desired_state", "json_patch", "read_record"]
+__all__ = ["Desired", "InvalidImage", "desired_state", "json_patch", "moves_pin", "read_record"]
 
 JsonPatch = list[dict[str, Any]]
 
@@ -79,6 +79,20 @@ class Desired:
     def undecided(self) -> bool:
         """Lookups must answer before this workload can be decided (nothing else is set then)."""
         return bool(self.unknown or self.unknown_secrets)
+
+
+def moves_pin(view: WorkloadView, desired: Desired) -> bool:
+    """Does writing ``desired`` move a pin the workload already has (another region or endpoint)?
+
+    That is what a switch does (failover, failback, a changed replica list), and what
+    ``maxRepointsPerSecond`` paces; a first pin, a restore or a re-pin of a user's new image is not.
+    """
+    before = view.annotations.get(ANNOTATION_PINNED_REGION)
+    if desired.undecided or before is None or not desired.originals:
+        return False
+    if desired.pinned_region is not None and desired.pinned_region != before:
+        return True
+    return dict(desired.pinned_endpoints) != read_pinned_endpoints(view.annotations)
 
 
 def read_record(annotations: Mapping[str, str]) -> tuple[dict[str, str], bool]:

@@ -14,6 +14,7 @@ __all__ = [
     "PROBE_FAILURES",
     "REPLICATION_PENDING",
     "REPLICA_HEALTHY",
+    "TEMPLATE_REPOINTS_PENDING",
     "WORKLOAD_REWRITES",
     "serve",
 ]
@@ -61,6 +62,11 @@ REPLICATION_PENDING = Gauge(
     "geopin_replication_pending_workloads",
     "Workloads kept where they are because their image has not replicated to the target region yet.",
     ["policy", "region"],
+)
+TEMPLATE_REPOINTS_PENDING = Gauge(
+    "geopin_template_repoints_pending",
+    "Workload templates a switch still has to move, waiting for their turn (spec.failover.maxRepointsPerSecond).",
+    ["policy"],
 )
 ADMISSION_DURATION = Histogram(
     "geopin_admission_duration_seconds",
