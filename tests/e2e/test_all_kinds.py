@@ -202,6 +202,7 @@ def test_every_kind_is_pinned_and_restored_byte_for_byte(
             and event.get("verb") == "patch"
         }
         assert written == {"replicaset"}, written
+        assert not {rs["metadata"]["name"] for rs in owned} & written
 
         kinds.dynamic.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "kinds")
 
