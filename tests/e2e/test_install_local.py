@@ -213,6 +213,9 @@ def policy(name: str, registry: str, mode: str, replicas: list[dict[str, str]], 
             "mode": mode,
             "probe": {"caBundle": ca_pem},
             "replicationCheck": False,
+            # This file proves a repoint survives the leader's deletion half-way (Repoint strategy);
+            # Redirect, the default, writes no template in an outage (test_redirect.py).
+            "failover": {"strategy": "Repoint"},
         },
     }
 

@@ -17,7 +17,8 @@ from kubernetes import client
 from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.nodeconfig import AKS_BEFORE_GEO
 from tests.harness.nodeenv import container_state, host_network_pod, pod_namespace
-from tests.harness.objects import pull_secret, registry_policy
+from tests.harness.objects import pull_secret
+from tests.harness.policies import PolicyClient
 from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.e2e, pytest.mark.nodes]
 
-GROUP, VERSION, PLURAL = "geopin.io", "v1alpha1", "registrypolicies"
 POLICY = "contoso"
 REPO, TAG = "shop/web", "1"
 PULL_TIMEOUT = 90.0
@@ -44,46 +44,31 @@ class Cluster:
         self.acr: AcrRegistrySet = env.acr
         self.core: Any = client.CoreV1Api(api)
         self.apps: Any = client.AppsV1Api(api)
-        self.custom: Any = client.CustomObjectsApi(api)
+        self.policy = PolicyClient(api, POLICY)
         self.operator = operator
 
     # -- the policy ------------------------------------------------------------------------------
 
     def create_policy(self, namespace: str, **spec: Any) -> None:
-        body = {
+        self.policy.create({
             "registry": self.acr.login_server,
             "replicas": [{"region": "eastus"}, {"region": "westus"}, {"region": "centralus"}],
             "credentials": {"secretRef": {"namespace": "geopin-system", "name": "acr-pull"}},
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
             **spec,
-        }
-        self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, registry_policy(POLICY, body))
+        })  # fmt: skip
 
     def patch_policy(self, spec: dict[str, Any]) -> None:
-        self.custom.patch_cluster_custom_object(GROUP, VERSION, PLURAL, POLICY, {"spec": spec})
+        self.policy.patch(spec)
 
     def delete_policy(self) -> None:
-        try:
-            self.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, POLICY)
-        except client.ApiException as e:
-            if e.status != 404:
-                raise
-
-        def gone() -> bool:
-            try:
-                self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, POLICY)
-            except client.ApiException as e:
-                return bool(e.status == 404)
-            return False
-
-        wait_until(gone, timeout=60, what="policy deleted (restore finished)")
+        self.policy.delete()
 
     def status(self) -> dict[str, Any]:
-        body = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, POLICY)
-        return dict(body.get("status") or {})
+        return self.policy.status()
 
     def condition(self, type_: str) -> dict[str, Any] | None:
-        return next((c for c in self.status().get("conditions", []) if c["type"] == type_), None)
+        return self.policy.condition(type_)
 
     # -- workloads and what the kubelet said --------------------------------------------------------
 

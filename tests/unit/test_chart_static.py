@@ -140,6 +140,7 @@ EXPECTED_CLUSTER_RULES = [
     ("", "events", ("create", "list", "watch"), ()),
     ("", "nodes", ("list", "watch"), ()),
     ("", "namespaces", ("list", "watch"), ()),
+    ("", "pods", ("get", "patch"), ()),  # rbac.rescuePods (default true): spec.failover.rescuePods
 ]
 
 

@@ -310,6 +310,9 @@ DEFAULTED_FIELDS: dict[str, Any] = {
     "probe.scheme": lambda p: p.probe.scheme,
     "probe.caBundle": lambda p: p.probe.ca_bundle,
     "failover.maxRepointsPerSecond": lambda p: p.failover.max_repoints_per_second,
+    "failover.strategy": lambda p: p.failover.strategy,
+    "failover.repointAfterSeconds": lambda p: p.failover.repoint_after_seconds,
+    "failover.rescuePods": lambda p: p.failover.rescue_pods,
     "credentials.azureWorkloadIdentity": lambda p: p.credentials.azure_workload_identity,
     "credentials.nodeImageCheck": lambda p: p.credentials.node_image_check,
 }
@@ -376,10 +379,17 @@ def test_nested_objects_default_so_their_fields_do(spec_schema: dict[str, Any]) 
 
 @pytest.mark.parametrize(
     ("dotted", "enum_type"),
-    [("mode", policy.Mode), ("fallback", policy.Fallback), ("pullSecrets", policy.PullSecrets)],
+    [
+        ("mode", policy.Mode),
+        ("fallback", policy.Fallback),
+        ("pullSecrets", policy.PullSecrets),
+        ("failover.strategy", policy.Strategy),
+    ],
 )
 def test_enums_are_the_parsers(dotted: str, enum_type: Any, spec_schema: dict[str, Any]) -> None:
-    node = spec_schema["properties"][dotted]
+    node = spec_schema
+    for name in dotted.split("."):
+        node = node["properties"][name]
     assert node["enum"] == [member.value for member in enum_type]
     for value in node["enum"]:
         assert not _errors(_set(MINIMAL_SPEC, dotted, value))
@@ -421,6 +431,7 @@ def test_every_spec_integer_is_bounded(spec_schema: dict[str, Any]) -> None:
         "probe.successThreshold",
         "probe.failbackDelaySeconds",
         "failover.maxRepointsPerSecond",
+        "failover.repointAfterSeconds",
     }
 
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from geopin.core.crd import involved_policy
 from geopin.core.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot
 from geopin.core.nodes import NodeRisk
-from geopin.core.policy import AUTO_REGION, NodeImageCheck, Policy
+from geopin.core.policy import AUTO_REGION, Mode, NodeImageCheck, Policy, Strategy
 from geopin.core.references import image_host, split_host
 from geopin.core.rewrite import read_record
 from geopin.core.workloads import WorkloadView
@@ -58,6 +58,9 @@ class HealthSource(Protocol):
     def usable(self, entry: PolicyEntry) -> frozenset[str] | None:
         """The replicas the policy's workloads may point to now; None while undecided."""
 
+    def held(self, entry: PolicyEntry) -> frozenset[str]:
+        """Unusable replicas whose pinned templates keep their pin for now (``strategy: Redirect``)."""
+
     def images(self, name: str) -> ImageCache | None:
         """The policy's manifest answers (replicationCheck, digestPinning); None: no lookups."""
 
@@ -81,6 +84,9 @@ class EveryListedReplica:
     def usable(self, entry: PolicyEntry) -> frozenset[str] | None:
         return frozenset(r.region for r in entry.policy.replicas) if entry.policy is not None else None
 
+    def held(self, entry: PolicyEntry) -> frozenset[str]:
+        return frozenset()
+
     def images(self, name: str) -> ImageCache | None:
         return None
 
@@ -103,6 +109,9 @@ class PolicyBook:
         self.nodes = nodes  # None: nodeImageCheck has nothing to judge (offline planning, tests)
         self.excluded_namespaces = excluded_namespaces
         self.entries: dict[str, PolicyEntry] = {}
+        # Why new Pods cannot be redirected at admission (strategy: Redirect then repoints templates);
+        # None: geopin's webhook is registered and answers for every Pod.
+        self.no_redirect_path: str | None = "geopin serves no admission webhook (geopin run --webhook-port)"
 
     def upsert(self, entry: PolicyEntry) -> None:
         self.entries[entry.name] = entry
@@ -136,7 +145,10 @@ class PolicyBook:
             return None
         cache = self.health.images(entry.name)
         policy = self.health.effective(entry.name, entry.policy)
+        redirects = self.redirects(policy)
         return PolicySnapshot(
+            redirects=redirects,
+            held=self.health.held(entry) if redirects else frozenset(),
             node_credentials_enforced=self.enforces_node_credentials(policy),
             pull_secret_keys=self.nodes.pull_secret_keys if self.nodes is not None else None,
             policy=policy,
@@ -146,6 +158,14 @@ class PolicyBook:
             digest_of=cache.digest_of if cache is not None else None,
             deleting=entry.deleting,
             excluded_namespaces=self.excluded_namespaces,
+        )
+
+    def redirects(self, policy: Policy) -> bool:
+        """Are the policy's new Pods redirected at admission while their pinned replica is unusable?"""
+        return (
+            policy.mode is Mode.PATCH
+            and policy.failover.strategy is Strategy.REDIRECT
+            and self.no_redirect_path is None
         )
 
     def node_risk(self) -> NodeRisk | None:

@@ -19,7 +19,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from geopin.control.changes import wait_for_event
-from geopin.core.health import QUICK_REPROBE_SECONDS, HealthTracker, ReplicaState, Transition
+from geopin.core.health import (
+    QUICK_REPROBE_SECONDS,
+    HealthTracker,
+    ReplicaState,
+    Transition,
+    held_regions,
+    hold_ends,
+)
 from geopin.core.policy import with_discovered
 from geopin.io import metrics
 from geopin.io.images import ImageCache
@@ -71,6 +78,9 @@ class PolicyMonitor:
         self.clock = clock
         self.tracker = HealthTracker(policy.probe, policy.replicas)
         self.usable: frozenset[str] | None = None  # None until every replica has a verdict
+        # region → when it stopped being usable (this process's clock); the start of a Redirect hold
+        self.unusable_since: dict[str, float] = {}
+        self.held: frozenset[str] = frozenset()  # unusable replicas whose templates keep their pin
         self.images = ImageCache()
         self._due: dict[str, float] = {}
         self._launched: dict[str, float] = {}
@@ -152,6 +162,7 @@ class PolicyMonitor:
         """The earliest of: a probe due, a healthy replica's failback delay ending."""
         times = [self._probe_at(region, now) for region in self.tracker.replicas]
         times += [h.usable_at for h in self.tracker.replicas.values() if h.usable_at > now]
+        times += [end for end in hold_ends(self.unusable_since, self.policy.failover) if end > now]
         return min([now + IDLE_WAKE_SECONDS, *times])
 
     async def _probe(self, region: str) -> None:
@@ -235,8 +246,16 @@ class PolicyMonitor:
         self._wake.set()
 
     def _recompute(self) -> None:
+        now = self.clock()
         decided = self.tracker.decided and self._discovered_once
-        usable = self.tracker.usable(self.clock()) if decided else None
-        if usable != self.usable:
-            self.usable = usable
+        usable = self.tracker.usable(now) if decided else None
+        if usable is not None:
+            listed = set(self.tracker.replicas)
+            for region in listed - usable:
+                self.unusable_since.setdefault(region, now)
+            for region in [r for r in self.unusable_since if r in usable or r not in listed]:
+                del self.unusable_since[region]
+        held = held_regions(self.unusable_since, now, self.policy.failover)
+        if usable != self.usable or held != self.held:
+            self.usable, self.held = usable, held
             self.listener.usable_changed(self.policy.name)

@@ -81,6 +81,11 @@ class Monitors:
         published = entry.observed_status.get("usableRegions")
         return frozenset(published) if isinstance(published, list) else None
 
+    def held(self, entry: PolicyEntry) -> frozenset[str]:
+        """Unusable replicas whose pinned templates stay (Redirect); a standby writes none, so holds none."""
+        loop = self.loops.get(entry.name) if self.running else None
+        return loop.held if loop is not None else frozenset()
+
     def images(self, name: str) -> ImageCache | None:
         loop = self.loops.get(name)
         return loop.images if loop is not None else None

@@ -14,6 +14,7 @@ from typing import Any
 
 from geopin.core.decisions import PolicySnapshot, audit_changes
 from geopin.core.policy import Mode
+from geopin.core.redirect import PodMove
 from geopin.core.rewrite import Desired, changed_containers
 from geopin.core.workloads import KINDS, WorkloadView
 from geopin.io import metrics
@@ -52,6 +53,23 @@ class WorkloadNotices:
     def forget(self, uid: str) -> None:
         """The workload is gone."""
         self._said.pop(uid, None)
+
+    def pod_redirected(self, owner: WorkloadView, move: PodMove) -> None:
+        """A new Pod of ``owner`` went to another replica at admission: said once per workload and switch."""
+        if not self._first_time(owner, f"redirected:{move.from_region}>{move.to_region}"):
+            return
+        self.post(
+            owner,
+            "Normal",
+            "PodRedirected",
+            f"policy {move.policy}: {move.from_region} is unusable, so new Pods are pinned to {move.to_region} at "
+            f"admission; the template keeps {move.from_region} and running Pods are not restarted",
+        )
+
+    def switched(self) -> None:
+        """A policy's usable replicas changed: the next redirect of each workload is news again."""
+        for said in self._said.values():
+            said.difference_update({key for key in said if key.startswith("redirected:")})
 
     def decided(
         self,

@@ -23,7 +23,7 @@ from geopin.control.reconciler import Reconciler
 from geopin.core.decisions import PolicySnapshot
 from geopin.core.health import Target, preference_order
 from geopin.core.nodes import needs_node_credentials
-from geopin.core.policy import GLOBAL_REGION, Mode, NodeImageCheck
+from geopin.core.policy import GLOBAL_REGION, Mode, NodeImageCheck, Strategy
 from geopin.core.status import WorkloadCounts, count_workloads
 from geopin.core.timestamps import rfc3339
 from geopin.core.workloads import WorkloadView
@@ -247,6 +247,8 @@ class StatusReporter:
         node_credentials = node_credentials_condition(self.book, snapshot)
         if node_credentials is not None:
             items.append((NODE_CREDENTIALS, *node_credentials))
+        if snapshot.policy.mode is Mode.PATCH:
+            items.append(failover_path(snapshot, self.book.no_redirect_path))
         status["conditions"] = conditions(last, entry.generation, items)
         self.gauges.export(entry.name, entry.policy.registry, target, counts)
         return status
@@ -342,6 +344,32 @@ def _failed_over(snapshot: PolicySnapshot, target: Target) -> Condition:
     if target.region != home:
         return ("FailedOver", True, "FailedOver", f"pointing to {target.region} instead of {home}")
     return ("FailedOver", False, "AtHome", f"pointing to the home region {home}")
+
+
+def failover_path(snapshot: PolicySnapshot, no_redirect_path: str | None) -> Condition:
+    """How a switch reaches the workloads (``FailoverPath``): redirected Pods, or repointed templates."""
+    failover = snapshot.policy.failover
+    pace = f"{failover.max_repoints_per_second}/s" if failover.max_repoints_per_second else "unpaced"
+    if snapshot.redirects:
+        follow = (
+            f"templates follow a replica unusable for {failover.repoint_after_seconds}s"
+            if failover.repoint_after_seconds
+            else "templates never follow"
+        )
+        return (
+            "FailoverPath",
+            True,
+            "Redirect",
+            f"new Pods are pinned at admission by geopin's webhook; {follow} ({pace})",
+        )
+    if failover.strategy is Strategy.REDIRECT:
+        return (
+            "FailoverPath",
+            False,
+            "NoAdmissionPath",
+            f"{no_redirect_path}: templates are repointed instead ({pace})",
+        )
+    return ("FailoverPath", True, "Repoint", f"templates are repointed on a switch ({pace})")
 
 
 def _control_plane(monitor: PolicyMonitor) -> Condition:

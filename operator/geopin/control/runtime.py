@@ -21,10 +21,13 @@ from geopin.control.node_credentials import NodeCredentials
 from geopin.control.notices import WorkloadNotices
 from geopin.control.reconciler import Reconciler
 from geopin.control.reporting import PolicyGauges, StatusReporter
+from geopin.control.rescue import PodRescuer
 from geopin.core.config import RunConfig
 from geopin.core.decisions import DEFAULT_EXCLUDED_NAMESPACES
 from geopin.core.nodes import NodeInfo
+from geopin.core.redirect import PodMove
 from geopin.core.workloads import WorkloadRef, WorkloadView
+from geopin.io import metrics
 from geopin.io.cache import ClusterCache
 from geopin.io.event_backlog import EventBacklog
 from geopin.io.kube import KubeAPI
@@ -74,6 +77,7 @@ class Runtime:
             secrets=self.node_credentials,
             workers=config.workers,
         )
+        self.rescuer = PodRescuer(kube, self.book, self.cluster, self.events)
         self.gauges = PolicyGauges()
         self.mutating_policies = mutating_policies
         self.reporter = StatusReporter(
@@ -133,9 +137,17 @@ class Runtime:
         await self.monitors.forget(name)
         self.gauges.forget(name)
 
-    def pull_failed(self, message: str, reason: str) -> None:
+    def pull_failed(self, message: str, reason: str, namespace: str = "", pod: str = "") -> None:
         for policy, region in self.monitors.pull_failed(message):
             logger.info("policy %s: a pull from %s failed (%s); probing it now", policy, region, reason)
+        if pod:
+            self.rescuer.pull_failed(namespace, pod)
+
+    def pod_admitted(self, move: PodMove, owner: WorkloadView | None) -> None:
+        """The webhook pinned a new Pod to another replica than its template's (strategy: Redirect)."""
+        metrics.PODS_REDIRECTED.labels(move.policy, move.from_region, move.to_region).inc()
+        if self.leading and owner is not None:  # every replica answers admission; only the leader speaks
+            self.notices.pod_redirected(owner, move)
 
     # -- leadership: only the leader probes and writes ----------------------------------------------
 
@@ -143,6 +155,7 @@ class Runtime:
         """Start probing and writing: this replica leads (or runs alone). One policy's fault stays its own."""
         self.leading = True
         await self.reconciler.start()
+        await self.rescuer.start()
         self.events.start()
         await self.monitors.start(list(self.book.entries.values()))
         self._tasks = [
@@ -162,6 +175,7 @@ class Runtime:
         await asyncio.gather(*tasks, return_exceptions=True)
         stops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("workers", self.reconciler.stop),
+            ("rescue workers", self.rescuer.stop),
             ("Events", self.events.stop),
             ("probe loops", self.monitors.stop),
         ]
@@ -177,6 +191,8 @@ class Runtime:
             await self.changes.usable.wait()
             policies = self.changes.take_usable()
             queued = self.reconciler.enqueue_if_needed(self.cluster.views())
+            self.notices.switched()
+            self.rescuer.replicas_changed()
             for policy in sorted(policies):
                 if (entry := self.book.entries.get(policy)) is not None:
                     self.reporter.decided(entry)

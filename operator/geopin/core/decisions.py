@@ -57,6 +57,11 @@ class PolicySnapshot:
     # (namespace, Secret name) → the registry keys of a pull secret (never its credentials);
     # () when it does not exist or cannot be read, None: not read yet.
     pull_secret_keys: Callable[[str, str], tuple[str, ...] | None] | None = None
+    # strategy: Redirect with a working admission path: new Pods of a workload whose pinned replica is
+    # unusable are pinned at admission to the target.
+    redirects: bool = False
+    # Unusable replicas whose pinned templates keep their pin for now (Redirect, repointAfterSeconds).
+    held: frozenset[str] = frozenset()
 
     @property
     def writes(self) -> bool:
@@ -143,8 +148,11 @@ def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mappi
     # own pull secrets to cover it; without them the global endpoint (which every AKS node covers).
     keys: tuple[str, ...] | None = None
     lacks_credentials = False
+    # Redirect: a template pinned to a replica unusable for less than repointAfterSeconds stays; its
+    # new Pods are pinned to the target at admission instead (running Pods never restart).
+    usable = snapshot.usable | (snapshot.held & {current}) if current is not None else snapshot.usable
     for region in preference_order(policy, snapshot.cluster_region, preferred):
-        if region not in snapshot.usable:
+        if region not in usable:
             continue
         endpoint = policy.endpoints[region]
         if snapshot.node_credentials_enforced and needs_node_credentials(endpoint):

@@ -14,9 +14,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from geopin.core.policy import GLOBAL_REGION, Fallback, Policy, ProbeSettings, Replica
+from geopin.core.policy import GLOBAL_REGION, FailoverSettings, Fallback, Policy, ProbeSettings, Replica, Strategy
 
-__all__ = ["HealthTracker", "ReplicaHealth", "ReplicaState", "Target", "Transition", "choose", "preference_order"]
+__all__ = [
+    "HealthTracker",
+    "ReplicaHealth",
+    "ReplicaState",
+    "Target",
+    "Transition",
+    "choose",
+    "held_regions",
+    "hold_ends",
+    "preference_order",
+]
 
 # After a first failure (or a first success while unhealthy), re-probe about this often until the
 # threshold decides, instead of waiting whole intervals: fast detection without a jumpy verdict.
@@ -63,6 +73,22 @@ def choose(
     if policy.fallback is Fallback.STAY and current is not None and current in policy.endpoints:
         return Target(current, policy.endpoints[current])
     return Target(GLOBAL_REGION, policy.registry)
+
+
+def held_regions(unusable_since: Mapping[str, float], now: float, failover: FailoverSettings) -> frozenset[str]:
+    """Unusable replicas whose pinned templates stay where they are (``strategy: Redirect``): those
+    unusable for less than ``repointAfterSeconds`` (every one with 0). Their new Pods are redirected."""
+    if failover.strategy is not Strategy.REDIRECT:
+        return frozenset()
+    after = failover.repoint_after_seconds
+    return frozenset(r for r, since in unusable_since.items() if after == 0 or now - since < after)
+
+
+def hold_ends(unusable_since: Mapping[str, float], failover: FailoverSettings) -> list[float]:
+    """When each hold ends (templates then follow): a time to wake up at."""
+    if failover.strategy is not Strategy.REDIRECT or failover.repoint_after_seconds == 0:
+        return []
+    return [since + failover.repoint_after_seconds for since in unusable_since.values()]
 
 
 def _wall_seconds(stamp: object) -> float | None:

@@ -34,6 +34,7 @@ __all__ = [
     "ProbeSettings",
     "PullSecrets",
     "Replica",
+    "Strategy",
     "cluster_region_of",
     "from_spec",
     "with_discovered",
@@ -70,6 +71,11 @@ class NodeImageCheck(enum.StrEnum):
     OFF = "Off"
     REPORT = "Report"  # condition NodeCredentials=False naming the node pools at risk
     ENFORCE = "Enforce"  # also: the global endpoint instead of a regional one while such a node is schedulable
+
+
+class Strategy(enum.StrEnum):
+    REDIRECT = "Redirect"  # templates keep their pin; new Pods are pinned at admission to the target
+    REPOINT = "Repoint"  # templates move at once (paced)
 
 
 class PullSecrets(enum.StrEnum):
@@ -122,8 +128,13 @@ class ProbeSettings:
 
 @dataclass(frozen=True, slots=True)
 class FailoverSettings:
+    strategy: Strategy = Strategy.REDIRECT
+    # Redirect: templates follow a pinned replica only once it has been unusable this long; 0: never.
+    repoint_after_seconds: int = 600
     # Template writes a switch causes (failover, failback, a changed replica list), per second; 0: unpaced.
     max_repoints_per_second: int = 20
+    # Fix in place the image of a Pod stuck pulling from an unusable replica.
+    rescue_pods: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,10 +406,16 @@ def _read_probe(read: _Reader, probe: Mapping[str, Any]) -> ProbeSettings:
 
 def _read_failover(read: _Reader, failover: Mapping[str, Any]) -> FailoverSettings:
     defaults = FailoverSettings()
+    path = "spec.failover"
     return FailoverSettings(
-        max_repoints_per_second=read.integer(
-            failover, "maxRepointsPerSecond", "spec.failover", defaults.max_repoints_per_second, 0, 10000
+        strategy=read.choice(failover, "strategy", path, Strategy, defaults.strategy),
+        repoint_after_seconds=read.integer(
+            failover, "repointAfterSeconds", path, defaults.repoint_after_seconds, 0, 604800
         ),
+        max_repoints_per_second=read.integer(
+            failover, "maxRepointsPerSecond", path, defaults.max_repoints_per_second, 0, 10000
+        ),
+        rescue_pods=read.boolean(failover, "rescuePods", path, defaults.rescue_pods),
     )
 
 

@@ -86,6 +86,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     )
     memo.kubes = (replica_kube, kube)
     runtime = Runtime(config, kube, mutating_policies=await _mutating_policies(config, kube))
+    runtime.book.no_redirect_path = no_redirect_path(config, runtime.mutating_policies is not None)
+    if runtime.book.no_redirect_path is not None:
+        logger.info("strategy: Redirect falls back to paced Repoint: %s", runtime.book.no_redirect_path)
     await runtime.cluster.prime(kube)
     memo.runtime = runtime
     if elector is not None:
@@ -149,6 +152,17 @@ async def _mutating_policies(config: RunConfig, kube: Kube) -> MutatingPolicySyn
     return None
 
 
+def no_redirect_path(config: RunConfig, admission_policies: bool) -> str | None:
+    """Why new Pods cannot be redirected at admission (None: geopin's webhook sees every new Pod)."""
+    if not config.webhook_port:
+        return "geopin serves no admission webhook (geopin run --webhook-port; the chart's webhook.enabled)"
+    if not config.webhook_config:
+        return "geopin keeps no MutatingWebhookConfiguration in step (geopin run --webhook-config)"
+    if admission_policies:
+        return "Pods are admitted through MutatingAdmissionPolicy, which carries no redirect yet"
+    return None
+
+
 async def _serve_webhook(config: RunConfig, runtime: Runtime, kube: Kube) -> WebhookServer:
     webhook = WebhookServer(
         config.webhook_port,
@@ -157,6 +171,8 @@ async def _serve_webhook(config: RunConfig, runtime: Runtime, kube: Kube) -> Web
         cert_dir=config.webhook_cert_dir,
         hosts=webhook_hosts(config),
         address=config.bind_address,
+        owner_of=runtime.cluster.owner_of,
+        on_redirect=runtime.pod_admitted,
     )
     await webhook.start()
     if config.webhook_config and runtime.mutating_policies is None:

@@ -1,4 +1,5 @@
-"""A passive signal: the kubelet's image pull failures naming a replica trigger a probe of it now.
+"""A passive signal: the kubelet's image pull failures naming a replica trigger a probe of it now,
+and the failing Pod is a candidate for rescue (``rescuePods``, control/rescue.py).
 
 They never switch anything by themselves (a pull can fail for reasons of its own: a missing tag, a
 node's credentials); the probe and the state machine decide. This turns a replica outage that the
@@ -30,4 +31,10 @@ def is_pull_failure(body: kopf.Body, **_: Any) -> bool:
 async def pull_failed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime | None = memo.get("runtime")
     if runtime is not None:
-        runtime.pull_failed(str(body.get("message", "")), str(body.get("reason")))
+        involved = body.get("involvedObject") or {}
+        runtime.pull_failed(
+            str(body.get("message", "")),
+            str(body.get("reason")),
+            str(involved.get("namespace") or ""),
+            str(involved.get("name") or ""),
+        )

@@ -13,13 +13,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from geopin.core.nodes import NodeInfo, node_info
 from geopin.core.policy import cluster_region_of
-from geopin.core.workloads import KINDS, PATCH_KINDS, WorkloadRef, WorkloadView, tracked, view_of
+from geopin.core.redirect import owner_candidates
+from geopin.core.workloads import (
+    ANNOTATION_PINNED_REGION,
+    KINDS,
+    PATCH_KINDS,
+    WorkloadRef,
+    WorkloadView,
+    tracked,
+    view_of,
+)
 
 if TYPE_CHECKING:
     from geopin.io.kube import KubeAPI
@@ -134,6 +143,14 @@ class ClusterCache:
 
     def views(self) -> list[WorkloadView]:
         return self.workloads.values()
+
+    def owner_of(self, pod: Mapping[str, Any], namespace: str) -> WorkloadView | None:
+        """The workload whose pinned template a Pod was made from, if geopin knows it (no API call)."""
+        for ref in owner_candidates(pod, namespace):
+            view = self.workloads.get(ref)
+            if view is not None and ANNOTATION_PINNED_REGION in view.annotations:
+                return view
+        return None
 
     def namespace_labels(self, namespace: str) -> dict[str, str] | None:
         return self.namespaces.get(namespace)

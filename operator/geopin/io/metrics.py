@@ -10,6 +10,8 @@ __all__ = [
     "ADMISSION_INVALID_REVIEWS",
     "ENDPOINT_SWITCHES",
     "PINNED_WORKLOADS",
+    "PODS_REDIRECTED",
+    "PODS_RESCUED",
     "PROBE_DURATION",
     "PROBE_FAILURES",
     "REPLICATION_PENDING",
@@ -62,6 +64,16 @@ REPLICATION_PENDING = Gauge(
     "geopin_replication_pending_workloads",
     "Workloads kept where they are because their image has not replicated to the target region yet.",
     ["policy", "region"],
+)
+PODS_REDIRECTED = Counter(
+    "geopin_pods_redirected_total",
+    "Pods pinned at admission to the replica in use because their template's replica is unusable (Redirect).",
+    ["policy", "from_region", "to_region"],
+)
+PODS_RESCUED = Counter(
+    "geopin_pods_rescued_total",
+    "Pods whose containers waiting on a pull from an unusable replica were patched in place to the replica in use.",
+    ["policy", "from_region", "to_region"],
 )
 TEMPLATE_REPOINTS_PENDING = Gauge(
     "geopin_template_repoints_pending",

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from geopin.core.admission import mutate_pod
+from geopin.core.redirect import PodMove, move_pod
+from geopin.core.workloads import WorkloadView
 from geopin.io import metrics
 from geopin.io.https import HttpsServer
 
@@ -145,9 +147,15 @@ class WebhookServer:
         cert_dir: str | None = None,
         hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
         address: str = "0.0.0.0",
+        owner_of: Callable[[Mapping[str, Any], str], WorkloadView | None] | None = None,
+        on_redirect: Callable[[PodMove, WorkloadView | None], None] | None = None,
     ) -> None:
+        """``owner_of``: the pinned workload a Pod was made from (the cache); with it, Pods of Patch-mode
+        policies with ``strategy: Redirect`` are redirected, and ``on_redirect`` hears of each."""
         self.snapshots = snapshots
         self.namespace_labels = namespace_labels
+        self.owner_of = owner_of
+        self.on_redirect = on_redirect
         self.server = HttpsServer("webhook", port, address, cert_dir, hosts)
         self._burst_log = _BurstLog()
 
@@ -201,13 +209,15 @@ class WebhookServer:
                 self._burst_log(problem_text, uid)
                 raise _Unreadable
             namespace = str(req.get("namespace") or "")
-            patch = mutate_pod(
-                req.get("object") or {},
-                namespace,
-                self.snapshots(),
-                self.namespace_labels(namespace),
-                subresource=req.get("subResource"),
-            )
+            pod, snapshots, labels = req.get("object") or {}, self.snapshots(), self.namespace_labels(namespace)
+            patch = mutate_pod(pod, namespace, snapshots, labels, subresource=req.get("subResource"))
+            if not patch and self.owner_of is not None and not req.get("subResource"):
+                owner = self.owner_of(pod, namespace)
+                move = move_pod(pod, namespace, owner, snapshots, labels, admission=True)
+                if move is not None:
+                    patch = move.patch
+                    if self.on_redirect is not None:
+                        self.on_redirect(move, owner)
             result = "mutated" if patch else "unchanged"
         except _Unreadable:
             patch = []
