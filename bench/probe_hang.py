@@ -19,7 +19,7 @@ from bench.env import BenchEnv, say, table, write_result
 
 NAME = "probe-hang"
 FULL_SECONDS = 60.0
-SMOKE_SECONDS = 15.0
+SMOKE_SECONDS = 11.0  # two probe intervals of the healthy replicas
 SCRAPE_SECONDS = 0.1
 CONFIGURED_INTERVAL = 5.0  # the policy's default probe.intervalSeconds
 HUNG = "eastus"

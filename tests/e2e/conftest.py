@@ -100,6 +100,29 @@ def acr(ca: CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcrRegistr
         yield acr_set
 
 
+# Longest first (measured, one process): pytest-xdist hands whole files to its workers in collection
+# order, so a long file collected late would run alone at the end while the other worker idles.
+LONGEST_FIRST = (
+    "test_image.py",
+    "test_install_local.py",
+    "test_bench_smoke.py",
+    "test_split_brain.py",
+    "test_demo.py",
+    "test_redirect.py",
+    "test_bench_pods_smoke.py",
+    "test_real_pulls.py",
+    "test_failover.py",
+    "test_data_endpoint.py",
+    "test_arm_discovery.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest end-to-end files first, the other files after them in their order, the unit tests last."""
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), "e2e" not in item.path.parts))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "nodes: needs real nodes (containerd + kubelet, root): the node_env fixture")
 

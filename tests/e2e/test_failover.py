@@ -328,6 +328,10 @@ def test_a_switch_is_paced_both_ways_and_the_pending_gauge_shows_it(healthy: Fle
             what="templates waiting for their turn",
         )
         wait_until(lambda: fleet.on("westus"), timeout=60, what=f"all {COUNT} Deployments on westus, paced")
+        # strategy: Redirect is the default, but this operator serves no webhook: it repoints, and says why.
+        path = next(c for c in fleet.status()["conditions"] if c["type"] == "FailoverPath")
+        assert (path["status"], path["reason"]) == ("False", "NoAdmissionPath"), path
+        assert "no admission webhook" in path["message"], path
         away = _repoint_writes(fleet, operator, mark)
         assert len(away) == COUNT, len(away)  # each template once
         assert _busiest_second(away) <= per_second + 1, away  # +1: jitter can pull slot s + 1.0 inside

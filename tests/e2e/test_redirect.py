@@ -7,8 +7,10 @@ can be redirected. The kubelet's own `Pulled` Events and the API server's audit 
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -33,7 +35,8 @@ REPO, TAG = "shop/web", "1"
 CONFIG = "geopin-redirect-e2e"
 PULL_TIMEOUT = 120.0
 DEPLOYMENTS = 10
-OUTAGE_SECONDS = 30.0  # well past detection (about 5 s): long enough that a repoint would have shown
+# Well past detection (about 5 s), so a repoint would have shown; GEOPIN_OUTAGE_SECONDS=120 for the long run.
+OUTAGE_SECONDS = float(os.environ.get("GEOPIN_OUTAGE_SECONDS") or 15)
 
 
 class Env:
@@ -49,14 +52,15 @@ class Env:
     def image(self, region: str) -> str:
         return f"{self.acr[region].host}/{REPO}:{TAG}"
 
-    def create_policy(self, namespace: str) -> None:
+    def create_policy(self, namespace: str, failback_delay: int = 3600, **spec: Any) -> None:
         self.policy.create({
             "registry": self.acr.login_server,
             "replicas": [{"region": "eastus"}, {"region": "westus"}, {"region": "centralus"}],
             "credentials": {"secretRef": {"namespace": "geopin-system", "name": "acr-pull"}},
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-            # Faster detection than the default 5 s; no failback while a test runs.
-            "probe": {"intervalSeconds": 2, "timeoutSeconds": 1, "failbackDelaySeconds": 3600},
+            # Faster detection than the default 5 s; by default no failback while a test runs.
+            "probe": {"intervalSeconds": 2, "timeoutSeconds": 1, "failbackDelaySeconds": failback_delay},
+            **spec,
         })  # fmt: skip
 
     def status(self) -> dict[str, Any]:
@@ -65,14 +69,16 @@ class Env:
     def condition(self, type_: str) -> dict[str, Any] | None:
         return self.policy.condition(type_)
 
-    def deployment(self, namespace: str, name: str, replicas: int, pull_policy: str = "IfNotPresent") -> None:
+    def deployment(
+        self, namespace: str, name: str, replicas: int, pull_policy: str = "IfNotPresent", **annotations: str
+    ) -> None:
         spec = host_network_pod(name, f"{self.acr.login_server}/{REPO}:{TAG}", pull_policy=pull_policy)["spec"]
         self.apps.create_namespaced_deployment(
             namespace,
             {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
-                "metadata": {"name": name},
+                "metadata": {"name": name, "annotations": annotations},
                 "spec": {
                     "replicas": replicas,
                     "selector": {"matchLabels": {"app": name}},
@@ -108,12 +114,20 @@ class Env:
         return None
 
     def template_writes(self, since_line: int) -> list[str]:
+        return [name for name, _ in self.timed_template_writes(since_line)]
+
+    def timed_template_writes(self, since_line: int) -> list[tuple[str, float]]:
+        """(Deployment, when the API server received it) of geopin's successful template patches."""
         return [
-            str((e.get("objectRef") or {}).get("name"))
+            (
+                str((e.get("objectRef") or {}).get("name")),
+                datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp(),
+            )
             for e in self.cp.audit_events(since_line)
             if (e.get("user") or {}).get("username") == self.operator.user
             and e.get("verb") == "patch"
             and (e.get("objectRef") or {}).get("resource") == "deployments"
+            and (e.get("responseStatus") or {}).get("code") == 200
         ]
 
     def events(self, namespace: str, reason: str) -> list[Any]:
@@ -265,3 +279,39 @@ def test_pods_stuck_while_geopin_was_paused_are_rescued_in_place(env: Env, names
         what="a PodRescued Event each",
     )
     assert {e.involved_object.uid for e in events} == set(stuck_pods)
+
+
+def test_a_long_outage_moves_templates_after_repoint_after_seconds_paced_and_only_those_come_back(
+    env: Env, namespace: str
+) -> None:
+    east, west, central = env.image("eastus"), env.image("westus"), env.image("centralus")
+    hold, per_second, count = 10, 5, 15
+    env.create_policy(
+        namespace, failback_delay=2, failover={"repointAfterSeconds": hold, "maxRepointsPerSecond": per_second}
+    )
+    for i in range(count):
+        env.deployment(namespace, f"app-{i}", replicas=0)
+    for i in range(3):  # pinned by their own preference to a replica that stays healthy: never written
+        env.deployment(namespace, f"central-{i}", replicas=0, **{"geopin.io/region": "centralus"})
+    expected = {**{f"app-{i}": east for i in range(count)}, **{f"central-{i}": central for i in range(3)}}
+    wait_until(lambda: env.templates(namespace) == expected, timeout=60, what="pinned: eastus, and centralus by choice")
+
+    mark = env.cp.audit_line_count()
+    env.acr["eastus"].stop()
+    killed = time.time()
+    moved = {**expected, **{f"app-{i}": west for i in range(count)}}
+    wait_until(lambda: env.templates(namespace) == moved, timeout=hold + 60, what="templates on westus after the hold")
+    writes = env.timed_template_writes(mark)
+    assert sorted(name for name, _ in writes) == sorted(f"app-{i}" for i in range(count)), writes
+    stamps = sorted(stamp for _, stamp in writes)
+    assert stamps[0] - killed >= hold, f"first template write {stamps[0] - killed:.1f}s after the kill"
+    busiest = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
+    assert busiest <= per_second + 1, stamps  # +1: jitter can pull slot s + 1.0 inside
+    print(f"repointAfterSeconds {hold}: first template write {stamps[0] - killed:.1f}s after the kill, "
+          f"{count} writes over {stamps[-1] - stamps[0]:.1f}s")  # fmt: skip
+
+    mark = env.cp.audit_line_count()
+    env.acr.heal()
+    wait_until(lambda: env.templates(namespace) == expected, timeout=60, what="failback to eastus")
+    back = env.template_writes(mark)
+    assert sorted(back) == sorted(f"app-{i}" for i in range(count)), back  # only those that moved
