@@ -40,9 +40,10 @@ test-unit: $(STAMP) ## the pure core's tests (seconds)
 	$(BIN)/pytest tests/unit -q
 
 # Two pytest-xdist workers, each taking whole files (module fixtures stay shared within a file): most
-# end-to-end time is spent waiting on probes, Pods and the API server, not on the CPU.
+# end-to-end time is spent waiting on probes, Pods and the API server, not on the CPU. Files go out in
+# collection order, which tests/e2e/conftest.py sorts longest first (xdist's own order is by test count).
 WORKERS ?= 2
-PARALLEL := -n $(WORKERS) --dist loadfile
+PARALLEL := -n $(WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-e2e: prereqs $(STAMP) controlplane nodes ## end-to-end tests on the local control plane and registries
 	$(BIN)/pytest tests/e2e -q $(PARALLEL)

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="failover: outages per N up to 1,000 (default 3; smoke 1)")
     parser.add_argument("--deployments", type=int, help="steady: Deployments (default 10000; smoke 300)")
     parser.add_argument("--pods-sizes", help="pods: comma-separated N values (default 100,1000; smoke 10)")
-    parser.add_argument("--global-delay", type=float, help="pods: the global endpoint's failover delay (60; smoke 15)")
+    parser.add_argument("--global-delay", type=float, help="pods: the global endpoint's failover delay (60; smoke 6)")
+    parser.add_argument("--strategies", help="pods: comma-separated (default Redirect,Repoint; smoke Redirect)")
     args = parser.parse_args(argv)
     if args.smoke and not os.environ.get("BENCH_RESULTS_DIR"):
         os.environ["BENCH_RESULTS_DIR"] = tempfile.mkdtemp(prefix="geopin-bench-smoke-")
@@ -59,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             sizes = [int(s) for s in args.pods_sizes.split(",")] if args.pods_sizes else None
             rounds = args.rounds or (pods.SMOKE_ROUNDS if args.smoke else pods.FULL_ROUNDS)
             delay = args.global_delay or (pods.SMOKE_GLOBAL_DELAY if args.smoke else pods.FULL_GLOBAL_DELAY)
-            pods.run(sizes or (pods.SMOKE_SIZES if args.smoke else pods.FULL_SIZES), rounds, delay)
+            strategies = tuple(args.strategies.split(",")) if args.strategies else None
+            default = pods.SMOKE_STRATEGIES if args.smoke else pods.FULL_STRATEGIES
+            pods.run(
+                sizes or (pods.SMOKE_SIZES if args.smoke else pods.FULL_SIZES), rounds, delay, strategies or default
+            )
         else:
             from bench import probe_hang
 

@@ -32,6 +32,7 @@ from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.nodeenv import NodeEnvironment, host_network_pod, pod_namespace
 from tests.harness.objects import pull_secret, registry_policy
 from tests.harness.pki import CA
+from tests.harness.procs import free_port
 from tests.harness.waiting import wait_until
 
 from bench.env import GROUP, PLURAL, VERSION, say, table, write_result
@@ -42,6 +43,8 @@ POLICY = "contoso"
 REPO, TAG = "shop/web", "1"
 FULL_SIZES, SMOKE_SIZES = (100, 1000), (10,)
 FULL_ROUNDS, SMOKE_ROUNDS = 3, 1
+FULL_STRATEGIES, SMOKE_STRATEGIES = ("Redirect", "Repoint"), ("Redirect",)
+WEBHOOK_CONFIG = "geopin-bench"
 SCALED = 4  # Deployments with a running Pod; the others have replicas: 0
 FAILBACK_DELAY = 10  # probe.failbackDelaySeconds: short, so that rounds follow each other quickly
 FULL_GLOBAL_DELAY, SMOKE_GLOBAL_DELAY = 60.0, 6.0
@@ -51,7 +54,8 @@ POD_TIMEOUT = 180.0
 class NodeFleet:
     """The node environment, geopin and N Deployments, with what a round needs to read."""
 
-    def __init__(self, stack: ExitStack, workdir: Path, global_delay: float) -> None:
+    def __init__(self, stack: ExitStack, workdir: Path, global_delay: float, strategy: str) -> None:
+        self.strategy = strategy
         ca = CA(workdir / "pki")
         self.acr = stack.enter_context(AcrRegistrySet(ca, workdir=workdir / "acr", global_failover_delay=global_delay))
         # A short path: the kubelet's unix sockets live under the node directory (108-byte limit).
@@ -77,7 +81,9 @@ class NodeFleet:
 
     def create(self, n: int) -> None:
         for i in range(n):
-            spec = host_network_pod(f"app-{i}", self.global_image)["spec"]
+            # Always: every Pod pulls (the node has the image cached after the first round), as Pods
+            # on a new node or of a new tag do; an outage only shows in a pull.
+            spec = host_network_pod(f"app-{i}", self.global_image, pull_policy="Always")["spec"]
             self.apps.create_namespaced_deployment(
                 NAMESPACE,
                 {
@@ -97,6 +103,7 @@ class NodeFleet:
             "replicas": [{"region": "eastus"}, {"region": "westus"}, {"region": "centralus"}],
             "credentials": {"secretRef": {"namespace": "geopin-system", "name": "acr-pull"}},
             "probe": {"failbackDelaySeconds": FAILBACK_DELAY},
+            "failover": {"strategy": self.strategy},
         }
         self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, registry_policy(POLICY, spec))
 
@@ -122,6 +129,24 @@ class NodeFleet:
         running = self.running()
         on_region = all(image == self.image_on(region) for image, _ in running.values())
         return len(items) == pods == len(running) and on_region
+
+    def start_operator(self) -> None:
+        """Redirect needs geopin's webhook (and its MutatingWebhookConfiguration); Repoint runs without."""
+        if self.strategy != "Redirect":
+            self.operator.start()
+            return
+        port = free_port()
+        url = f"https://127.0.0.1:{port}"
+        self.operator.start("--webhook-port", str(port), "--webhook-url", url, "--webhook-config", WEBHOOK_CONFIG)
+
+    def settled_after_outage(self) -> bool:
+        """Repoint: every template and Pod on westus. Redirect: templates and old Pods stay; the new
+        Pod runs from westus."""
+        if self.strategy != "Redirect":
+            return self.settled_on("westus", SCALED + 1)
+        running = self.running()
+        on_west = [image for image, _ in running.values() if image == self.image_on("westus")]
+        return self.templates_on("eastus") and len(running) == SCALED + 1 and len(on_west) == 1
 
     def global_pod_state(self, name: str) -> bool:
         statuses = self.core.read_namespaced_pod(name, NAMESPACE).status.container_statuses or []
@@ -156,7 +181,7 @@ def _round(fleet: NodeFleet, number: int, *, last: bool) -> dict[str, Any]:
     wait_until(lambda: fleet.global_pod_state(global_pod), timeout=POD_TIMEOUT, interval=0.2,
                what="the global endpoint's Pod running")  # fmt: skip
     global_running = time.monotonic() - killed
-    wait_until(lambda: fleet.settled_on("westus", SCALED + 1), timeout=POD_TIMEOUT, what="settled on westus")
+    wait_until(fleet.settled_after_outage, timeout=POD_TIMEOUT, what="settled after the outage")
     after = fleet.running()
     replaced = sum(1 for uid in before if uid not in after)
     restarted = sum(1 for uid, (_, count) in before.items() if uid in after and after[uid][1] > count)
@@ -188,16 +213,16 @@ def _summary(rounds: list[dict[str, Any]], key: str) -> dict[str, float]:
     return {"median": statistics.median(values), "worst": max(values)}
 
 
-def _measure(n: int, rounds: int, global_delay: float) -> tuple[str, list[dict[str, Any]]]:
+def _measure(n: int, rounds: int, global_delay: float, strategy: str) -> tuple[str, list[dict[str, Any]]]:
     """(Kubernetes version, one dict per round) in a fresh environment of N Deployments."""
     workdir = Path(tempfile.mkdtemp(prefix="gp-bench-"))
     try:
         with ExitStack() as stack:
-            say(f"N={n}: a real node, the ACR-shaped replicas and geopin")
-            fleet = NodeFleet(stack, workdir, global_delay)
+            say(f"N={n}, strategy {strategy}: a real node, the ACR-shaped replicas and geopin")
+            fleet = NodeFleet(stack, workdir, global_delay, strategy)
             version = str(client.VersionApi(fleet.core.api_client).get_code().git_version)
             fleet.create(n)
-            fleet.operator.start()
+            fleet.start_operator()
             wait_until(lambda: fleet.settled_on("eastus", SCALED), timeout=POD_TIMEOUT + n * 0.1,
                        what=f"{n} Deployments pinned to eastus, {SCALED} Pods running")  # fmt: skip
             return version, [_round(fleet, number, last=number == rounds) for number in range(1, rounds + 1)]
@@ -209,19 +234,31 @@ def _median_worst(figure: dict[str, Any], key: str, spec: str) -> str:
     return f"{figure[key]['median']:{spec}} / {figure[key]['worst']:{spec}}"
 
 
-def run(sizes: list[int] | tuple[int, ...], rounds: int, global_delay: float) -> None:
+def run(
+    sizes: list[int] | tuple[int, ...], rounds: int, global_delay: float, strategies: tuple[str, ...] = FULL_STRATEGIES
+) -> None:
     figures: list[dict[str, Any]] = []
     version = "unknown"
     for n in sizes:
-        version, results = _measure(n, rounds, global_delay)
-        keys = [k for k in results[0] if k != "pods_running_before"]
-        figures.append({"n": n, "rounds": results, **{k: _summary(results, k) for k in keys}})
+        for strategy in strategies:
+            version, results = _measure(n, rounds, global_delay, strategy)
+            keys = [k for k in results[0] if k != "pods_running_before"]
+            figures.append({"n": n, "strategy": strategy, "rounds": results, **{k: _summary(results, k) for k in keys}})
     table(
         "failover on a real node: the Pods' view (median / worst round)",
-        ["N", "first new Pod running (s)", "global endpoint's Pod (s)", "Pods replaced", "restarted", "writes"],
+        [
+            "N",
+            "strategy",
+            "first new Pod running (s)",
+            "global endpoint's Pod (s)",
+            "Pods replaced",
+            "restarted",
+            "writes",
+        ],
         [
             [
                 f["n"],
+                f["strategy"],
                 _median_worst(f, "outage_to_first_new_pod_running", ".1f"),
                 _median_worst(f, "outage_to_global_endpoint_pod_running", ".1f"),
                 _median_worst(f, "pods_replaced", "g"),
@@ -234,9 +271,11 @@ def run(sizes: list[int] | tuple[int, ...], rounds: int, global_delay: float) ->
     parameters = {
         "sizes": list(sizes),
         "rounds": rounds,
+        "strategies": list(strategies),
         "pods_running": SCALED,
         "global_failover_delay_seconds": global_delay,
         "failback_delay_seconds": FAILBACK_DELAY,
-        "strategy": "Repoint: every pinned template moves, at the default maxRepointsPerSecond (20)",
+        "max_repoints_per_second": 20,
+        "note": "Redirect: geopin serves its webhook; Repoint: templates move at the default pace",
     }
     write_result(NAME, version, parameters, figures)
