@@ -273,11 +273,20 @@ def test_install_local_fail_over_with_the_leader_pod_deleted_and_uninstall(dev_d
         assert pod.status.container_statuses[0].image_id.endswith(digest)  # what the node pulled and runs
         assert pod.status.pod_ip == node_ips[pod.spec.node_name]
         assert pod.spec.security_context.run_as_user == 65532
-        assert httpx.get(f"http://{pod.status.pod_ip}:8081/healthz", timeout=5).status_code == 200
+        healthz = f"http://{pod.status.pod_ip}:8081/healthz"
+
+        def healthy(url: str = healthz) -> bool:
+            return httpx.get(url, timeout=5).status_code == 200
+
+        wait_until(healthy, timeout=60, ignore=(httpx.HTTPError,), what=f"{pod.metadata.name} answers {healthz}")
         metrics = httpx.get(f"http://{pod.status.pod_ip}:8080/metrics", timeout=5)
         assert metrics.status_code == 200
         assert "# TYPE geopin_endpoint_switches_total counter" in metrics.text
     assert cluster.leader() in {p.metadata.name for p in pods}
+    # Never restarted since helm's --wait saw them Ready (a crash would show here, with its reason).
+    for pod in cluster.geopin_pods():
+        status = pod.status.container_statuses[0]
+        assert status.restart_count == 0, (pod.metadata.name, status.last_state)
     slices = client.DiscoveryV1Api(cluster.api).list_namespaced_endpoint_slice(
         SYSTEM, label_selector=f"kubernetes.io/service-name={RELEASE}"
     )
