@@ -29,8 +29,8 @@ from typing import Any
 from kubernetes import client
 from tests.harness.acr import AcrRegistrySet
 from tests.harness.geopin_process import Operator, install_crd
-from tests.harness.nodeenv import NodeEnvironment, host_network_pod, pod_namespace
-from tests.harness.objects import pull_secret, registry_policy
+from tests.harness.nodeenv import NodeEnvironment, host_network_pod, pod_namespace, registry_pull_secret
+from tests.harness.objects import registry_policy
 from tests.harness.pki import CA
 from tests.harness.procs import free_port
 from tests.harness.waiting import wait_until
@@ -67,9 +67,7 @@ class NodeFleet:
         self.core: Any = client.CoreV1Api(api)
         self.apps: Any = client.AppsV1Api(api)
         self.custom: Any = client.CustomObjectsApi(api)
-        self.core.create_namespace({"metadata": {"name": "geopin-system"}})
-        secret = pull_secret("acr-pull", self.acr.login_server, self.acr.auth)
-        self.core.create_namespaced_secret("geopin-system", secret)
+        registry_pull_secret(self.core, self.acr)
         pod_namespace(self.core, NAMESPACE)
         (workdir / "operator").mkdir()
         self.operator = Operator(self.cp, workdir / "operator", names=self.acr)

@@ -16,8 +16,7 @@ from kubernetes import client
 
 from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.nodeconfig import AKS_BEFORE_GEO
-from tests.harness.nodeenv import container_state, host_network_pod, pod_namespace
-from tests.harness.objects import pull_secret
+from tests.harness.nodeenv import container_state, host_network_pod, pod_namespace, registry_pull_secret
 from tests.harness.policies import PolicyClient
 from tests.harness.waiting import wait_until
 
@@ -118,14 +117,7 @@ def cluster(node_env: NodeEnvironment, tmp_path_factory: pytest.TempPathFactory)
     node_env.push_pod_image(REPO, TAG)  # to every replica: replication is done
     api = node_env.control_plane.api_client()
     core: Any = client.CoreV1Api(api)
-    try:
-        core.create_namespace({"metadata": {"name": "geopin-system"}})
-    except client.ApiException as e:
-        if e.status != 409:
-            raise
-    core.create_namespaced_secret(
-        "geopin-system", pull_secret("acr-pull", node_env.acr.login_server, node_env.acr.auth)
-    )
+    registry_pull_secret(core, node_env.acr)
     operator = Operator(node_env.control_plane, tmp_path_factory.mktemp("real-pulls-operator"), names=node_env.acr)
     operator.start()
     try:

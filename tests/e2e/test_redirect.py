@@ -17,8 +17,7 @@ import pytest
 from kubernetes import client
 
 from tests.harness.geopin_process import Operator, install_crd
-from tests.harness.nodeenv import host_network_pod, pod_namespace
-from tests.harness.objects import pull_secret
+from tests.harness.nodeenv import host_network_pod, pod_namespace, registry_pull_secret
 from tests.harness.policies import PolicyClient
 from tests.harness.procs import free_port
 from tests.harness.waiting import wait_until
@@ -140,17 +139,7 @@ def env(node_env: NodeEnvironment, tmp_path_factory: pytest.TempPathFactory) -> 
     node_env.push_pod_image(REPO, TAG)
     api = node_env.control_plane.api_client()
     core: Any = client.CoreV1Api(api)
-    try:
-        core.create_namespace({"metadata": {"name": "geopin-system"}})
-    except client.ApiException as e:
-        if e.status != 409:
-            raise
-    secret = pull_secret("acr-pull", node_env.acr.login_server, node_env.acr.auth)
-    try:
-        core.create_namespaced_secret("geopin-system", secret)
-    except client.ApiException as e:
-        if e.status != 409:
-            raise
+    registry_pull_secret(core, node_env.acr)
     port = free_port()
     operator = Operator(node_env.control_plane, tmp_path_factory.mktemp("redirect-operator"), names=node_env.acr)
     operator.start(

@@ -22,6 +22,7 @@ from tests.harness.controlplane import ControlPlane
 from tests.harness.nodecleanup import NodeError, mounts_under
 from tests.harness.nodeconfig import AKS_WITH_GEO
 from tests.harness.nodes import Node, NodeSet, pod_image
+from tests.harness.objects import pull_secret
 from tests.harness.waiting import wait_until
 
 if TYPE_CHECKING:
@@ -86,6 +87,26 @@ def pod_namespace(core: Any, name: str, timeout: float = 30.0) -> None:
         return True
 
     wait_until(service_account, timeout=timeout, what=f"ServiceAccount {name}/default")
+
+
+def registry_pull_secret(core: Any, acr: AcrRegistrySet, name: str = "acr-pull") -> None:
+    """Create, or replace, Secret geopin-system/`name` with the registry's password, and its namespace
+    if absent. Idempotent: test modules that share one environment (one per xdist worker) may each
+    make it, and a module that failed before its teardown must not break the next one."""
+    from kubernetes import client
+
+    try:
+        core.create_namespace({"metadata": {"name": "geopin-system"}})
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+    secret = pull_secret(name, acr.login_server, acr.auth)
+    try:
+        core.create_namespaced_secret("geopin-system", secret)
+    except client.ApiException as e:
+        if e.status != 409:
+            raise
+        core.replace_namespaced_secret(name, "geopin-system", secret)
 
 
 def container_state(core: Any, namespace: str, pod: str) -> str | None:
