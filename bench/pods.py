@@ -146,6 +146,10 @@ class NodeFleet:
         on_west = [image for image, _ in running.values() if image == self.image_on("westus")]
         return self.templates_on("eastus") and len(running) == SCALED + 1 and len(on_west) == 1
 
+    def usable(self) -> list[str]:
+        body = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, POLICY)
+        return list((body.get("status") or {}).get("usableRegions") or [])
+
     def global_pod_state(self, name: str) -> bool:
         statuses = self.core.read_namespaced_pod(name, NAMESPACE).status.container_statuses or []
         return bool(statuses and statuses[0].state.running is not None)
@@ -195,7 +199,13 @@ def _round(fleet: NodeFleet, number: int, *, last: bool) -> dict[str, Any]:
         fleet.apps.patch_namespaced_deployment("app-0", NAMESPACE, {"spec": {"replicas": 1}})
         fleet.acr["eastus"].restart()
         fleet.acr.heal()
-        wait_until(lambda: fleet.settled_on("eastus", SCALED), timeout=POD_TIMEOUT + FAILBACK_DELAY, what="failback")
+        wait_until(lambda: "eastus" in fleet.usable() and fleet.templates_on("eastus"),
+                   timeout=POD_TIMEOUT + FAILBACK_DELAY, what="failback")  # fmt: skip
+        # Redirect's moved Pod may be the one app-0 kept: its ReplicaSet makes it again, from eastus.
+        for pod in fleet.core.list_namespaced_pod(NAMESPACE, label_selector="app").items:
+            if pod.spec.containers[0].image != fleet.image_on("eastus"):
+                fleet.core.delete_namespaced_pod(pod.metadata.name, NAMESPACE, grace_period_seconds=0)
+        wait_until(lambda: fleet.settled_on("eastus", SCALED), timeout=POD_TIMEOUT, what="every Pod on eastus again")
     return {
         "outage_to_first_new_pod_running": first_pod,
         "outage_to_global_endpoint_pod_running": global_running,

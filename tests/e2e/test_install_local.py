@@ -263,9 +263,17 @@ def test_install_local_fail_over_with_the_leader_pod_deleted_and_uninstall(dev_d
     t = phase("make install-local", t)
     summary = json.loads((REPO_ROOT / "build" / "image.summary.json").read_text())
     digest = summary["manifest"]
-    pods = cluster.geopin_pods()
-    assert len(pods) == 2
-    assert all(p.status.phase == "Running" for p in pods)
+
+    # helm --wait returns once the Deployment is available: with hostNetwork (maxUnavailable: 1) that is
+    # one Pod of two, and on a loaded machine the other may still be starting.
+    def both_ready() -> list[Any] | None:
+        pods = cluster.geopin_pods()
+        ready = [
+            p for p in pods if p.status.phase == "Running" and all(c.ready for c in p.status.container_statuses or [])
+        ]
+        return pods if len(pods) == len(ready) == 2 else None
+
+    pods = wait_until(both_ready, timeout=180, what="both geopin Pods Running and Ready")
     node_ips = {n["name"]: n["ip"] for n in cluster.nodes}
     assert sorted(p.spec.node_name for p in pods) == sorted(node_ips)  # one per node
     for pod in pods:
