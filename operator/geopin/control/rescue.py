@@ -116,6 +116,12 @@ class PodRescuer:
             except Exception:
                 logger.exception("rescuing Pod %s/%s failed", *key)
 
+    def _refused(self, error: ApiError) -> None:
+        """A 403 means the RBAC lacks Pods: said once, clearly."""
+        if error.status == 403 and not self._forbidden_said:
+            self._forbidden_said = True
+            logger.error("rescuing Pods needs get and patch on pods (the chart's rbac.rescuePods): %s", error)
+
     async def rescue(self, namespace: str, name: str) -> bool:
         """Read the Pod and move its containers waiting on a pull, if geopin's decision says so."""
         snapshots = self.book.snapshots()
@@ -124,9 +130,7 @@ class PodRescuer:
         try:
             pod = await self.kube.get(POD, namespace, name)
         except ApiError as e:
-            if e.status == 403 and not self._forbidden_said:
-                self._forbidden_said = True
-                logger.error("rescuing Pods needs get and patch on pods (the chart's rbac.rescuePods): %s", e)
+            self._refused(e)
             return False
         if pod is None:
             self._recent.pop((namespace, name), None)
@@ -144,11 +148,9 @@ class PodRescuer:
         except NotLeading:
             return False
         except ApiError as e:
-            if e.status == 403 and not self._forbidden_said:
-                self._forbidden_said = True
-                logger.error("rescuing Pods needs get and patch on pods (the chart's rbac.rescuePods): %s", e)
-            elif e.status != 403:
+            if e.status != 403:
                 logger.warning("rescuing Pod %s/%s: the patch failed: %s", namespace, name, e)
+            self._refused(e)
             return False
         if outcome.result != "applied":
             return False  # changed meanwhile (a conflict) or gone: the next pull failure looks again

@@ -16,14 +16,15 @@ from geopin.core.decisions import PolicySnapshot, plan_workload
 from geopin.core.rewrite import json_patch
 from geopin.core.workloads import KINDS, view_of
 
-__all__ = ["mutate_pod"]
+__all__ = ["mutate_pod", "present_unless_known_absent"]
 
 POD = KINDS["Pod"]
 
 
-def _present_unless_known_absent(
+def present_unless_known_absent(
     availability: Callable[[str, str], bool | None] | None,
 ) -> Callable[[str, str], bool | None] | None:
+    """Pods never wait on a registry: an unknown manifest counts as present."""
     if availability is None:
         return None
     return lambda image, region: availability(image, region) is not False
@@ -44,7 +45,7 @@ def mutate_pod(
         replace(
             s,
             policy=replace(s.policy, digest_pinning=False),
-            availability=_present_unless_known_absent(s.availability),
+            availability=present_unless_known_absent(s.availability),
         )
         for s in snapshots
     ]

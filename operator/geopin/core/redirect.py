@@ -15,10 +15,11 @@ The moved Pod records its pin as workloads do (``geopin.io/original-images``, ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from geopin.core.admission import present_unless_known_absent
 from geopin.core.decisions import PolicySnapshot, decide
 from geopin.core.policy import Mode
 from geopin.core.references import image_host
@@ -78,18 +79,11 @@ def _pin_of(pod: WorkloadView, owner: WorkloadView | None) -> WorkloadView | Non
 
 
 def _for_pods(snapshot: PolicySnapshot) -> PolicySnapshot:
-    """Pods never wait on a registry: an unknown manifest counts as present; no digest is resolved."""
-    availability = snapshot.availability
-    present: Callable[[str, str], bool | None] | None = None
-    if availability is not None:
-
-        def present(image: str, region: str) -> bool | None:
-            return availability(image, region) is not False
-
+    """As admission decides for a Pod: no hold, no registry wait, no digest resolved."""
     return replace(
         snapshot,
         held=frozenset(),
-        availability=present,
+        availability=present_unless_known_absent(snapshot.availability),
         policy=replace(snapshot.policy, digest_pinning=False),
     )
 
