@@ -105,3 +105,27 @@ def test_zero_is_unpaced() -> None:
         asyncio.run(worker.reconcile(ref(f"web-{i}")))
     assert all(image(kube, f"web-{i}") == f"{WEST}/web:{i}" for i in range(5))
     assert recorder.sleeps == []
+
+
+def test_a_write_that_waited_for_its_turn_is_planned_again_and_nothing_stale_is_sent() -> None:
+    kube, worker, recorder = moved_fleet(per_second=5, count=2)
+    patches = kube.count("PATCH")
+    back_home = entry(policy(failover={"maxRepointsPerSecond": 5}))
+
+    async def the_region_returns_meanwhile(seconds: float) -> None:
+        await recorder.sleep(seconds)
+        worker.book.upsert(back_home)  # the switch is undone while the second write waits
+
+    worker.pacer = RepointPacer(clock=lambda: 0.0, sleep=the_region_returns_meanwhile)
+    assert worker.enqueue_if_needed(worker.cluster.views()) == 2
+
+    async def drain() -> None:
+        await worker.start()
+        await worker.wait_idle(5.0)
+        await worker.stop()
+
+    asyncio.run(drain())
+    assert recorder.sleeps == pytest.approx([0.2])
+    assert kube.count("PATCH") == patches + 1  # the first slot's write; the waiting one was dropped
+    assert sorted(image(kube, f"web-{i}").split("/")[0] for i in range(2)) == sorted([EAST, WEST])
+    assert worker.pacer.pending("contoso") == 0

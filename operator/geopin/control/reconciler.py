@@ -22,7 +22,7 @@ from geopin.control.pull_secret_sync import PullSecretSync
 from geopin.control.repoint_pacer import RepointPacer
 from geopin.core.decisions import PolicySnapshot, plan_workload
 from geopin.core.references import image_host
-from geopin.core.rewrite import Desired, json_patch, moves_pin
+from geopin.core.rewrite import Desired, JsonPatch, json_patch, moves_pin
 from geopin.core.workloads import KINDS, Kind, WorkloadRef, WorkloadView, view_of
 from geopin.io import metrics
 from geopin.io.cache import ClusterCache
@@ -189,18 +189,23 @@ class Reconciler:
         kind = KINDS[ref[0]]
         view = self.cluster.view(ref)
         delay = self.retry_delay
+        paced = False
         for attempt in range(1, self.retries + 1):
             if view is None:
                 return
-            decided = await self._decide(view)
-            if decided is None:
+            planned = await self._plan(kind, view)
+            if planned is None:
                 return
-            desired, policy = decided
-            ops = json_patch(kind, view, desired)
-            if not ops:
-                return
-            if moves_pin(view, desired):
-                await self.pacer.turn(policy, self._repoints_per_second(policy))
+            desired, policy, ops = planned
+            if not paced and moves_pin(view, desired):
+                paced = True
+                if await self.pacer.turn(policy, self._repoints_per_second(policy)):
+                    # The turn can be seconds away: plan again from what holds now (the replica may be
+                    # back, a duplicate of this ref may have written it), so a stale plan is never sent.
+                    view = self.cluster.view(ref)
+                    if view is None or (planned := await self._plan(kind, view)) is None:
+                        return
+                    desired, policy, ops = planned
             result = await self._write(kind, view, ops, policy, attempt)
             if result == "applied":
                 await self._written(view, desired, policy)
@@ -221,6 +226,15 @@ class Reconciler:
         logger.error(
             "gave up on %s %s/%s after %d attempts; the next resync retries it", kind.kind, *ref[1:], self.retries
         )
+
+    async def _plan(self, kind: Kind, view: WorkloadView) -> tuple[Desired, str, JsonPatch] | None:
+        """What to write to ``view`` and for which policy; None when nothing (or nothing decidable yet)."""
+        decided = await self._decide(view)
+        if decided is None:
+            return None
+        desired, policy = decided
+        ops = json_patch(kind, view, desired)
+        return (desired, policy, ops) if ops else None
 
     async def _decide(self, view: WorkloadView) -> tuple[Desired, str] | None:
         """The desired state (registry lookups done first when it needs them) and the policy it is for."""

@@ -53,13 +53,15 @@ class RepointPacer:
             metrics.TEMPLATE_REPOINTS_PENDING.labels(policy).set(0)
         self._pending.clear()
 
-    async def turn(self, policy: str, per_second: int) -> None:
-        """Wait for the policy's next slot (at once when it is unpaced: ``per_second`` 0)."""
+    async def turn(self, policy: str, per_second: int) -> bool:
+        """Wait for the policy's next slot (at once when it is unpaced: ``per_second`` 0); did it wait?"""
         if per_second <= 0:
-            return
+            return False
         bucket = self._buckets.get(policy)
         if bucket is None or bucket.rate != per_second:
             bucket = self._buckets[policy] = TokenBucket(float(per_second))
         delay = bucket.reserve(self._clock())
-        if delay > 0:
-            await self._sleep(delay)  # the pace itself: a rate, not a synchronisation
+        if delay <= 0:
+            return False
+        await self._sleep(delay)  # the pace itself: a rate, not a synchronisation
+        return True
