@@ -353,7 +353,7 @@ def rbac_docs(tools: Tools) -> Iterator[list[dict[str, Any]]]:
     """The chart's ServiceAccount and RBAC (defaults) applied for real; removed afterwards."""
     _ensure_namespace(tools, OPERATOR_NAMESPACE)
     docs = [d for d in tools.render(RBAC_RELEASE, OPERATOR_NAMESPACE, ()) if d["kind"] in RBAC_KINDS]
-    assert sorted(d["kind"] for d in docs) == sorted(RBAC_KINDS)
+    assert {d["kind"] for d in docs} == set(RBAC_KINDS)
     stream = "\n---\n".join(json.dumps(d) for d in docs)
     tools.kubectl("apply", "-f", "-", stdin=stream)
     try:
@@ -393,6 +393,9 @@ def test_the_service_account_can_do_exactly_what_geopin_needs(tools: Tools, rbac
         ("watch", "nodes"),
         ("list", "namespaces"),
         ("watch", "namespaces"),
+        ("get", "pods"),  # rbac.rescuePods (default true)
+        ("patch", "pods"),
+        ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),  # the webhook is on by default
     ]
     denied = [
         ("update", "deployments.apps"),
@@ -409,7 +412,8 @@ def test_the_service_account_can_do_exactly_what_geopin_needs(tools: Tools, rbac
         ("update", "registrypolicies.geopin.io:status"),
         ("list", "customresourcedefinitions.apiextensions.k8s.io"),
         ("list", "jobs.batch"),
-        ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),  # only with the webhook on
+        ("update", "mutatingwebhookconfigurations.admissionregistration.k8s.io"),  # only the release's own (below)
+        ("create", "secrets"),  # cluster-wide: no; only in the release namespace (below)
         ("create", "leases.coordination.k8s.io"),  # cluster-wide: no; only in the release namespace (below)
     ]
     assert [(v, r) for v, r in allowed if not _can(tools, v, r)] == []
@@ -421,6 +425,14 @@ def test_the_service_account_can_do_exactly_what_geopin_needs(tools: Tools, rbac
     assert not _can(tools, "update", "leases.coordination.k8s.io/kube-scheduler", OPERATOR_NAMESPACE)
     assert not _can(tools, "delete", f"leases.coordination.k8s.io/{RBAC_RELEASE}", OPERATOR_NAMESPACE)
     assert not _can(tools, "create", "leases.coordination.k8s.io", "kube-system")
+    # the webhook's own configuration and its shared serving Secret, nothing else
+    hooks = "mutatingwebhookconfigurations.admissionregistration.k8s.io"
+    assert _can(tools, "update", f"{hooks}/{RBAC_RELEASE}")
+    assert not _can(tools, "update", f"{hooks}/someone-elses")
+    assert _can(tools, "create", "secrets", OPERATOR_NAMESPACE)
+    assert _can(tools, "get", f"secrets/{RBAC_RELEASE}-webhook-tls", OPERATOR_NAMESPACE)
+    assert not _can(tools, "get", "secrets/acr-pull", OPERATOR_NAMESPACE)
+    assert not _can(tools, "create", "secrets", "kube-system")
 
 
 def _token_kubeconfig(control_plane: ControlPlane, tools: Tools, path: Path) -> Path:

@@ -21,6 +21,7 @@ and nodes):
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -304,6 +305,9 @@ def test_install_local_fail_over_with_the_leader_pod_deleted_and_uninstall(dev_d
     assert hook.client_config.service.name == RELEASE
     assert hook.client_config.service.namespace == SYSTEM
     assert (hook.failure_policy, hook.timeout_seconds) == ("Ignore", 2)
+    # The chart's default: both replicas serve the pair geopin keeps in one Secret, whose CA is trusted.
+    shared = cluster.core.read_namespaced_secret(f"{RELEASE}-webhook-tls", SYSTEM)
+    assert base64.b64decode(hook.client_config.ca_bundle) == base64.b64decode(shared.data["ca.crt"])
 
     # -- 3. pinned; the webhook through the Service ------------------------------------------------------
     replicas = [{"region": "eastus"}, {"region": "westus"}]

@@ -3,6 +3,10 @@
 The policy is written as on AKS with the defaults (`strategy: Redirect`, `repointAfterSeconds: 600`,
 `rescuePods: true`); geopin serves its webhook and keeps its MutatingWebhookConfiguration, so new Pods
 can be redirected. The kubelet's own `Pulled` Events and the API server's audit log are the evidence.
+
+geopin runs as the chart runs it: the chart's default flags for the webhook (its own serving Secret,
+its own configuration) and, with a real token of the chart's ServiceAccount, only the chart's RBAC
+(least privilege: the last test finds no refused request in the audit log).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from kubernetes import client
 
+from tests.harness.chart import ChartServiceAccount
 from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.nodeenv import host_network_pod, pod_namespace, registry_pull_secret
 from tests.harness.policies import PolicyClient
@@ -31,7 +36,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.nodes]
 
 POLICY = "contoso"
 REPO, TAG = "shop/web", "1"
-CONFIG = "geopin-redirect-e2e"
+RELEASE = CONFIG = "geopin-redirect-e2e"  # the chart names the configuration after the release
 PULL_TIMEOUT = 120.0
 DEPLOYMENTS = 10
 # Well past detection (about 5 s), so a repoint would have shown; GEOPIN_OUTAGE_SECONDS=120 for the long run.
@@ -141,17 +146,24 @@ def env(node_env: NodeEnvironment, tmp_path_factory: pytest.TempPathFactory) -> 
     core: Any = client.CoreV1Api(api)
     registry_pull_secret(core, node_env.acr)
     port = free_port()
-    operator = Operator(node_env.control_plane, tmp_path_factory.mktemp("redirect-operator"), names=node_env.acr)
-    operator.start(
-        "--webhook-port", str(port), "--webhook-url", f"https://127.0.0.1:{port}", "--webhook-config", CONFIG
-    )
-    try:
-        yield Env(node_env, api, operator)
-    finally:
-        operator.resume()
-        operator.stop()
-        client.AdmissionregistrationV1Api(api).delete_mutating_webhook_configuration(CONFIG)
-        api.close()
+    workdir = tmp_path_factory.mktemp("redirect-operator")
+    # spec.credentials.secretRef reads geopin-system/acr-pull: Secrets there only.
+    sets = ("rbac.secrets.enabled=true", "rbac.secrets.namespaces={geopin-system}")
+    with ChartServiceAccount(node_env.control_plane, RELEASE, "geopin-system", workdir, sets) as account:
+        operator = Operator(node_env.control_plane, workdir, user=account.user, groups=(), names=node_env.acr)
+        operator.kubeconfig = account.kubeconfig
+        operator.start(
+            "--webhook-port", str(port), "--webhook-url", f"https://127.0.0.1:{port}", "--webhook-config", CONFIG,
+            "--webhook-cert-secret", f"geopin-system/{RELEASE}-webhook-tls",
+        )  # fmt: skip
+        try:
+            yield Env(node_env, api, operator)
+        finally:
+            operator.resume()
+            operator.stop()
+            client.AdmissionregistrationV1Api(api).delete_mutating_webhook_configuration(CONFIG)
+            core.delete_namespaced_secret(f"{RELEASE}-webhook-tls", "geopin-system")
+            api.close()
 
 
 @pytest.fixture
@@ -304,3 +316,25 @@ def test_a_long_outage_moves_templates_after_repoint_after_seconds_paced_and_onl
     wait_until(lambda: env.templates(namespace) == expected, timeout=60, what="failback to eastus")
     back = env.template_writes(mark)
     assert sorted(back) == sorted(f"app-{i}" for i in range(count)), back  # only those that moved
+
+
+def test_the_charts_service_account_was_never_refused(env: Env) -> None:
+    """Last in this file: every request geopin sent above, Redirect, Rescue and Repoint included,
+    was allowed by the chart's RBAC alone."""
+    refused = [
+        (e["verb"], (e.get("objectRef") or {}).get("resource"), (e.get("objectRef") or {}).get("subresource"))
+        for e in env.cp.audit_events(0)
+        if (e.get("user") or {}).get("username") == env.operator.user
+        and (e.get("responseStatus") or {}).get("code") == 403
+    ]
+    assert refused == []
+    sent = {
+        (e["verb"], (e.get("objectRef") or {}).get("resource"))
+        for e in env.cp.audit_events(0)
+        if (e.get("user") or {}).get("username") == env.operator.user
+    }
+    # What this file made geopin write, each through the chart's RBAC (the audit log keeps writes only;
+    # a refused read would be in geopin's log, and the Pods above would not have been rescued).
+    assert {("create", "secrets"), ("patch", "pods"), ("patch", "deployments"), ("create", "events"),
+            ("create", "mutatingwebhookconfigurations")} <= sent  # fmt: skip
+    assert "forbidden" not in env.operator.log().lower()

@@ -14,10 +14,11 @@ What the local environment needs beyond the chart's defaults, in `.dev/install-l
   listen on their own Pod IPs.
 - `KUBERNETES_SERVICE_HOST/PORT`: the API server's own address. There is no kube-proxy, so the
   `kubernetes` Service's ClusterIP leads nowhere; in-cluster configuration reads these variables.
-- `service.webhook.enabled` with a TLS Secret (`geopin-webhook-tls`, made here with geopin's own
-  self-signed CA): both replicas serve one certificate, and the API server calls the webhook through
-  the chart's Service (kube-apiserver runs with `--enable-aggregator-routing=true`, which sends the
-  call to an endpoint address instead of the ClusterIP).
+
+The webhook is the chart's default: geopin makes its serving Secret (`geopin-webhook-tls`) itself and
+both replicas serve it; the API server calls the webhook through the chart's Service (kube-apiserver
+runs with `--enable-aggregator-routing=true`, which sends the call to an endpoint address instead of
+the ClusterIP).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from tests.harness.chart import CHART, ROOT, tools_bin
 RELEASE = "geopin"
 NAMESPACE = "geopin-system"
 REPOSITORY = "geopin"
-WEBHOOK_SECRET = "geopin-webhook-tls"
+WEBHOOK_SECRET = "geopin-webhook-tls"  # made by geopin (--webhook-cert-secret, the chart's default)
 IMAGE_DIR = ROOT / "build" / "image"
 SUMMARY = ROOT / "build" / "image.summary.json"
 IMAGE_CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "requirements", "operator")
@@ -125,42 +126,7 @@ def values(dev_dir: Path, summary: dict[str, Any], replicas: int) -> dict[str, A
                 {"name": "KUBERNETES_SERVICE_PORT", "value": str(server.port)},
             ],
         },
-        "service": {"webhook": {"enabled": True, "certSecret": WEBHOOK_SECRET}},
     }
-
-
-def webhook_secret(kube: Any) -> None:
-    """A kubernetes.io/tls Secret for the webhook Service's names, from geopin's own self-signed CA."""
-    from kubernetes import client
-
-    from geopin.io.certs import self_signed
-
-    core: Any = client.CoreV1Api(kube)
-    try:
-        core.read_namespaced_secret(WEBHOOK_SECRET, NAMESPACE)
-        return  # an install before made it: keep it, the caBundle already trusts it
-    except client.ApiException as error:
-        if error.status != 404:
-            raise
-    service = f"{RELEASE}.{NAMESPACE}.svc"
-    made = self_signed((service, f"{service}.cluster.local", f"{RELEASE}.{NAMESPACE}"))
-    try:
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
-    core.create_namespaced_secret(
-        NAMESPACE,
-        {
-            "metadata": {"name": WEBHOOK_SECRET, "labels": {"app.kubernetes.io/name": "geopin"}},
-            "type": "kubernetes.io/tls",
-            "stringData": {
-                "tls.crt": made.cert_pem.decode(),
-                "tls.key": made.key_pem.decode(),
-                "ca.crt": made.ca_pem.decode(),
-            },
-        },
-    )
 
 
 def helm(dev_dir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -205,11 +171,6 @@ def _install(dev_dir: Path, summary: dict[str, Any], sets: list[str], began: flo
         print("install-local: one node, so one replica (make dev-up NODES=2 gives the chart's two)", file=sys.stderr)
     values_path = dev_dir / "install-local.values.yaml"
     values_path.write_text(yaml.safe_dump(values(dev_dir, summary, replicas), sort_keys=False))
-    kube = config.new_client_from_config(str(dev_dir / "kubeconfig"))
-    try:
-        webhook_secret(kube)
-    finally:
-        kube.close()
     helm_began = time.monotonic()
     helm(
         dev_dir,

@@ -105,15 +105,20 @@ def test_default_render_has_exactly_the_core_objects() -> None:
             "ClusterRoleBinding",
             "Deployment",
             "PodDisruptionBudget",
-            "Role",
+            "Role",  # <name>-leader-election
+            "Role",  # <name>-webhook-certificate
+            "RoleBinding",
             "RoleBinding",
             "Service",
             "ServiceAccount",
         ]
     )
+    with_own_certificate = kinds(render())
+    with_own_certificate.remove("Role")  # service.webhook.certSecret: no <name>-webhook-certificate
+    with_own_certificate.remove("RoleBinding")
     assert kinds(render(*ALL_FEATURES)) == sorted(
         [
-            *kinds(render()),
+            *with_own_certificate,
             "ClusterRole",  # <name>-metrics-reader
             "ConfigMap",
             "NetworkPolicy",
@@ -141,6 +146,9 @@ EXPECTED_CLUSTER_RULES = [
     ("", "nodes", ("list", "watch"), ()),
     ("", "namespaces", ("list", "watch"), ()),
     ("", "pods", ("get", "patch"), ()),  # rbac.rescuePods (default true): spec.failover.rescuePods
+    # service.webhook.enabled (default true): geopin keeps its own MutatingWebhookConfiguration
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ("create",), ()),
+    ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ("get", "update"), ("geopin",)),
 ]
 
 
@@ -167,9 +175,11 @@ def test_every_workload_kind_geopin_patches_is_granted_and_nothing_else() -> Non
 
 
 def test_webhook_rbac_args_and_ports_only_when_enabled() -> None:
-    assert not any(a.startswith("--webhook") for a in container(render())["args"])
-    assert "mutatingwebhookconfigurations" not in json.dumps(only(render(), "ClusterRole"))
-    docs = render("service.webhook.enabled=true", "service.webhook.certSecret=geopin-webhook-tls")
+    off = render("service.webhook.enabled=false")
+    assert not any(a.startswith("--webhook") for a in container(off)["args"])
+    assert "mutatingwebhookconfigurations" not in json.dumps(only(off, "ClusterRole"))
+    assert [d["metadata"]["name"] for d in off if d["kind"] == "Role"] == ["geopin-leader-election"]
+    docs = render("service.webhook.certSecret=geopin-webhook-tls")
     args = container(docs)["args"]
     assert [a for a in args if a.startswith("--webhook")] == [
         "--webhook-port=9443",
@@ -183,6 +193,7 @@ def test_webhook_rbac_args_and_ports_only_when_enabled() -> None:
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ("create",), ()),
         ("admissionregistration.k8s.io", "mutatingwebhookconfigurations", ("get", "update"), ("geopin",)),
     ]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Role"] == ["geopin-leader-election"]
     pod = only(docs, "Deployment")["spec"]["template"]["spec"]
     assert {"name": "webhook-cert", "secret": {"secretName": "geopin-webhook-tls"}} in pod["volumes"]
     assert {"name": "webhook-cert", "mountPath": "/etc/geopin/webhook", "readOnly": True} in container(docs)[
@@ -194,6 +205,24 @@ def test_webhook_rbac_args_and_ports_only_when_enabled() -> None:
     assert (parsed.webhook_port, parsed.webhook_config) == (9443, "geopin")
     assert parsed.webhook_service == f"{NAMESPACE}/geopin:443"
     assert (parsed.webhook_failure_policy, parsed.webhook_timeout_seconds) == ("Ignore", 2)
+
+
+def test_the_webhook_is_on_by_default_and_serves_a_secret_geopin_keeps() -> None:
+    docs = render()
+    args = container(docs)["args"]
+    assert "--webhook-port=9443" in args
+    assert f"--webhook-cert-secret={NAMESPACE}/geopin-webhook-tls" in args
+    assert not any(a.startswith("--webhook-cert-dir") for a in args)
+    assert "/etc/geopin/webhook" not in json.dumps(only(docs, "Deployment"))  # read through the API
+    assert rules_of(only(docs, "Role", "geopin-webhook-certificate")) == [
+        ("", "secrets", ("create",), ()),
+        ("", "secrets", ("get",), ("geopin-webhook-tls",)),
+    ]
+    binding = only(docs, "RoleBinding", "geopin-webhook-certificate")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "geopin", "namespace": NAMESPACE}]
+    from geopin.cli.main import _parser
+
+    assert _parser().parse_args(args).webhook_cert_secret == f"{NAMESPACE}/geopin-webhook-tls"
 
 
 def test_webhook_failure_policy_and_timeout_follow_the_values() -> None:
@@ -255,7 +284,7 @@ def test_network_policy_admits_the_webhook_from_anywhere_and_metrics_from_the_se
 
 
 def test_network_policy_without_the_webhook_and_with_default_selectors() -> None:
-    policy = only(render("networkPolicy.enabled=true"), "NetworkPolicy")
+    policy = only(render("networkPolicy.enabled=true", "service.webhook.enabled=false"), "NetworkPolicy")
     assert _ingress_ports(policy) == [("health",), ("metrics",)]
     # {} and {}: every pod in every namespace, but not sources outside the cluster's pods.
     assert policy["spec"]["ingress"][1]["from"] == [{"namespaceSelector": {}, "podSelector": {}}]
@@ -302,6 +331,7 @@ def test_secrets_only_when_enabled() -> None:
             (d["kind"], d["metadata"].get("namespace"), verbs)
             for d in docs
             if d["kind"] in ("ClusterRole", "Role")
+            and not d["metadata"]["name"].endswith("-webhook-certificate")  # its own test, below
             for _group, resource, verbs, _names in rules_of(d)
             if resource == "secrets"
         ]
@@ -370,7 +400,7 @@ def test_security_context_is_restricted() -> None:
 def test_probes_ports_env_and_args_follow_the_values() -> None:
     c = container(render())
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    assert ports == {"metrics": 8080, "health": 8081}
+    assert ports == {"metrics": 8080, "health": 8081, "webhook": 9443}
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in c["env"]
@@ -389,6 +419,7 @@ def test_probes_ports_env_and_args_follow_the_values() -> None:
             "operator.watchNamespaces={shop,billing}",
             "operator.verbose=true",
             "operator.nodeImageCredentialFix=202701.15",
+            "service.webhook.enabled=false",
         )
     )
     assert {p["name"]: p["containerPort"] for p in custom["ports"]} == {"metrics": 9090, "health": 9091}
@@ -439,10 +470,10 @@ def test_two_replicas_spread_across_zones_and_nodes_with_a_pdb() -> None:
 
 
 def test_service_has_metrics_and_the_reserved_webhook_port_only_when_enabled() -> None:
-    assert only(render(), "Service")["spec"]["ports"] == [
+    assert only(render("service.webhook.enabled=false"), "Service")["spec"]["ports"] == [
         {"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}
     ]
-    docs = render("service.webhook.enabled=true")
+    docs = render()
     assert [p["name"] for p in only(docs, "Service")["spec"]["ports"]] == ["metrics", "webhook"]
     assert {"name": "webhook", "containerPort": 9443, "protocol": "TCP"} in container(docs)["ports"]
 
@@ -499,7 +530,7 @@ def test_service_monitor_scrapes_the_metrics_port() -> None:
     monitor = only(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-    assert [p["name"] for p in only(docs, "Service")["spec"]["ports"]] == ["metrics"]
+    assert [p["name"] for p in only(docs, "Service")["spec"]["ports"]] == ["metrics", "webhook"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= only(docs, "Service")["metadata"]["labels"].items()
 
 

@@ -92,6 +92,13 @@ def _add_run(commands: Any) -> None:
     run.add_argument(
         "--webhook-cert-dir", help="directory with tls.crt/tls.key (re-read on change); default self-signed"
     )
+    run.add_argument(
+        "--webhook-cert-secret",
+        type=_namespaced_name,
+        metavar="NAMESPACE/NAME",
+        help="serve the pair in this kubernetes.io/tls Secret, made (self-signed) by the first replica when "
+        "absent, so that every replica serves one certificate (the chart's default)",
+    )
     run.add_argument("--webhook-config", help="keep this MutatingWebhookConfiguration and its caBundle up to date")
     run.add_argument("--webhook-url", help="URL the API server calls (default: the --webhook-service Service)")
     run.add_argument("--webhook-service", default="geopin-system/geopin:443", help="NAMESPACE/NAME:PORT of the webhook")
@@ -169,6 +176,13 @@ def _positive_seconds(value: str) -> float:
     if not 0 < seconds <= 600:
         raise argparse.ArgumentTypeError(f"must be > 0 and <= 600 seconds, got {value!r}")
     return seconds
+
+
+def _namespaced_name(value: str) -> str:
+    namespace, _, name = value.partition("/")
+    if not namespace or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAMESPACE/NAME")
+    return value
 
 
 def _webhook_timeout(value: str) -> int:
@@ -430,6 +444,7 @@ def _run(args: argparse.Namespace) -> int:
         admission_mechanism=args.admission_mechanism,
         webhook_port=args.webhook_port,
         webhook_cert_dir=args.webhook_cert_dir,
+        webhook_cert_secret=args.webhook_cert_secret,
         webhook_config=args.webhook_config,
         webhook_url=args.webhook_url,
         webhook_service=args.webhook_service,

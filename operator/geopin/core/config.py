@@ -23,6 +23,7 @@ class RunConfig:
     admission_mechanism: str = "auto"  # auto (MutatingAdmissionPolicy where served) | policy | webhook
     webhook_port: int = 0  # admission webhook (Admission mode) HTTPS port; 0: not served
     webhook_cert_dir: str | None = None  # tls.crt/tls.key (and ca.crt) mounted; None: self-signed at start-up
+    webhook_cert_secret: str | None = None  # namespace/name of a Secret every replica serves (made when absent)
     webhook_config: str | None = None  # keep this MutatingWebhookConfiguration (and its caBundle) in step
     webhook_url: str | None = None  # how the API server reaches the webhook (else webhook_service)
     webhook_service: str = "geopin-system/geopin:443"  # namespace/name:port of the webhook Service

@@ -14,6 +14,7 @@ from geopin.core.config import RunConfig
 from geopin.core.crd import GROUP
 from geopin.io import metrics
 from geopin.io.access_review import AccessReviewer
+from geopin.io.certs import shared_certificate
 from geopin.io.kube import Kube, load_api_client, load_configuration
 from geopin.io.leader import LeaderElector
 from geopin.io.metrics_server import SecureMetricsServer
@@ -164,11 +165,16 @@ def no_redirect_path(config: RunConfig, admission_policies: bool) -> str | None:
 
 
 async def _serve_webhook(config: RunConfig, runtime: Runtime, kube: Kube) -> WebhookServer:
+    certificate = None
+    if config.webhook_cert_secret and not config.webhook_cert_dir:
+        namespace, _, name = config.webhook_cert_secret.partition("/")
+        certificate = await shared_certificate(kube, namespace, name, webhook_hosts(config))
     webhook = WebhookServer(
         config.webhook_port,
         runtime.book.snapshots,
         runtime.cluster.namespace_labels,
         cert_dir=config.webhook_cert_dir,
+        certificate=certificate,
         hosts=webhook_hosts(config),
         address=config.bind_address,
         owner_of=runtime.cluster.owner_of,

@@ -4,16 +4,24 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from geopin.io.certs import ServingTls
+from geopin.io.certs import ServingCertificate, ServingTls
 
 __all__ = ["HttpsServer"]
 
 
 class HttpsServer:
-    def __init__(self, name: str, port: int, address: str, cert_dir: str | None, hosts: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        port: int,
+        address: str,
+        cert_dir: str | None,
+        hosts: tuple[str, ...],
+        certificate: ServingCertificate | None = None,
+    ) -> None:
         self.port = port
         self.address = address
-        self.tls = ServingTls(name, cert_dir, hosts)
+        self.tls = ServingTls(name, cert_dir, hosts, certificate)
         self._runner: web.AppRunner | None = None
 
     async def start(self, app: web.Application) -> None:

@@ -25,6 +25,7 @@ from geopin.core.admission import mutate_pod
 from geopin.core.redirect import PodMove, move_pod
 from geopin.core.workloads import WorkloadView
 from geopin.io import metrics
+from geopin.io.certs import ServingCertificate
 from geopin.io.https import HttpsServer
 
 if TYPE_CHECKING:
@@ -145,6 +146,7 @@ class WebhookServer:
         namespace_labels: Callable[[str], Mapping[str, str] | None],
         *,
         cert_dir: str | None = None,
+        certificate: ServingCertificate | None = None,
         hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
         address: str = "0.0.0.0",
         owner_of: Callable[[Mapping[str, Any], str], WorkloadView | None] | None = None,
@@ -156,7 +158,7 @@ class WebhookServer:
         self.namespace_labels = namespace_labels
         self.owner_of = owner_of
         self.on_redirect = on_redirect
-        self.server = HttpsServer("webhook", port, address, cert_dir, hosts)
+        self.server = HttpsServer("webhook", port, address, cert_dir, hosts, certificate)
         self._burst_log = _BurstLog()
 
     @property
