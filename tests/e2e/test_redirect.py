@@ -175,7 +175,7 @@ def namespace(env: Env) -> Iterator[str]:
     finally:
         env.operator.resume()
         if not env.operator.alive():
-            env.operator.start()
+            env.operator.restart()
         env.policy.delete()
         env.acr.heal()
         env.core.delete_namespace(name)
@@ -286,7 +286,7 @@ def test_a_long_outage_moves_templates_after_repoint_after_seconds_paced_and_onl
     env: Env, namespace: str
 ) -> None:
     east, west, central = env.image("eastus"), env.image("westus"), env.image("centralus")
-    hold, per_second, count = 10, 5, 15
+    hold, per_second, count = 20, 5, 15
     env.create_policy(
         namespace, failback_delay=2, failover={"repointAfterSeconds": hold, "maxRepointsPerSecond": per_second}
     )
@@ -300,12 +300,29 @@ def test_a_long_outage_moves_templates_after_repoint_after_seconds_paced_and_onl
     mark = env.cp.audit_line_count()
     env.acr["eastus"].stop()
     killed = time.time()
+
+    def shown_unhealthy() -> bool:
+        rows = env.status().get("replicas") or []
+        return any(r.get("region") == "eastus" and r.get("state") == "Unhealthy" for r in rows)
+
+    wait_until(shown_unhealthy, timeout=30, what="eastus Unhealthy in the status")
+    detected = time.time() - killed
+    # A restart half-way through the hold (a rollout, a new leader) resumes it from the status: the
+    # templates move about `hold` after the outage was detected, not `hold` after the restart.
+    env.operator.restart()
+    restarted = time.time() - killed
     moved = {**expected, **{f"app-{i}": west for i in range(count)}}
     wait_until(lambda: env.templates(namespace) == moved, timeout=hold + 60, what="templates on westus after the hold")
     writes = env.timed_template_writes(mark)
     assert sorted(name for name, _ in writes) == sorted(f"app-{i}" for i in range(count)), writes
     stamps = sorted(stamp for _, stamp in writes)
     assert stamps[0] - killed >= hold, f"first template write {stamps[0] - killed:.1f}s after the kill"
+    # Started again, its own probes take about as long as `detected` to judge eastus: a hold started
+    # afresh would end no earlier than restarted + detected + hold.
+    assert stamps[0] - killed < restarted + hold, (
+        f"first write {stamps[0] - killed:.1f}s after the kill: the hold was not resumed "
+        f"(detected at {detected:.1f}s, restarted at {restarted:.1f}s)"
+    )
     busiest = max(sum(1 for t in stamps if s <= t < s + 1.0) for s in stamps)
     assert busiest <= per_second + 1, stamps  # +1: jitter can pull slot s + 1.0 inside
     print(f"repointAfterSeconds {hold}: first template write {stamps[0] - killed:.1f}s after the kill, "

@@ -81,6 +81,7 @@ class Operator:
         self.health_port = procs.free_port()
         self.log_path = workdir / f"{user}.log"
         self.process: procs.Process | None = None
+        self._extra: tuple[str, ...] = ()
 
     @property
     def identity(self) -> str:
@@ -88,6 +89,7 @@ class Operator:
         return self.env.get("HOSTNAME", "")
 
     def start(self, *extra: str) -> None:
+        self._extra = extra
         argv = [
             sys.executable, "-m", "geopin.cli", "run",
             "--kubeconfig", str(self.kubeconfig),
@@ -114,6 +116,11 @@ class Operator:
     def stop(self) -> None:
         if self.process is not None:
             procs.terminate([self.process], timeout=15)
+
+    def restart(self) -> None:
+        """Stop (SIGTERM, as a Pod is deleted) and start again with the same arguments."""
+        self.stop()
+        self.start(*self._extra)
 
     def kill(self) -> None:
         if self.process is not None and self.process.alive():

@@ -1006,9 +1006,6 @@ def test_stay_fallback_keeps_the_current_pin_in_decide() -> None:
 
 # -- failback delay across a restart or a change of leader ----------------------------------------------
 
-
-# -- failback delay across a restart or a change of leader ----------------------------------------------
-
 WALL, NOW = 1_700_000_000.0, 50.0  # the new process's wall clock and its own clock, at one instant
 
 
@@ -1063,3 +1060,30 @@ def test_a_status_without_a_pending_delay_changes_nothing(status: dict[str, Any]
     t.restore_failback_delays(status, now=NOW, wall_now=WALL)
     make_healthy_at_startup(t, NOW)
     assert t.usable(NOW) == set(REGIONS)
+
+
+# -- a Redirect hold across a restart or a change of leader --------------------------------------------
+
+
+def test_an_unhealthy_row_tells_when_the_hold_began_on_this_process_clock() -> None:
+    status = {
+        "replicas": [_status_row(HOME, "Unhealthy", WALL - 40), _status_row("westus", "Healthy", WALL - 900)],
+        "usableRegions": ["westus"],
+    }
+    assert tracker().unusable_since_in(status, now=NOW, wall_now=WALL) == {HOME: NOW - 40}
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {},
+        {"replicas": "nonsense", "usableRegions": 5},
+        {"replicas": [_status_row(HOME, "Unhealthy", WALL - 40)]},  # no usableRegions: nothing to infer
+        {"replicas": [_status_row(HOME, "Unhealthy", WALL - 40)], "usableRegions": [HOME]},  # usable after all
+        {"replicas": [_status_row(HOME, "Healthy", WALL - 40)], "usableRegions": []},  # a failback delay
+        {"replicas": [{**_status_row(HOME, "Unhealthy", WALL - 40), "endpoint": "old"}], "usableRegions": []},
+        {"replicas": [{**_status_row(HOME, "Unhealthy", 0), "lastTransitionTime": "never"}], "usableRegions": []},
+    ],
+)
+def test_no_hold_is_inferred_from_anything_else(status: dict[str, Any]) -> None:
+    assert tracker().unusable_since_in(status, now=NOW, wall_now=WALL) == {}

@@ -81,6 +81,7 @@ class PolicyMonitor:
         # region → when it stopped being usable (this process's clock); the start of a Redirect hold
         self.unusable_since: dict[str, float] = {}
         self.held: frozenset[str] = frozenset()  # unusable replicas whose templates keep their pin
+        self._restored_since: dict[str, float] = {}  # the last status's unusable_since, for a restart
         self.images = ImageCache()
         self._due: dict[str, float] = {}
         self._launched: dict[str, float] = {}
@@ -123,8 +124,11 @@ class PolicyMonitor:
         return old
 
     def restore(self, status: Mapping[str, Any]) -> None:
-        """Failback delays under way when the last status was written (a restart, a new leader)."""
-        self.tracker.restore_failback_delays(status, self.clock(), time.time())
+        """Failback delays and Redirect holds under way when the last status was written (a restart, a
+        new leader)."""
+        now, wall_now = self.clock(), time.time()
+        self.tracker.restore_failback_delays(status, now, wall_now)
+        self._restored_since = self.tracker.unusable_since_in(status, now, wall_now)
 
     def trigger(self, region: str) -> None:
         """Probe this replica now (a passive signal such as a kubelet pull error)."""
@@ -252,9 +256,10 @@ class PolicyMonitor:
         if usable is not None:
             listed = set(self.tracker.replicas)
             for region in listed - usable:
-                self.unusable_since.setdefault(region, now)
+                self.unusable_since.setdefault(region, min(now, self._restored_since.get(region, now)))
             for region in [r for r in self.unusable_since if r in usable or r not in listed]:
                 del self.unusable_since[region]
+            self._restored_since.clear()  # a hint for the first verdict only
         held = held_regions(self.unusable_since, now, self.policy.failover)
         if usable != self.usable or held != self.held:
             self.usable, self.held = usable, held

@@ -202,6 +202,29 @@ class HealthTracker:
                 ends = now - (wall_now - recovered) + self.settings.failback_delay_seconds
                 health.usable_at = max(health.usable_at, ends)
 
+    def unusable_since_in(self, status: Mapping[str, Any], now: float, wall_now: float) -> dict[str, float]:
+        """When each replica the status shows Unhealthy became so (its row's ``lastTransitionTime``), on
+        this tracker's clock: a restart or a new leader resumes a Redirect hold (``repointAfterSeconds``)
+        instead of starting it again, which would keep templates on a dead replica for longer.
+
+        Only a hint: the caller uses it if its own probes find the replica unusable too. A stale row can
+        only make the hold end early by the status's lag (seconds), never pin anything to a dead replica.
+        """
+        usable, rows = status.get("usableRegions"), status.get("replicas")
+        if not isinstance(usable, list) or not isinstance(rows, list):
+            return {}
+        since: dict[str, float] = {}
+        for row in rows:
+            region = row.get("region") if isinstance(row, Mapping) else None
+            health = self.replicas.get(region) if isinstance(region, str) else None
+            if health is None or region in usable or row.get("state") != ReplicaState.UNHEALTHY:
+                continue
+            if row.get("endpoint") != health.endpoint:
+                continue
+            if (failed := _wall_seconds(row.get("lastTransitionTime"))) is not None:
+                since[str(region)] = now - (wall_now - failed)
+        return since
+
     def is_failure(self, outcome: str) -> bool:
         if outcome == _THROTTLED:
             return self.settings.throttling_is_failure
