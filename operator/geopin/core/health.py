@@ -188,19 +188,8 @@ class HealthTracker:
         would move workloads off a replica the last leader had already moved them back to.
         ``now`` is this tracker's clock and ``wall_now`` the wall clock at the same instant.
         """
-        usable, rows = status.get("usableRegions"), status.get("replicas")
-        if not isinstance(usable, list) or not isinstance(rows, list):
-            return
-        for row in rows:
-            region = row.get("region") if isinstance(row, Mapping) else None
-            health = self.replicas.get(region) if isinstance(region, str) else None
-            if health is None or region in usable or row.get("state") != ReplicaState.HEALTHY:
-                continue
-            if row.get("endpoint") != health.endpoint:
-                continue  # the status describes another endpoint than the one probed now
-            if (recovered := _wall_seconds(row.get("lastTransitionTime"))) is not None:
-                ends = now - (wall_now - recovered) + self.settings.failback_delay_seconds
-                health.usable_at = max(health.usable_at, ends)
+        for health, changed in self._unusable_rows(status, ReplicaState.HEALTHY, now, wall_now):
+            health.usable_at = max(health.usable_at, changed + self.settings.failback_delay_seconds)
 
     def unusable_since_in(self, status: Mapping[str, Any], now: float, wall_now: float) -> dict[str, float]:
         """When each replica the status shows Unhealthy became so (its row's ``lastTransitionTime``), on
@@ -210,20 +199,28 @@ class HealthTracker:
         Only a hint: the caller uses it if its own probes find the replica unusable too. A stale row can
         only make the hold end early by the status's lag (seconds), never pin anything to a dead replica.
         """
+        rows = self._unusable_rows(status, ReplicaState.UNHEALTHY, now, wall_now)
+        return {health.region: changed for health, changed in rows}
+
+    def _unusable_rows(
+        self, status: Mapping[str, Any], state: ReplicaState, now: float, wall_now: float
+    ) -> list[tuple[ReplicaHealth, float]]:
+        """The replicas the status shows in ``state`` and not usable, with when they changed to it (on
+        this tracker's clock); rows of another endpoint than the one probed now, or unreadable, left out."""
         usable, rows = status.get("usableRegions"), status.get("replicas")
         if not isinstance(usable, list) or not isinstance(rows, list):
-            return {}
-        since: dict[str, float] = {}
+            return []
+        found = []
         for row in rows:
             region = row.get("region") if isinstance(row, Mapping) else None
             health = self.replicas.get(region) if isinstance(region, str) else None
-            if health is None or region in usable or row.get("state") != ReplicaState.UNHEALTHY:
+            if health is None or region in usable or row.get("state") != state:
                 continue
             if row.get("endpoint") != health.endpoint:
-                continue
-            if (failed := _wall_seconds(row.get("lastTransitionTime"))) is not None:
-                since[str(region)] = now - (wall_now - failed)
-        return since
+                continue  # the status describes another endpoint than the one probed now
+            if (changed := _wall_seconds(row.get("lastTransitionTime"))) is not None:
+                found.append((health, now - (wall_now - changed)))
+        return found
 
     def is_failure(self, outcome: str) -> bool:
         if outcome == _THROTTLED:
