@@ -137,13 +137,26 @@ def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mappi
     """
     if snapshot.deleting or not is_selected(snapshot, view, namespace_labels):
         return Choice(None)
+    images = sorted(set(managed_intents(view, snapshot.policy).values()))
+    found = _first_qualifying(snapshot, view, images)
+    if isinstance(found, Choice):
+        return found  # something must be looked up first
+    target, awaiting = found
+    if not snapshot.policy.digest_pinning or target.is_global:
+        return Choice(target, awaiting)
+    return _with_digests(snapshot, view, images, target, awaiting)
+
+
+def _first_qualifying(
+    snapshot: PolicySnapshot, view: WorkloadView, images: list[str]
+) -> tuple[Target, str | None] | Choice:
+    """The first usable replica in preference order that qualifies (credentials, replication), else the
+    fallback; with the first region still awaiting replication. A Choice when a lookup is needed first."""
     policy = snapshot.policy
     current = view.annotations.get(ANNOTATION_PINNED_REGION)
     preferred = view.annotations.get(ANNOTATION_REGION)
-    images = sorted(set(managed_intents(view, policy).values()))
     check = snapshot.availability if policy.replication_check and images else None
     awaiting: str | None = None
-    target: Target | None = None
     # nodeImageCheck: Enforce: a regional host the nodes cannot authenticate to needs the workload's
     # own pull secrets to cover it; without them the global endpoint (which every AKS node covers).
     keys: tuple[str, ...] | None = None
@@ -171,14 +184,16 @@ def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mappi
             if not all(found):
                 awaiting = awaiting or region
                 continue
-        target = Target(region, policy.endpoints[region])
-        break
-    if target is None and lacks_credentials:
-        target = Target(GLOBAL_REGION, policy.registry)  # not Stay: a kept regional pin would fail to pull
-    if target is None:
-        target = choose(policy, snapshot.cluster_region, frozenset(), preferred, current)
-    if not policy.digest_pinning or target.is_global:
-        return Choice(target, awaiting)
+        return Target(region, endpoint), awaiting
+    if lacks_credentials:
+        return Target(GLOBAL_REGION, policy.registry), awaiting  # not Stay: a kept regional pin fails to pull
+    return choose(policy, snapshot.cluster_region, frozenset(), preferred, current), awaiting
+
+
+def _with_digests(
+    snapshot: PolicySnapshot, view: WorkloadView, images: list[str], target: Target, awaiting: str | None
+) -> Choice:
+    """``digestPinning``: the target with each image's digest, or the digests to look up first."""
     digests: dict[str, str] = {}
     unresolved: list[tuple[str, str]] = []
     for image in images:
@@ -187,7 +202,7 @@ def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mappi
             digests[image] = digest
         elif "@" not in image:
             unresolved.append((image, ""))
-    if unresolved and not _already_digest_pinned(view, policy):
+    if unresolved and not _already_digest_pinned(view, snapshot.policy):
         return Choice(None, unknown=tuple(unresolved))
     return Choice(target, awaiting, digests=digests)
 
