@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deployments", type=int, help="steady: Deployments (default 10000; smoke 300)")
     parser.add_argument("--pods-sizes", help="pods: comma-separated N values (default 100,1000; smoke 10)")
     parser.add_argument("--global-delay", type=float, help="pods: the global endpoint's failover delay (60; smoke 6)")
-    parser.add_argument("--strategies", help="pods: comma-separated (default Redirect,Repoint; smoke Redirect)")
+    parser.add_argument("--strategies", help="pods: comma-separated (default Redirect,Repoint,Repoint-unpaced; smoke Redirect)")
     args = parser.parse_args(argv)
     if args.smoke and not os.environ.get("BENCH_RESULTS_DIR"):
         os.environ["BENCH_RESULTS_DIR"] = tempfile.mkdtemp(prefix="geopin-bench-smoke-")
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             rounds = args.rounds or (pods.SMOKE_ROUNDS if args.smoke else pods.FULL_ROUNDS)
             delay = args.global_delay or (pods.SMOKE_GLOBAL_DELAY if args.smoke else pods.FULL_GLOBAL_DELAY)
             strategies = tuple(args.strategies.split(",")) if args.strategies else None
+            if unknown := sorted(set(strategies or ()) - set(pods.STRATEGIES)):
+                parser.error(f"--strategies: unknown {', '.join(unknown)} (known: {', '.join(pods.STRATEGIES)})")
             default = pods.SMOKE_STRATEGIES if args.smoke else pods.FULL_STRATEGIES
             pods.run(
                 sizes or (pods.SMOKE_SIZES if args.smoke else pods.FULL_SIZES), rounds, delay, strategies or default

@@ -43,7 +43,9 @@ POLICY = "contoso"
 REPO, TAG = "shop/web", "1"
 FULL_SIZES, SMOKE_SIZES = (100, 1000), (10,)
 FULL_ROUNDS, SMOKE_ROUNDS = 3, 1
-FULL_STRATEGIES, SMOKE_STRATEGIES = ("Redirect", "Repoint"), ("Redirect",)
+# A column: (spec.failover.strategy, maxRepointsPerSecond). Repoint at the default pace and unpaced.
+STRATEGIES = {"Redirect": ("Redirect", 20), "Repoint": ("Repoint", 20), "Repoint-unpaced": ("Repoint", 0)}
+FULL_STRATEGIES, SMOKE_STRATEGIES = ("Redirect", "Repoint", "Repoint-unpaced"), ("Redirect",)
 WEBHOOK_CONFIG = "geopin-bench"
 SCALED = 4  # Deployments with a running Pod; the others have replicas: 0
 FAILBACK_DELAY = 10  # probe.failbackDelaySeconds: short, so that rounds follow each other quickly
@@ -54,8 +56,8 @@ POD_TIMEOUT = 180.0
 class NodeFleet:
     """The node environment, geopin and N Deployments, with what a round needs to read."""
 
-    def __init__(self, stack: ExitStack, workdir: Path, global_delay: float, strategy: str) -> None:
-        self.strategy = strategy
+    def __init__(self, stack: ExitStack, workdir: Path, global_delay: float, column: str) -> None:
+        self.strategy, self.per_second = STRATEGIES[column]
         ca = CA(workdir / "pki")
         self.acr = stack.enter_context(AcrRegistrySet(ca, workdir=workdir / "acr", global_failover_delay=global_delay))
         # A short path: the kubelet's unix sockets live under the node directory (108-byte limit).
@@ -101,7 +103,7 @@ class NodeFleet:
             "replicas": [{"region": "eastus"}, {"region": "westus"}, {"region": "centralus"}],
             "credentials": {"secretRef": {"namespace": "geopin-system", "name": "acr-pull"}},
             "probe": {"failbackDelaySeconds": FAILBACK_DELAY},
-            "failover": {"strategy": self.strategy},
+            "failover": {"strategy": self.strategy, "maxRepointsPerSecond": self.per_second},
         }
         self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, registry_policy(POLICY, spec))
 
@@ -283,7 +285,8 @@ def run(
         "pods_running": SCALED,
         "global_failover_delay_seconds": global_delay,
         "failback_delay_seconds": FAILBACK_DELAY,
-        "max_repoints_per_second": 20,
-        "note": "Redirect: geopin serves its webhook; Repoint: templates move at the default pace",
+        "max_repoints_per_second": {column: STRATEGIES[column][1] for column in strategies},
+        "note": "Redirect: geopin serves its webhook; Repoint: templates move at the default pace (20/s) "
+        "or unpaced",
     }
     write_result(NAME, version, parameters, figures)
