@@ -22,8 +22,11 @@ from geopin.core.health import Target
 from geopin.core.mutating_policy import (
     BINDING_RESOURCE,
     POLICY_RESOURCE,
+    Redirect,
     params_configmap,
     policy_objects,
+    redirect_objects,
+    redirect_params,
     served,
 )
 from geopin.core.policy import GLOBAL_REGION, Policy, from_spec
@@ -347,3 +350,74 @@ def test_failover_is_one_configmap_write_with_no_operator_running(env: Env) -> N
     finally:
         env.write_params(EAST)
         wait_until(lambda: pinned_to(EAST), timeout=WAIT, what="Pods pinned to eastus again")
+
+
+# Patch mode with failover.strategy: Redirect: templates keep their eastus pin during an outage, and the
+# API server moves their new Pods. Its own policy name and registry, so the Admission policy above
+# (on contoso.azurecr.io) never sees these Pods.
+PATCHED_EAST, PATCHED_WEST = "127.0.0.1:17001", "127.0.0.1:17002"
+PATCHED = from_spec(
+    "patched",
+    {
+        "registry": "patched.azurecr.io",
+        "replicas": [{"region": "eastus", "endpoint": PATCHED_EAST}, {"region": "westus", "endpoint": PATCHED_WEST}],
+    },
+)
+
+
+def test_redirect_moves_new_pods_off_an_unusable_host_with_one_configmap_write(env: Env) -> None:
+    nothing_held = Redirect((), Target("eastus", PATCHED_EAST))
+    for obj in redirect_objects(PATCHED, nothing_held, OPERATOR_NAMESPACE, api_version=env.api_version):
+        env.apply(obj)
+    on_east = {"web": f"{PATCHED_EAST}/shop/web:1"}
+    # Nothing unusable: a Pod of a template pinned to eastus is left alone (once the policy is loaded,
+    # which the first redirect below proves; this one only shows nothing else happens meanwhile).
+    assert images(env.create_pod(NAMESPACE, on_east)) == {"containers/web": f"{PATCHED_EAST}/shop/web:1"}
+
+    def write(redirect: Redirect) -> None:
+        params = redirect_params(PATCHED, redirect, OPERATOR_NAMESPACE)
+        response = env.http.put(
+            f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/configmaps/{params['metadata']['name']}", json=params
+        )
+        assert response.status_code == 200, response.text
+
+    since = env.cp.audit_line_count()
+    write(Redirect((PATCHED_EAST,), Target("westus", PATCHED_WEST)))
+    assert env.cp.audit_writes(since, user=ADMIN_USER) == 1  # the switch: one ConfigMap write
+    try:
+        moved = wait_until(
+            lambda: (p := env.create_pod(NAMESPACE, on_east)).spec.containers[0].image.startswith(PATCHED_WEST) and p,
+            timeout=WAIT,
+            what="a new Pod redirected to westus",
+        )
+        assert images(moved) == {"containers/web": f"{PATCHED_WEST}/shop/web:1"}
+        assert annotations_of(moved)[PINNED] == "westus"
+        assert json.loads(annotations_of(moved)[ORIGINAL]) == {"containers/web": "patched.azurecr.io/shop/web:1"}
+
+        # A Deployment's Pod (kube-controller-manager's), init containers too; only the host changes.
+        pod = env.deployment_pod(
+            "held-template",
+            {"web": f"{PATCHED_EAST}/shop/web:2", "side": "nginx:1.27"},
+            init_containers={"migrate": f"{PATCHED_EAST.upper()}/shop/migrate@sha256:{'a' * 64}"},
+        )
+        assert images(pod) == {
+            "containers/web": f"{PATCHED_WEST}/shop/web:2",
+            "containers/side": "nginx:1.27",
+            "initContainers/migrate": f"{PATCHED_WEST}/shop/migrate@sha256:{'a' * 64}",
+        }
+        assert json.loads(annotations_of(pod)[ORIGINAL]) == {
+            "containers/web": "patched.azurecr.io/shop/web:2",
+            "initContainers/migrate": f"patched.azurecr.io/shop/migrate@sha256:{'a' * 64}",
+        }
+        # Left alone: a healthy replica's host, another registry, an opted-out Pod.
+        for untouched in ({"web": f"{PATCHED_WEST}/shop/web:1"}, {"web": "nginx:1.27"}):
+            assert images(env.create_pod(NAMESPACE, untouched)) == {f"containers/{k}": v for k, v in untouched.items()}
+        skipped = env.create_pod(NAMESPACE, on_east, annotations={"geopin.io/skip": "true"})
+        assert images(skipped) == {"containers/web": f"{PATCHED_EAST}/shop/web:1"}
+    finally:
+        write(nothing_held)  # failback: the same one write
+    wait_until(
+        lambda: env.create_pod(NAMESPACE, on_east).spec.containers[0].image.startswith(PATCHED_EAST),
+        timeout=WAIT,
+        what="new Pods on eastus again once nothing is unusable",
+    )

@@ -320,3 +320,48 @@ def test_cel_grammar_agrees_with_the_parser(image: str) -> None:
 @pytest.mark.parametrize("registry", ["myregistry", "localhost", "localhost:5000"])
 def test_cel_host_rule_agrees_with_the_parser(image: str, registry: str) -> None:
     assert cel_managed(image, registry) == python_managed(image, registry)
+
+
+# -- Redirect (Patch mode, failover.strategy: Redirect) ---------------------------------------------------
+
+
+def test_redirect_lists_every_unusable_host_but_the_targets() -> None:
+    from geopin.core.mutating_policy import redirect_for
+
+    patch = from_spec(
+        "contoso",
+        {"registry": "contoso.azurecr.io", "replicas": [{"region": r} for r in ("eastus", "westus", "centralus")]},
+    )
+    west = Target("westus", "contoso.westus.geo.azurecr.io")
+    redirect = redirect_for(patch, {"westus"}, west)
+    assert redirect.unusable_hosts == ("contoso.centralus.geo.azurecr.io", "contoso.eastus.geo.azurecr.io")
+    assert redirect_for(patch, {"eastus", "westus", "centralus"}, west).unusable_hosts == ()
+    # fallback: Stay keeps an unusable current replica as the target: never redirect it to itself
+    east = Target("eastus", "contoso.eastus.geo.azurecr.io")
+    assert redirect_for(patch, set(), east).unusable_hosts == (
+        "contoso.centralus.geo.azurecr.io", "contoso.westus.geo.azurecr.io",
+    )  # fmt: skip
+
+
+def test_redirect_objects_are_named_apart_and_carry_the_switch_in_their_params() -> None:
+    from geopin.core.mutating_policy import Redirect, redirect_objects
+
+    redirect = Redirect(("contoso.eastus.geo.azurecr.io",), Target("westus", "contoso.westus.geo.azurecr.io"))
+    found = {o["kind"]: o for o in redirect_objects(policy(), redirect, OPERATOR_NAMESPACE)}
+    names = {o["metadata"]["name"] for o in found.values()}
+    assert names == {"geopin-redirect-contoso"}
+    assert names.isdisjoint({o["metadata"]["name"] for o in objects().values()})
+    assert found["ConfigMap"]["data"] == {
+        "registry": "contoso.azurecr.io",
+        "unusable": "contoso.eastus.geo.azurecr.io",
+        "endpoint": "contoso.westus.geo.azurecr.io",
+        "region": "westus",
+        "policy": "contoso",
+    }
+    spec = found["MutatingAdmissionPolicy"]["spec"]
+    conditions = {c["name"]: c["expression"] for c in spec["matchConditions"]}
+    assert set(conditions) == {"not-skipped", "some-replica-unusable", "on-unusable-host"}
+    assert spec["mutations"][0]["applyConfiguration"]["expression"] == mutation_expression()
+    assert spec["failurePolicy"] == "Ignore"
+    binding = found["MutatingAdmissionPolicyBinding"]["spec"]
+    assert binding["paramRef"]["name"] == "geopin-redirect-contoso"

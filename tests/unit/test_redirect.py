@@ -184,3 +184,17 @@ def test_the_failover_path_condition_says_which_way_and_why() -> None:
     repoint = failover_path(snapshot({"eastus"}, redirects=False, strategy="Repoint", maxRepointsPerSecond=0), None)
     assert repoint[:3] == ("FailoverPath", True, "Repoint")
     assert "unpaced" in repoint[3]
+
+
+def test_a_mutating_admission_policy_is_an_admission_path_for_redirect() -> None:
+    from geopin.core.config import RunConfig
+    from geopin.handlers.lifecycle import no_redirect_path
+
+    no_webhook = RunConfig()
+    assert no_redirect_path(no_webhook, admission_policies=False) is not None
+    assert no_redirect_path(no_webhook, admission_policies=True) is None  # the API server redirects
+    webhook = RunConfig(webhook_port=9443, webhook_config="geopin")
+    assert no_redirect_path(webhook, admission_policies=False) is None
+    condition = failover_path(snapshot({"eastus"}), None, "the API server's MutatingAdmissionPolicy")
+    assert condition[:3] == ("FailoverPath", True, "Redirect")
+    assert "MutatingAdmissionPolicy" in condition[3]

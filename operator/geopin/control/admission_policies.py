@@ -1,7 +1,8 @@
-"""Keep each Admission-mode policy's MutatingAdmissionPolicy, binding and params ConfigMap in step.
+"""Keep each policy's MutatingAdmissionPolicy, binding and params ConfigMap in step.
 
-With MutatingAdmissionPolicy, the API server rewrites Pods itself from CEL. geopin writes the
-three objects when a policy's spec changes, and on a failover only the params ConfigMap (one
+With MutatingAdmissionPolicy, the API server rewrites Pods itself from CEL: an Admission-mode policy's
+pin, and a Patch-mode policy's Redirect (new Pods of templates pinned to an unusable replica). geopin
+writes the three objects when a policy's spec changes, and on a switch only the params ConfigMap (one
 write). Pod creation then never depends on the operator being up. Only the leader writes.
 """
 
@@ -12,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from kubernetes.client.exceptions import ApiException
 
-from geopin.core.mutating_policy import API_VERSIONS, params_configmap, policy_objects, served
+from geopin.core.mutating_policy import (
+    API_VERSIONS,
+    Redirect,
+    params_configmap,
+    policy_objects,
+    redirect_objects,
+    redirect_params,
+    served,
+)
 
 if TYPE_CHECKING:
     from geopin.core.health import Target
@@ -56,6 +65,7 @@ class MutatingPolicySync:
         self.operator_namespace = operator_namespace
         self.api_version = api_version  # what mutating_policies_served() found
         self._applied: dict[str, tuple[Policy, str]] = {}  # policy name → (spec applied, region applied)
+        self._redirects: dict[str, tuple[Policy, Redirect]] = {}  # policy name → (spec, redirect applied)
 
     async def _apply(self, body: dict[str, Any]) -> None:
         await self.kube.create_or_replace(_path(body), body)
@@ -74,16 +84,41 @@ class MutatingPolicySync:
         self._applied[policy.name] = (policy, target.region)
 
     async def remove(self, policy: Policy) -> None:
-        for body in policy_objects(policy, _NOWHERE, self.operator_namespace, api_version=self.api_version):
+        await self._delete(policy_objects(policy, _NOWHERE, self.operator_namespace, api_version=self.api_version))
+        self._applied.pop(policy.name, None)
+
+    async def _delete(self, bodies: list[dict[str, Any]]) -> None:
+        for body in bodies:
             try:
                 await self.kube.request(_path(body), "DELETE")
             except ApiException as e:
                 if e.status != 404:
                     raise
-        self._applied.pop(policy.name, None)
 
     def applied(self, name: str) -> bool:
         return name in self._applied
+
+    async def sync_redirect(self, policy: Policy, redirect: Redirect) -> None:
+        """A Patch-mode policy's Redirect: the objects on a new spec, else only the params on a switch."""
+        applied = self._redirects.get(policy.name)
+        if applied is not None and applied == (policy, redirect):
+            return
+        if applied is not None and applied[0] == policy:
+            await self._apply(redirect_params(policy, redirect, self.operator_namespace))
+        else:
+            for body in redirect_objects(policy, redirect, self.operator_namespace, api_version=self.api_version):
+                await self._apply(body)
+        hosts = ", ".join(redirect.unusable_hosts) or "none"
+        logger.info("policy %s: new Pods on unusable hosts (%s) go to %s", policy.name, hosts, redirect.target.region)
+        self._redirects[policy.name] = (policy, redirect)
+
+    async def remove_redirect(self, policy: Policy) -> None:
+        nowhere = Redirect((), _NOWHERE)
+        await self._delete(redirect_objects(policy, nowhere, self.operator_namespace, api_version=self.api_version))
+        self._redirects.pop(policy.name, None)
+
+    def redirect_applied(self, name: str) -> bool:
+        return name in self._redirects
 
 
 class _Nowhere:

@@ -112,6 +112,7 @@ class PolicyBook:
         # Why new Pods cannot be redirected at admission (strategy: Redirect then repoints templates);
         # None: geopin's webhook is registered and answers for every Pod.
         self.no_redirect_path: str | None = "geopin serves no admission webhook (geopin run --webhook-port)"
+        self.redirect_path = "geopin's webhook"  # or the API server's MutatingAdmissionPolicy
 
     def upsert(self, entry: PolicyEntry) -> None:
         self.entries[entry.name] = entry

@@ -22,6 +22,7 @@ from geopin.control.node_credentials import NodeCredentials
 from geopin.control.reconciler import Reconciler
 from geopin.core.decisions import PolicySnapshot
 from geopin.core.health import Target, preference_order
+from geopin.core.mutating_policy import redirect_for
 from geopin.core.nodes import needs_node_credentials
 from geopin.core.policy import GLOBAL_REGION, Mode, NodeImageCheck, Strategy
 from geopin.core.status import WorkloadCounts, count_workloads
@@ -202,11 +203,17 @@ class StatusReporter:
         sync = self.mutating_policies
         if sync is None or entry.policy is None or "activeRegion" not in status:
             return
-        if entry.policy.mode is Mode.ADMISSION and not entry.error and not entry.conflict_with:
-            target = Target(status["activeRegion"], status["activeEndpoint"])
-            await sync.sync(self.monitors.effective(entry.name, entry.policy), target)
+        valid = not entry.error and not entry.conflict_with
+        target = Target(status["activeRegion"], status["activeEndpoint"])
+        policy = self.monitors.effective(entry.name, entry.policy)
+        if entry.policy.mode is Mode.ADMISSION and valid:
+            await sync.sync(policy, target)
         elif sync.applied(entry.name):
             await sync.remove(entry.policy)
+        if self.book.redirects(entry.policy) and valid:
+            await sync.sync_redirect(policy, redirect_for(policy, status.get("usableRegions") or (), target))
+        elif sync.redirect_applied(entry.name):
+            await sync.remove_redirect(entry.policy)
 
     def compute(
         self,
@@ -248,7 +255,7 @@ class StatusReporter:
         if node_credentials is not None:
             items.append((NODE_CREDENTIALS, *node_credentials))
         if snapshot.policy.mode is Mode.PATCH:
-            items.append(failover_path(snapshot, self.book.no_redirect_path))
+            items.append(failover_path(snapshot, self.book.no_redirect_path, self.book.redirect_path))
         status["conditions"] = conditions(last, entry.generation, items)
         self.gauges.export(entry.name, entry.policy.registry, target, counts)
         return status
@@ -346,7 +353,9 @@ def _failed_over(snapshot: PolicySnapshot, target: Target) -> Condition:
     return ("FailedOver", False, "AtHome", f"pointing to the home region {home}")
 
 
-def failover_path(snapshot: PolicySnapshot, no_redirect_path: str | None) -> Condition:
+def failover_path(
+    snapshot: PolicySnapshot, no_redirect_path: str | None, redirect_path: str = "geopin's webhook"
+) -> Condition:
     """How a switch reaches the workloads (``FailoverPath``): redirected Pods, or repointed templates."""
     failover = snapshot.policy.failover
     pace = f"{failover.max_repoints_per_second}/s" if failover.max_repoints_per_second else "unpaced"
@@ -360,7 +369,7 @@ def failover_path(snapshot: PolicySnapshot, no_redirect_path: str | None) -> Con
             "FailoverPath",
             True,
             "Redirect",
-            f"new Pods are pinned at admission by geopin's webhook; {follow} ({pace})",
+            f"new Pods are pinned at admission by {redirect_path}; {follow} ({pace})",
         )
     if failover.strategy is Strategy.REDIRECT:
         return (

@@ -29,6 +29,14 @@ Docker Hub name); it must equal the registry case-insensitively, port included; 
 digest) must match the distribution grammar or the image is left alone (the webhook reports invalid
 references; a policy cannot emit Events). Only the host changes: the rest is copied byte for byte.
 
+**Redirect** (Patch mode, ``failover.strategy: Redirect``; :func:`redirect_objects`): a second
+MutatingAdmissionPolicy per policy, with the same scoping, moves a new Pod whose images are on the host
+of an unusable replica (a template that keeps its pin during the hold) to the current endpoint, with
+the same two annotations (the originals are the registry's name plus the image's path). Its params
+ConfigMap holds the unusable hosts, empty while every replica is usable (a match condition then skips
+every Pod): a switch is again one write. It cannot read the Pod's owner, so unlike the webhook it also
+moves a Pod someone pinned by hand to a dead replica's host; it has no per-Pod metric or Event.
+
 What the webhook does and a MAP does not: per-workload ``geopin.io/region`` preferences and replication
 awareness (the API server cannot ask a registry), ``pods/ephemeralContainers``, the 255-character name
 limit of a reference, and metrics/Events for admissions (``InvalidImageReference`` is not reported).
@@ -39,7 +47,8 @@ earlier in the same admission) is extended by string splicing, not merged.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from geopin.core.health import Target
@@ -52,10 +61,15 @@ __all__ = [
     "BINDING_RESOURCE",
     "POLICY_RESOURCE",
     "REMAINDER_PATTERN",
+    "Redirect",
     "mutation_expression",
     "object_names",
     "params_configmap",
     "policy_objects",
+    "redirect_for",
+    "redirect_names",
+    "redirect_objects",
+    "redirect_params",
     "served",
 ]
 
@@ -128,6 +142,43 @@ VARIABLES: tuple[tuple[str, str], ...] = (
         " ? variables.previous.substring(0, variables.previous.size() - 1) + ',' + variables.entries.join(',') + '}'"
         " : '{' + variables.entries.join(',') + '}'",
     ),
+)
+
+
+def _on_hosts(image: str, hosts: str) -> str:
+    """CEL: is the image's host (lower-cased) one of ``hosts`` (a CEL list), the rest a valid reference?"""
+    first = f"{image}.substring(0, {image}.indexOf('/'))"
+    return (
+        f"({image}.indexOf('/') > 0 && {first}.lowerAscii() in {hosts}"
+        f" && {image}.substring({image}.indexOf('/') + 1).matches('{REMAINDER_PATTERN}'))"
+    )
+
+
+_UNUSABLE_HOSTS = "string(params.data.unusable).split(' ')"
+_ON_UNUSABLE_HOST = (
+    f"object.spec.containers.exists(c, {_on_hosts('c.image', _UNUSABLE_HOSTS)})"
+    f" || object.spec.?initContainers.orValue([]).exists(c, {_on_hosts('c.image', _UNUSABLE_HOSTS)})"
+)
+
+# The same names as VARIABLES, so that mutation_expression() serves both policies.
+REDIRECT_VARIABLES: tuple[tuple[str, str], ...] = (
+    ("unusable", "string(params.data.unusable).split(' ')"),
+    ("registry", "string(params.data.registry)"),
+    ("endpoint", "string(params.data.endpoint)"),
+    ("containers", f"object.spec.containers.filter(c, {_on_hosts('c.image', 'variables.unusable')})"),
+    (
+        "initContainers",
+        f"object.spec.?initContainers.orValue([]).filter(c, {_on_hosts('c.image', 'variables.unusable')})",
+    ),
+    # The original is the registry's name with the image's path: what the template was pinned from.
+    (
+        "entries",
+        "(variables.containers.map(c, '\"containers/' + c.name + '\":\"' + variables.registry"
+        " + c.image.substring(c.image.indexOf('/')) + '\"')"
+        " + variables.initContainers.map(c, '\"initContainers/' + c.name + '\":\"' + variables.registry"
+        " + c.image.substring(c.image.indexOf('/')) + '\"')).sort()",
+    ),
+    *(v for v in VARIABLES if v[0] in ("previous", "record")),
 )
 
 
@@ -216,15 +267,95 @@ def policy_objects(
     Apply all three (the policy and binding only change with the policy's spec); on a failover write
     only the ConfigMap. ``api_version``: one of :data:`API_VERSIONS`, the one the API server serves.
     """
+    conditions = {
+        "not-global": f"params.data.region != '{GLOBAL_REGION}'",
+        "on-registry": _ON_REGISTRY,
+    }
+    name = object_names(policy, name_prefix)
+    return [
+        *_policy_and_binding(policy, name, operator_namespace, api_version, conditions, VARIABLES),
+        params_configmap(policy, target, operator_namespace, name_prefix),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """New Pods on the host of an unusable replica go to ``target`` (``unusable_hosts`` lower-cased)."""
+
+    unusable_hosts: tuple[str, ...]
+    target: Target
+
+
+def redirect_for(policy: Policy, usable: Collection[str], target: Target) -> Redirect:
+    """Every listed replica not ``usable`` redirects to ``target`` (the policy's current endpoint)."""
+    hosts = {
+        policy.endpoints[replica.region].lower()
+        for replica in policy.replicas
+        if replica.region not in usable and policy.endpoints[replica.region].lower() != target.endpoint.lower()
+    }
+    return Redirect(tuple(sorted(hosts)), target)
+
+
+def redirect_names(policy: Policy, name_prefix: str = "geopin") -> str:
+    """The name shared by the redirect policy, its binding and its params ConfigMap."""
+    return f"{name_prefix}-redirect-{policy.name}"
+
+
+def redirect_params(
+    policy: Policy, redirect: Redirect, operator_namespace: str, name_prefix: str = "geopin"
+) -> dict[str, Any]:
+    """The redirect's params ConfigMap: where Pods on an unusable host go. Writing it is the switch."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(redirect_names(policy, name_prefix), policy, operator_namespace),
+        "data": {
+            "registry": policy.registry,  # as written: the originals recorded on a moved Pod
+            "unusable": " ".join(redirect.unusable_hosts),
+            "endpoint": redirect.target.endpoint,
+            "region": redirect.target.region,
+            "policy": policy.name,
+        },
+    }
+
+
+def redirect_objects(
+    policy: Policy,
+    redirect: Redirect,
+    operator_namespace: str,
+    name_prefix: str = "geopin",
+    *,
+    api_version: str = V1,
+) -> list[dict[str, Any]]:
+    """[MutatingAdmissionPolicy, binding, params ConfigMap] of a Patch-mode policy's Redirect."""
+    conditions = {
+        "some-replica-unusable": "string(params.data.unusable) != ''",
+        "on-unusable-host": _ON_UNUSABLE_HOST,
+    }
+    name = redirect_names(policy, name_prefix)
+    return [
+        *_policy_and_binding(policy, name, operator_namespace, api_version, conditions, REDIRECT_VARIABLES),
+        redirect_params(policy, redirect, operator_namespace, name_prefix),
+    ]
+
+
+def _policy_and_binding(
+    policy: Policy,
+    name: str,
+    operator_namespace: str,
+    api_version: str,
+    conditions: Mapping[str, str],
+    variables: tuple[tuple[str, str], ...],
+) -> list[dict[str, Any]]:
     if api_version not in API_VERSIONS:
         raise ValueError(f"MutatingAdmissionPolicy is not served as {api_version}")
-    name = object_names(policy, name_prefix)
     excluded = {
         "key": NAMESPACE_NAME_LABEL,
         "operator": "NotIn",
         "values": sorted({SYSTEM_NAMESPACE, operator_namespace}),
     }
     pods_created = [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]
+    not_skipped = f"object.metadata.?annotations[?'{ANNOTATION_SKIP}'].orValue('').lowerAscii() != 'true'"
     map_object: dict[str, Any] = {
         "apiVersion": api_version,
         "kind": "MutatingAdmissionPolicy",
@@ -236,16 +367,10 @@ def policy_objects(
                 "namespaceSelector": _selector(LabelSelector(), excluded),
             },
             "matchConditions": [
-                {
-                    "name": "not-skipped",
-                    "expression": (
-                        f"object.metadata.?annotations[?'{ANNOTATION_SKIP}'].orValue('').lowerAscii() != 'true'"
-                    ),
-                },
-                {"name": "not-global", "expression": f"params.data.region != '{GLOBAL_REGION}'"},
-                {"name": "on-registry", "expression": _ON_REGISTRY},
+                {"name": "not-skipped", "expression": not_skipped},
+                *({"name": n, "expression": e} for n, e in conditions.items()),
             ],
-            "variables": [{"name": n, "expression": e} for n, e in VARIABLES],
+            "variables": [{"name": n, "expression": e} for n, e in variables],
             "mutations": [
                 {"patchType": "ApplyConfiguration", "applyConfiguration": {"expression": mutation_expression()}}
             ],
@@ -269,7 +394,7 @@ def policy_objects(
             "matchResources": match_resources,
         },
     }
-    return [map_object, binding, params_configmap(policy, target, operator_namespace, name_prefix)]
+    return [map_object, binding]
 
 
 def served(api_resources_json: str | bytes | Mapping[str, Any], api_version: str) -> bool:

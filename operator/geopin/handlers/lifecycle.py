@@ -88,6 +88,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: 
     memo.kubes = (replica_kube, kube)
     runtime = Runtime(config, kube, mutating_policies=await _mutating_policies(config, kube))
     runtime.book.no_redirect_path = no_redirect_path(config, runtime.mutating_policies is not None)
+    if runtime.mutating_policies is not None:
+        runtime.book.redirect_path = "the API server's MutatingAdmissionPolicy"
     if runtime.book.no_redirect_path is not None:
         logger.info("strategy: Redirect falls back to paced Repoint: %s", runtime.book.no_redirect_path)
     await runtime.cluster.prime(kube)
@@ -154,13 +156,14 @@ async def _mutating_policies(config: RunConfig, kube: Kube) -> MutatingPolicySyn
 
 
 def no_redirect_path(config: RunConfig, admission_policies: bool) -> str | None:
-    """Why new Pods cannot be redirected at admission (None: geopin's webhook sees every new Pod)."""
+    """Why new Pods cannot be redirected at admission (None: a MutatingAdmissionPolicy redirects them, or
+    geopin's webhook sees every new Pod)."""
+    if admission_policies:
+        return None
     if not config.webhook_port:
         return "geopin serves no admission webhook (geopin run --webhook-port; the chart's webhook.enabled)"
     if not config.webhook_config:
         return "geopin keeps no MutatingWebhookConfiguration in step (geopin run --webhook-config)"
-    if admission_policies:
-        return "Pods are admitted through MutatingAdmissionPolicy, which carries no redirect yet"
     return None
 
 
