@@ -147,3 +147,91 @@ def test_the_api_server_pins_pods_even_with_the_operator_down(
         assert remaining == []
         operator.stop()
     api.close()
+
+
+def test_redirect_through_the_api_server_moves_new_pods_and_writes_no_template(
+    cluster: ControlPlane, ca: CA, map_api_server: MapApiServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Patch mode, failover.strategy: Redirect (the default) where MutatingAdmissionPolicy is served:
+    during the hold, the API server moves new Pods off the dead replica's host; no template is written."""
+    install_crd(cluster)
+    api: Any = cluster.api_client()
+    core: Any = client.CoreV1Api(api)
+    apps: Any = client.AppsV1Api(api)
+    custom: Any = client.CustomObjectsApi(api)
+    registry = "redirect.azurecr.io"
+    for namespace in ("geopin-system", "orders"):
+        try:
+            core.create_namespace({"metadata": {"name": namespace}})
+        except client.ApiException as e:
+            if e.status != 409:
+                raise
+    with RegistrySet(ca) as registries:
+        east, west = registries["eastus"].endpoint, registries["westus"].endpoint
+        operator = Operator(cluster, tmp_path_factory.mktemp("map-redirect-operator"))
+        operator.start()
+        custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "RegistryPolicy",
+            "metadata": {"name": "orders"},
+            "spec": {
+                "registry": registry,
+                "region": "eastus",
+                "replicas": [{"region": r, "endpoint": registries[r].endpoint} for r in ("eastus", "westus")],
+                "probe": {"caBundle": ca.cert_pem.decode(), "intervalSeconds": 1, "failureThreshold": 2},
+                "replicationCheck": False,
+            },
+        })  # fmt: skip
+        apps.create_namespaced_deployment("orders", {
+            "metadata": {"name": "api"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "api"}},
+                "template": {"metadata": {"labels": {"app": "api"}},
+                             "spec": {"containers": [{"name": "api", "image": f"{registry}/orders/api:1"}]}},
+            },
+        })  # fmt: skip
+
+        def template() -> str:
+            return str(apps.read_namespaced_deployment("api", "orders").spec.template.spec.containers[0].image)
+
+        def params() -> dict[str, str]:
+            try:
+                data: dict[str, str] = core.read_namespaced_config_map("geopin-redirect-orders", "geopin-system").data
+            except client.ApiException:
+                return {}
+            return data
+
+        def images() -> list[str]:
+            pods = core.list_namespaced_pod("orders", label_selector="app=api").items
+            return sorted(p.spec.containers[0].image for p in pods)
+
+        def path() -> dict[str, Any] | None:
+            status = custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, "orders").get("status") or {}
+            return next((c for c in status.get("conditions") or [] if c["type"] == "FailoverPath"), None)
+
+        try:
+            wait_until(lambda: template() == f"{east}/orders/api:1", timeout=60, what="the template pinned to eastus")
+            condition = wait_until(path, timeout=30, what="the FailoverPath condition")
+            assert (condition["status"], condition["reason"]) == ("True", "Redirect"), condition
+            assert "MutatingAdmissionPolicy" in condition["message"], condition
+            wait_until(lambda: params().get("unusable") == "", timeout=30, what="the redirect's params, idle")
+            mark = cluster.audit_line_count()
+
+            registries["eastus"].stop()
+            wait_until(lambda: params().get("unusable") == east.lower(), timeout=60, what="eastus listed unusable")
+            assert params()["endpoint"] == west
+            apps.patch_namespaced_deployment_scale("api", "orders", {"spec": {"replicas": 2}})
+            wait_until(lambda: f"{west}/orders/api:1" in images(), timeout=60, what="the new Pod redirected to westus")
+            assert template() == f"{east}/orders/api:1"  # the hold: the template keeps its pin
+            assert cluster.audit_writes(mark, "deployments", operator.user) == 0
+            # one write per switch: the params ConfigMap, nothing else of geopin's admission objects
+            assert cluster.audit_writes(mark, "configmaps", operator.user) == 1
+            assert cluster.audit_writes(mark, "mutatingadmissionpolicies", operator.user) == 0
+        finally:
+            registries["eastus"].heal()
+            custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "orders")
+            wait_until(lambda: not params(), timeout=60, what="the redirect's objects removed with the policy")
+            operator.stop()
+            apps.delete_namespaced_deployment("api", "orders")
+            api.close()
