@@ -99,7 +99,8 @@ def test_the_api_server_pins_pods_even_with_the_operator_down(
 
         wait_until(a_probe_pod_is_pinned, timeout=60, interval=0.5, what="the admission policy in effect")
         objects = admission.list_cluster_custom_object(group, version, "mutatingadmissionpolicies")["items"]
-        assert [o["metadata"]["name"] for o in objects] == ["geopin-mapolicy"]
+        # geopin-params-anchor keeps the API server's ConfigMap params informer alive (core.mutating_policy).
+        assert sorted(o["metadata"]["name"] for o in objects) == ["geopin-mapolicy", "geopin-params-anchor"]
 
         apps.create_namespaced_deployment(
             "shop",
@@ -144,7 +145,7 @@ def test_the_api_server_pins_pods_even_with_the_operator_down(
         custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, "mapolicy")
         wait_until(lambda: not params(), timeout=60, what="the params ConfigMap removed with the policy")
         remaining = admission.list_cluster_custom_object(group, version, "mutatingadmissionpolicies")["items"]
-        assert remaining == []
+        assert [o["metadata"]["name"] for o in remaining] == ["geopin-params-anchor"]
         operator.stop()
     api.close()
 
@@ -153,7 +154,10 @@ def test_redirect_through_the_api_server_moves_new_pods_and_writes_no_template(
     cluster: ControlPlane, ca: CA, map_api_server: MapApiServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Patch mode, failover.strategy: Redirect (the default) where MutatingAdmissionPolicy is served:
-    during the hold, the API server moves new Pods off the dead replica's host; no template is written."""
+    during the hold, the API server moves new Pods off the dead replica's host; no template is written.
+
+    After the test above, whose policy deletion removed the last binding of geopin's own policies:
+    without geopin's anchor binding the API server would never read these params (kubernetes#130887)."""
     install_crd(cluster)
     api: Any = cluster.api_client()
     core: Any = client.CoreV1Api(api)
@@ -178,14 +182,16 @@ def test_redirect_through_the_api_server_moves_new_pods_and_writes_no_template(
                 "registry": registry,
                 "region": "eastus",
                 "replicas": [{"region": r, "endpoint": registries[r].endpoint} for r in ("eastus", "westus")],
-                "probe": {"caBundle": ca.cert_pem.decode(), "intervalSeconds": 1, "failureThreshold": 2},
+                "probe": {"caBundle": ca.cert_pem.decode(), "intervalSeconds": 1, "timeoutSeconds": 1,
+                          "failureThreshold": 2},
                 "replicationCheck": False,
             },
         })  # fmt: skip
         apps.create_namespaced_deployment("orders", {
             "metadata": {"name": "api"},
             "spec": {
-                "replicas": 1,
+                # No kubelet here, so no rollout ever completes: Pods only after the pin, from one ReplicaSet.
+                "replicas": 0,
                 "selector": {"matchLabels": {"app": "api"}},
                 "template": {"metadata": {"labels": {"app": "api"}},
                              "spec": {"containers": [{"name": "api", "image": f"{registry}/orders/api:1"}]}},
@@ -221,8 +227,19 @@ def test_redirect_through_the_api_server_moves_new_pods_and_writes_no_template(
             registries["eastus"].stop()
             wait_until(lambda: params().get("unusable") == east.lower(), timeout=60, what="eastus listed unusable")
             assert params()["endpoint"] == west
-            apps.patch_namespaced_deployment_scale("api", "orders", {"spec": {"replicas": 2}})
-            wait_until(lambda: f"{west}/orders/api:1" in images(), timeout=60, what="the new Pod redirected to westus")
+            probes = iter(range(1000))
+
+            def a_probe_pod_is_redirected() -> bool:
+                name = f"probe-{next(probes)}"
+                spec = {"containers": [{"name": "p", "image": f"{east}/orders/api:1"}]}
+                pod = core.create_namespaced_pod("orders", {"metadata": {"name": name}, "spec": spec})
+                core.delete_namespaced_pod(name, "orders", grace_period_seconds=0)
+                return bool(pod.spec.containers[0].image == f"{west}/orders/api:1")
+
+            # The API server reads the params through an informer: a moment after the write, Pods follow.
+            wait_until(a_probe_pod_is_redirected, timeout=30, interval=0.2, what="the API server redirecting")
+            apps.patch_namespaced_deployment_scale("api", "orders", {"spec": {"replicas": 1}})
+            wait_until(lambda: images() == [f"{west}/orders/api:1"], timeout=60, what="the Pod redirected to westus")
             assert template() == f"{east}/orders/api:1"  # the hold: the template keeps its pin
             assert cluster.audit_writes(mark, "deployments", operator.user) == 0
             # one write per switch: the params ConfigMap, nothing else of geopin's admission objects

@@ -365,3 +365,18 @@ def test_redirect_objects_are_named_apart_and_carry_the_switch_in_their_params()
     assert spec["failurePolicy"] == "Ignore"
     binding = found["MutatingAdmissionPolicyBinding"]["spec"]
     assert binding["paramRef"]["name"] == "geopin-redirect-contoso"
+
+
+def test_the_anchor_binds_configmap_params_and_matches_nothing() -> None:
+    from geopin.core.mutating_policy import anchor_objects
+
+    found = {o["kind"]: o for o in anchor_objects(OPERATOR_NAMESPACE)}
+    spec = found["MutatingAdmissionPolicy"]["spec"]
+    assert spec["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    assert spec["matchConditions"] == [{"name": "never", "expression": "false"}]
+    own = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["geopin-system"]}]}
+    assert spec["matchConstraints"]["namespaceSelector"] == own
+    binding = found["MutatingAdmissionPolicyBinding"]["spec"]
+    assert binding["policyName"] == "geopin-params-anchor"
+    assert binding["paramRef"]["parameterNotFoundAction"] == "Allow"
+    assert binding["matchResources"]["namespaceSelector"] == own

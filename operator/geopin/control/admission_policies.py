@@ -16,6 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from geopin.core.mutating_policy import (
     API_VERSIONS,
     Redirect,
+    anchor_objects,
     params_configmap,
     policy_objects,
     redirect_objects,
@@ -66,8 +67,14 @@ class MutatingPolicySync:
         self.api_version = api_version  # what mutating_policies_served() found
         self._applied: dict[str, tuple[Policy, str]] = {}  # policy name → (spec applied, region applied)
         self._redirects: dict[str, tuple[Policy, Redirect]] = {}  # policy name → (spec, redirect applied)
+        self._anchored = False
 
     async def _apply(self, body: dict[str, Any]) -> None:
+        if not self._anchored:
+            # Before any policy's binding, and never deleted: see core.mutating_policy (the anchor).
+            for anchor in anchor_objects(self.operator_namespace, api_version=self.api_version):
+                await self.kube.create_or_replace(_path(anchor), anchor)
+            self._anchored = True
         await self.kube.create_or_replace(_path(body), body)
 
     async def sync(self, policy: Policy, target: Target) -> None:
@@ -116,6 +123,11 @@ class MutatingPolicySync:
         nowhere = Redirect((), _NOWHERE)
         await self._delete(redirect_objects(policy, nowhere, self.operator_namespace, api_version=self.api_version))
         self._redirects.pop(policy.name, None)
+
+    async def forget(self, policy: Policy) -> None:
+        """The policy is deleted: every object geopin kept for it goes (those never made are a 404)."""
+        await self.remove(policy)
+        await self.remove_redirect(policy)
 
     def redirect_applied(self, name: str) -> bool:
         return name in self._redirects

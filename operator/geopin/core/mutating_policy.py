@@ -37,6 +37,13 @@ ConfigMap holds the unusable hosts, empty while every replica is usable (a match
 every Pod): a switch is again one write. It cannot read the Pod's owner, so unlike the webhook it also
 moves a Pod someone pinned by hand to a dead replica's host; it has no per-Pod metric or Event.
 
+**The anchor** (:func:`anchor_objects`). kube-apiserver stops the informer of a built-in ``paramKind``
+(our ConfigMap) for good as soon as no binding names it, and a policy bound later then never finds its
+params (kubernetes/kubernetes#130887, #133827: only an API server restart recovers). With
+``parameterNotFoundAction: Allow`` that means Pods silently unpinned after, say, the last policy was
+deleted and a new one created. So geopin keeps one binding naming ConfigMap params for as long as it
+uses this mechanism: a policy whose match condition is ``false``, scoped to its own namespace.
+
 What the webhook does and a MAP does not: per-workload ``geopin.io/region`` preferences and replication
 awareness (the API server cannot ask a registry), ``pods/ephemeralContainers``, the 255-character name
 limit of a reference, and metrics/Events for admissions (``InvalidImageReference`` is not reported).
@@ -62,6 +69,7 @@ __all__ = [
     "POLICY_RESOURCE",
     "REMAINDER_PATTERN",
     "Redirect",
+    "anchor_objects",
     "mutation_expression",
     "object_names",
     "params_configmap",
@@ -395,6 +403,49 @@ def _policy_and_binding(
         },
     }
     return [map_object, binding]
+
+
+ANCHOR = "params-anchor"
+
+
+def anchor_objects(
+    operator_namespace: str, name_prefix: str = "geopin", *, api_version: str = V1
+) -> list[dict[str, Any]]:
+    """[MutatingAdmissionPolicy, binding] that keep the API server's ConfigMap params informer alive: they
+    match no request (a ``false`` match condition, Pods of the operator's namespace only) and mutate nothing."""
+    if api_version not in API_VERSIONS:
+        raise ValueError(f"MutatingAdmissionPolicy is not served as {api_version}")
+    name = f"{name_prefix}-{ANCHOR}"
+    metadata = {"name": name, "labels": dict(LABELS)}
+    own_namespace = {
+        "matchExpressions": [{"key": NAMESPACE_NAME_LABEL, "operator": "In", "values": [operator_namespace]}]
+    }
+    pods_created = [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}]
+    return [
+        {
+            "apiVersion": api_version,
+            "kind": "MutatingAdmissionPolicy",
+            "metadata": metadata,
+            "spec": {
+                "paramKind": {"apiVersion": "v1", "kind": "ConfigMap"},
+                "matchConstraints": {"resourceRules": pods_created, "namespaceSelector": own_namespace},
+                "matchConditions": [{"name": "never", "expression": "false"}],
+                "mutations": [{"patchType": "ApplyConfiguration", "applyConfiguration": {"expression": "Object{}"}}],
+                "failurePolicy": "Ignore",
+                "reinvocationPolicy": "Never",
+            },
+        },
+        {
+            "apiVersion": api_version,
+            "kind": "MutatingAdmissionPolicyBinding",
+            "metadata": metadata,
+            "spec": {
+                "policyName": name,
+                "paramRef": {"name": name, "namespace": operator_namespace, "parameterNotFoundAction": "Allow"},
+                "matchResources": {"namespaceSelector": own_namespace, "resourceRules": pods_created},
+            },
+        },
+    ]
 
 
 def served(api_resources_json: str | bytes | Mapping[str, Any], api_version: str) -> bool:

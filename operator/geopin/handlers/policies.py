@@ -67,6 +67,6 @@ async def policy_deleted(name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) 
     if remaining:
         raise kopf.TemporaryError(f"restoring {remaining} workloads", delay=1)
     if runtime.mutating_policies is not None and runtime.leading:
-        await runtime.mutating_policies.remove(entry.policy)
+        await runtime.mutating_policies.forget(entry.policy)
     await runtime.policy_forgotten(name)
     kopf.info(body, reason="Restored", message="every workload's original images are restored")
