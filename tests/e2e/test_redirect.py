@@ -38,7 +38,8 @@ POLICY = "contoso"
 REPO, TAG = "shop/web", "1"
 RELEASE = CONFIG = "geopin-redirect-e2e"  # the chart names the configuration after the release
 PULL_TIMEOUT = 120.0
-DEPLOYMENTS = 10
+# GEOPIN_REDIRECT_DEPLOYMENTS=30 GEOPIN_OUTAGE_SECONDS=120: the figures of docs/operations.md.
+DEPLOYMENTS = int(os.environ.get("GEOPIN_REDIRECT_DEPLOYMENTS") or 10)
 # Well past detection (about 5 s), so a repoint would have shown; GEOPIN_OUTAGE_SECONDS=120 for the long run.
 OUTAGE_SECONDS = float(os.environ.get("GEOPIN_OUTAGE_SECONDS") or 15)
 
