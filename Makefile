@@ -119,3 +119,13 @@ bench: prereqs $(STAMP) controlplane nodes ## every benchmark at full size (abou
 
 bench-smoke: prereqs $(STAMP) controlplane nodes ## every benchmark at smoke size (about 4 min), results in a temp dir
 	$(BIN)/python -m bench --smoke $(BENCH_ARGS)
+
+# -- the chaos soak (bench/soak.py, docs/reliability.md): exits 1 on a violated invariant -------------------
+.PHONY: soak soak-smoke
+SEED ?= 1
+
+soak: prereqs $(STAMP) controlplane ## random faults for 20 minutes, invariants checked throughout (SEED=n)
+	$(BIN)/python -m bench soak --seed $(SEED) $(SOAK_ARGS)
+
+soak-smoke: prereqs $(STAMP) controlplane ## the soak for 2 minutes (about 3 min in all), results in a temp dir
+	$(BIN)/python -m bench soak --smoke --seed $(SEED) $(SOAK_ARGS)

@@ -1,4 +1,7 @@
-"""`python -m bench [--smoke] [failover|steady|admission|probe-hang|pods ...]`: run benchmarks in sequence.
+"""`python -m bench [--smoke] [failover|steady|admission|probe-hang|pods|soak ...]`: run benchmarks in sequence.
+
+`soak` (the chaos soak, bench/soak.py) runs only when named: `python -m bench soak --minutes 20 --seed 7`;
+it exits 1 when an invariant was violated.
 
 Results go to bench/results/ (or $BENCH_RESULTS_DIR) as <name>-<timestamp>.json; a smoke run's go to a
 new temp directory unless BENCH_RESULTS_DIR is set, so that it leaves nothing in the checkout.
@@ -14,24 +17,32 @@ import time
 
 from bench.env import say
 
-NAMES = ("failover", "steady", "admission", "probe-hang", "pods")
+NAMES = ("failover", "steady", "admission", "probe-hang", "pods")  # the default run
+SOAK = "soak"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=[*NAMES, []], help="benchmarks to run (default: all)")
+    parser.add_argument(
+        "names", nargs="*", choices=[*NAMES, SOAK, []], help="benchmarks to run (default: all but soak)"
+    )
     parser.add_argument("--smoke", action="store_true", help="small sizes and short windows (what CI runs)")
     parser.add_argument("--sizes", help="failover: comma-separated N values (default 100,1000,5000; smoke 50)")
     parser.add_argument("--rounds", type=int, help="failover: outages per N up to 1,000 (default 3; smoke 1)")
     parser.add_argument("--deployments", type=int, help="steady: Deployments (default 10000; smoke 300)")
     parser.add_argument("--pods-sizes", help="pods: comma-separated N values (default 100,1000; smoke 10)")
     parser.add_argument("--global-delay", type=float, help="pods: the global endpoint's failover delay (60; smoke 6)")
-    parser.add_argument("--strategies", help="pods: comma-separated (default Redirect,Repoint,Repoint-unpaced; smoke Redirect)")
+    parser.add_argument(
+        "--strategies", help="pods: comma-separated (default Redirect,Repoint,Repoint-unpaced; smoke Redirect)"
+    )
+    parser.add_argument("--minutes", type=float, help="soak: how long the faults run (default 20; smoke 2)")
+    parser.add_argument("--seed", type=int, default=1, help="soak: the fault schedule's seed (default 1)")
     args = parser.parse_args(argv)
     if args.smoke and not os.environ.get("BENCH_RESULTS_DIR"):
         os.environ["BENCH_RESULTS_DIR"] = tempfile.mkdtemp(prefix="geopin-bench-smoke-")
     names = args.names or list(NAMES)
     began = time.monotonic()
+    failed = 0
     for name in names:
         say(f"== {name}{' (smoke)' if args.smoke else ''}")
         if name == "failover":
@@ -67,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
             pods.run(
                 sizes or (pods.SMOKE_SIZES if args.smoke else pods.FULL_SIZES), rounds, delay, strategies or default
             )
+        elif name == SOAK:
+            from bench import soak
+
+            failed |= soak.run(args.minutes or (soak.SMOKE_MINUTES if args.smoke else soak.FULL_MINUTES), args.seed)
         else:
             from bench import probe_hang
 
             probe_hang.run(probe_hang.SMOKE_SECONDS if args.smoke else probe_hang.FULL_SECONDS)
     say(f"done in {time.monotonic() - began:.0f}s")
-    return 0
+    return failed
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -191,6 +192,28 @@ class ControlPlane(procs.Service):
             if self._owns_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
                 self._owns_workdir = False
+
+    # -- faults --------------------------------------------------------------------------------
+
+    def _process(self, name: str) -> procs.Process:
+        return next(p for p in self.processes if p.name == name)
+
+    def restart_apiserver(self, timeout: float = 60.0) -> None:
+        """SIGTERM kube-apiserver and start it again with the same flags (the audit log continues);
+        returns once /readyz answers."""
+        old = self._process("kube-apiserver")
+        procs.terminate([old], timeout=10.0)
+        self.processes.remove(old)
+        self._spawn("kube-apiserver", old.argv)
+        with httpx.Client(verify=self.ca.ssl_context(self.admin), timeout=2.0) as http:
+            self._wait_ok(http, f"{self.url}/readyz", "kube-apiserver /readyz", time.monotonic() + timeout)
+
+    def pause_etcd(self) -> None:
+        """SIGSTOP etcd: every API request that needs storage hangs until resume_etcd()."""
+        self._process("etcd").popen.send_signal(signal.SIGSTOP)
+
+    def resume_etcd(self) -> None:
+        self._process("etcd").popen.send_signal(signal.SIGCONT)
 
     # -- start ---------------------------------------------------------------------------------
 

@@ -1,0 +1,228 @@
+"""Chaos soak: a seeded random schedule of faults, and invariants checked while it runs and at the end.
+
+`python -m bench soak --minutes 20 --seed S` (`make soak`; `make soak-smoke` runs 2 minutes). The
+environment: a real control plane (etcd, kube-apiserver, kube-controller-manager), three registry
+replicas each behind a fault proxy, two geopin replicas with leader election, two policies (two
+registries) over 300 Deployments in three namespaces. One fault at a time, 3 to 8 s apart, each undone
+15 to 40 s later or at once (bench/soak_faults.py). Users edit, create and delete Deployments
+meanwhile. Then everything is healed, the policies are deleted, and every surviving Deployment must be
+its user's intent again.
+
+The invariants (bench/soak_checks.py) are read from the objects, the proxies' and registries' state,
+the operators' logs and /proc, and the API server's audit log. A violation prints the seed, the fault
+timeline and the first bad object, and the run exits 1. The same seed gives the same schedule.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from tests.harness.controlplane import ControlPlane
+from tests.harness.faultproxy import FaultProxy
+from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.objects import deployment, registry_policy
+from tests.harness.pki import CA
+from tests.harness.registries import RegistrySet
+from tests.harness.waiting import wait_until
+
+from bench import soak_checks
+from bench.env import GROUP, PLURAL, VERSION, say, table, write_result
+from bench.soak_faults import Schedule
+
+NAME = "soak"
+FULL_MINUTES, SMOKE_MINUTES = 20.0, 2.0
+REGIONS = ("eastus", "westus", "centralus")
+LEASE = "geopin-soak"
+# policy -> (registry, its namespaces)
+POLICIES = {
+    "alpha": ("alpha.azurecr.io", ("soak-a1", "soak-a2")),
+    "beta": ("beta.azurecr.io", ("soak-b1",)),
+}
+PER_NAMESPACE = 100
+SAMPLE_SECONDS = 2.0
+
+
+class SoakEnv:
+    """The environment, what the users intend, and what the checker reads."""
+
+    def __init__(self, stack: ExitStack, workdir: Path) -> None:
+        ca = CA(workdir / "pki")
+        self.ca = ca
+        self.cp = stack.enter_context(ControlPlane(ca=ca, workdir=workdir / "cp"))
+        self.registries = stack.enter_context(RegistrySet(ca, workdir=workdir / "registries"))
+        self.proxies = {r: stack.enter_context(FaultProxy(self.registries[r].endpoint, ca)) for r in REGIONS}
+        install_crd(self.cp)
+        api = stack.enter_context(self.cp.api_client())
+        self.core: Any = client.CoreV1Api(api)
+        self.apps: Any = client.AppsV1Api(api)
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.coordination: Any = client.CoordinationV1Api(api)
+        self.operators = [
+            Operator(self.cp, _mkdir(workdir / f"geopin-{i}"), user=f"geopin-soak-{i}", env={"HOSTNAME": f"soak-{i}"})
+            for i in range(2)
+        ]
+        for operator in self.operators:
+            stack.callback(operator.stop)
+        # (namespace, name) -> the image its user wants; guarded by `lock` with every user edit and every
+        # sample, so that a sample never sees an edit half made.
+        self.intent: dict[tuple[str, str], str] = {}
+        self.lock = threading.Lock()
+
+    def policy_body(self, name: str, order: tuple[str, ...] = REGIONS) -> dict[str, Any]:
+        registry, namespaces = POLICIES[name]
+        spec = {
+            "registry": registry,
+            "region": "eastus",
+            "replicas": [{"region": r, "endpoint": self.proxies[r].endpoint} for r in order],
+            "probe": {
+                "caBundle": self.ca.cert_pem.decode(),
+                "intervalSeconds": 1,
+                "timeoutSeconds": 1,
+                "failureThreshold": 2,
+                "failbackDelaySeconds": 5,
+            },
+            "replicationCheck": False,
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(namespaces)}
+            ]},
+            "failover": {"strategy": "Repoint", "maxRepointsPerSecond": 100},
+        }  # fmt: skip
+        return registry_policy(name, spec)
+
+    def create(self) -> None:
+        self.core.create_namespace({"metadata": {"name": "geopin-system"}})
+        for name, (registry, namespaces) in POLICIES.items():
+            for namespace in namespaces:
+                self.core.create_namespace({"metadata": {"name": namespace}})
+                for i in range(PER_NAMESPACE):
+                    self.create_deployment(namespace, f"app-{i}", f"{registry}/soak/app-{i}:1")
+            self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, self.policy_body(name))
+        for operator in self.operators:
+            operator.start("--leader-election", "--lease-name", LEASE)
+
+    def create_deployment(self, namespace: str, name: str, image: str) -> None:
+        body = deployment(name, image, labels={"app": name})
+        body["spec"]["replicas"] = 0  # no kubelet here: the templates are what geopin writes
+        with self.lock:
+            try:
+                self.apps.create_namespaced_deployment(namespace, body)
+            except client.ApiException as e:
+                if e.status != 409:  # made by an attempt whose answer was lost (the API server restarted)
+                    raise
+            self.intent[(namespace, name)] = image
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        with self.lock:
+            try:
+                self.apps.delete_namespaced_deployment(name, namespace)
+            except client.ApiException as e:
+                if e.status != 404:  # deleted by an attempt whose answer was lost
+                    raise
+            del self.intent[(namespace, name)]
+
+    def edit_image(self, namespace: str, name: str, image: str) -> None:
+        """A user's own edit (a strategic merge patch, as kubectl set image sends)."""
+        patch = {"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}}
+        with self.lock:
+            self.apps.patch_namespaced_deployment(name, namespace, patch)
+            self.intent[(namespace, name)] = image
+
+    def templates(self) -> dict[tuple[str, str], tuple[str, dict[str, str]]]:
+        """(namespace, name) -> (image, annotations) of every Deployment of the soak."""
+        found = {}
+        for _, (_, namespaces) in POLICIES.items():
+            for namespace in namespaces:
+                for d in self.apps.list_namespaced_deployment(namespace).items:
+                    found[(namespace, d.metadata.name)] = (
+                        d.spec.template.spec.containers[0].image,
+                        dict(d.metadata.annotations or {}),
+                    )
+        return found
+
+    def holder(self) -> str | None:
+        try:
+            lease = self.coordination.read_namespaced_lease(LEASE, "geopin-system")
+        except client.ApiException:
+            return None
+        return str(lease.spec.holder_identity or "") or None
+
+    def leader(self) -> Operator | None:
+        holder = self.holder() or ""
+        return next((o for o in self.operators if o.identity and holder.startswith(o.identity)), None)
+
+    def active_regions(self) -> dict[str, str]:
+        found = {}
+        for name in POLICIES:
+            try:
+                body = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+            except client.ApiException:
+                continue
+            found[name] = str((body.get("status") or {}).get("activeRegion") or "")
+        return found
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run(minutes: float, seed: int) -> int:
+    """One soak; 0 when no invariant was violated, else 1."""
+    workdir = Path(tempfile.mkdtemp(prefix="gp-soak-"))
+    rng = random.Random(seed)
+    try:
+        with ExitStack() as stack:
+            say(f"soak: seed {seed}, {minutes:g} min; control plane, 3 replicas behind fault proxies, 2 geopins")
+            env = SoakEnv(stack, workdir)
+            version = str(client.VersionApi(env.core.api_client).get_code().git_version)
+            env.create()
+            checker = soak_checks.Checker(env, seed)
+            wait_until(checker.settled, timeout=180, interval=1.0, what="every Deployment pinned to eastus")
+            mark = env.cp.audit_line_count()
+            schedule = Schedule(env, rng, checker)
+            schedule.start(minutes * 60)
+            began = time.monotonic()
+            while schedule.running():
+                checker.sample(time.monotonic() - began)
+                time.sleep(SAMPLE_SECONDS)  # the sampling period of the running checks, not a synchronisation
+            schedule.join()
+            say("soak: faults over; healing everything and waiting for geopin to settle")
+            schedule.heal_all()
+            wait_until(checker.settled, timeout=180, interval=1.0, what="every Deployment back on eastus")
+            checker.sample(time.monotonic() - began)
+            say("soak: deleting the policies: every Deployment must be its user's intent again")
+            for name in POLICIES:
+                env.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+            wait_until(lambda: not env.active_regions(), timeout=180, interval=1.0, what="both policies gone")
+            checker.final(mark)
+            figures = checker.figures(schedule, mark)
+            _report(figures)
+            write_result(NAME, version, {"minutes": minutes, "seed": seed, "deployments": len(env.intent)}, figures)
+            if checker.violations:
+                checker.explain(schedule)
+                return 1
+            return 0
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _report(figures: dict[str, Any]) -> None:
+    table(
+        "chaos soak: faults injected",
+        ["fault", "count"],
+        sorted(figures["faults"].items()),
+    )
+    table(
+        "chaos soak: what geopin did, and the invariants",
+        ["switches seen", "template writes", "max writes/10 s on one Deployment", "max RSS (MB)", "violations"],
+        [[figures["switches"], figures["template_writes"], figures["max_writes_per_window"],
+          figures["max_rss_mb"], len(figures["violations"])]],
+    )  # fmt: skip

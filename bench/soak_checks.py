@@ -1,0 +1,204 @@
+"""The soak's invariants, checked while the faults run (every sample) and at the end.
+
+1. No workload is left pinned to a replica that has been down (SIGKILLed, SIGSTOPped, 503, hanging,
+   dropping) for longer than BUDGET_SECONDS, unless geopin itself was disrupted within that time.
+2. Every user edit survives: the image's path (all but the host) is always the user's.
+3. After the policies are deleted, every surviving Deployment holds exactly its user's image, and no
+   geopin annotation is left.
+4. Never two writers: every template or status write by a geopin replica was received while that
+   replica held the Lease (the last successful Lease write before it, by the API server's clock).
+5. Writes are bounded: at most MAX_WRITES_PER_WINDOW to one Deployment in any WINDOW_SECONDS.
+6. No traceback in any geopin log; each geopin's RSS stays under MAX_RSS_MB.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from bench.env import say
+
+if TYPE_CHECKING:
+    from bench.soak import SoakEnv
+    from bench.soak_faults import Schedule
+
+BUDGET_SECONDS = 45.0  # detection (2 failed probes, 1 s apart) + a repoint of 300 + a leader handover
+WINDOW_SECONDS, MAX_WRITES_PER_WINDOW = 10.0, 4
+MAX_RSS_MB = 400.0
+GEOPIN_WRITES = frozenset({("deployments", None), ("registrypolicies", "status")})
+
+
+class Checker:
+    def __init__(self, env: SoakEnv, seed: int) -> None:
+        self.env = env
+        self.seed = seed
+        self.violations: list[str] = []
+        self._down: dict[str, tuple[float, str]] = {}  # region -> (since, why), monotonic
+        self._disrupted = -math.inf
+        self._lock = threading.Lock()
+        self._active: dict[str, str] = {}
+        self.switches = 0
+        self.max_rss_mb = 0.0
+
+    # -- ground truth, from the schedule ------------------------------------------------------------
+
+    def down(self, region: str, why: str) -> None:
+        with self._lock:
+            self._down.setdefault(region, (time.monotonic(), why))
+
+    def up(self, region: str) -> None:
+        with self._lock:
+            self._down.pop(region, None)
+
+    def down_reason(self, region: str) -> str | None:
+        with self._lock:
+            found = self._down.get(region)
+        return found[1] if found else None
+
+    def disrupted(self, _at: float) -> None:
+        self._disrupted = time.monotonic()
+
+    def healed_everything(self) -> None:
+        with self._lock:
+            self._down.clear()
+
+    # -- while it runs --------------------------------------------------------------------------------
+
+    def settled(self) -> bool:
+        """Every Deployment on eastus: its user's image with eastus's endpoint as the host."""
+        with self.env.lock:
+            templates, intent = self.env.templates(), dict(self.env.intent)
+        home = self.env.proxies["eastus"].endpoint
+        return templates.keys() == intent.keys() and all(
+            image == f"{home}/{intent[key].split('/', 1)[1]}" for key, (image, _) in templates.items()
+        )
+
+    def sample(self, at: float) -> None:
+        env = self.env
+        with env.lock:
+            templates, intent = env.templates(), dict(env.intent)
+        for key, (image, _) in sorted(templates.items()):
+            wanted = intent.get(key)
+            if wanted is not None and image.split("/", 1)[1] != wanted.split("/", 1)[1]:
+                self._violate(
+                    f"2 (user edit lost) at {at:.0f}s: {key[0]}/{key[1]} holds {image}, the user set {wanted}"
+                )
+        now = time.monotonic()
+        with self._lock:
+            down = dict(self._down)
+        for region, (since, why) in sorted(down.items()):
+            if now - since <= BUDGET_SECONDS or now - self._disrupted <= BUDGET_SECONDS:
+                continue
+            endpoint = env.proxies[region].endpoint
+            stuck = sorted(f"{n}/{d}" for (n, d), (image, _) in templates.items() if image.startswith(f"{endpoint}/"))
+            if stuck:
+                self._violate(
+                    f"1 (left on a dead replica) at {at:.0f}s: {region} down ({why}) for {now - since:.0f}s, "
+                    f"{len(stuck)} Deployments still on it, first {stuck[0]}"
+                )
+        for policy, region in env.active_regions().items():
+            if region and self._active.get(policy) not in (None, region):
+                self.switches += 1
+            self._active[policy] = region
+        for operator in env.operators:
+            if operator.process is not None and operator.process.alive():
+                self.max_rss_mb = max(self.max_rss_mb, _rss_mb(operator.process.pid))
+        if self.max_rss_mb > MAX_RSS_MB:
+            self._violate(f"6 (memory) at {at:.0f}s: a geopin's RSS reached {self.max_rss_mb:.0f} MB")
+
+    def _violate(self, message: str) -> None:
+        if message not in self.violations:
+            self.violations.append(message)
+            say(f"  VIOLATION {message}")
+
+    # -- at the end -----------------------------------------------------------------------------------
+
+    def final(self, mark: int) -> None:
+        env = self.env
+        with env.lock:
+            templates, intent = env.templates(), dict(env.intent)
+        if templates.keys() != intent.keys():
+            self._violate(f"3 (intent): Deployments differ: {sorted(templates.keys() ^ intent.keys())[:3]}")
+        for key in sorted(templates.keys() & intent.keys()):
+            image, annotations = templates[key]
+            left = sorted(k for k in annotations if k.startswith("geopin.io/"))
+            if image != intent[key] or left:
+                self._violate(f"3 (intent): {key[0]}/{key[1]} holds {image} {left}, its user's is {intent[key]}")
+                break
+        self._check_writers(env.cp.audit_events(0), mark)
+        for operator in env.operators:
+            if "Traceback" in operator.log():
+                line = next(i for i, text in enumerate(operator.log().splitlines()) if "Traceback" in text)
+                self._violate(f"6 (traceback) in {operator.log_path} at line {line + 1}")
+
+    def _check_writers(self, events: list[dict[str, Any]], mark: int) -> None:
+        users = {operator.user for operator in self.env.operators}
+        timed = sorted(
+            (_received(e), index, e) for index, e in enumerate(events) if (e.get("user") or {}).get("username") in users
+        )
+        holder: str | None = None
+        self.writes: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for received, index, event in timed:
+            ref, user = event.get("objectRef") or {}, event["user"]["username"]
+            code = (event.get("responseStatus") or {}).get("code", 0)
+            if ref.get("resource") == "leases" and ref.get("name") == "geopin-soak" and 200 <= code < 300:
+                holder = user
+                continue
+            if (ref.get("resource"), ref.get("subresource")) not in GEOPIN_WRITES or event.get("verb") != "patch":
+                continue
+            if user != holder:
+                self._violate(
+                    f"4 (two writers): {user} patched {ref.get('resource')} {ref.get('namespace', '')}/"
+                    f"{ref.get('name')} at {event['requestReceivedTimestamp']} while {holder} held the Lease"
+                )
+            if ref.get("resource") == "deployments" and 200 <= code < 300 and index >= mark:
+                self.writes[(ref["namespace"], ref["name"])].append(received)
+        for (namespace, name), stamps in sorted(self.writes.items()):
+            busiest = max(sum(1 for t in stamps if s <= t < s + WINDOW_SECONDS) for s in stamps)
+            if busiest > MAX_WRITES_PER_WINDOW:
+                self._violate(f"5 (write storm): {namespace}/{name} written {busiest} times within {WINDOW_SECONDS:g}s")
+                break
+
+    def figures(self, schedule: Schedule, mark: int) -> dict[str, Any]:
+        writes = getattr(self, "writes", {})
+        busiest = max(
+            (max(sum(1 for t in s if a <= t < a + WINDOW_SECONDS) for a in s) for s in writes.values() if s), default=0
+        )
+        return {
+            "seed": self.seed,
+            "faults": dict(schedule.counts),
+            "switches": self.switches,
+            "template_writes": sum(len(s) for s in writes.values()),
+            "max_writes_per_window": busiest,
+            "max_rss_mb": round(self.max_rss_mb, 1),
+            "violations": list(self.violations),
+            "timeline": [[e.at, e.fault, e.detail] for e in schedule.timeline],
+        }
+
+    def explain(self, schedule: Schedule) -> None:
+        print(f"\nsoak FAILED, seed {self.seed} (python -m bench soak --seed {self.seed} reproduces the schedule)")
+        print("fault timeline (seconds since the faults began):")
+        for event in schedule.timeline:
+            print(f"  {event.at:7.1f}  {event.fault:18} {event.detail}")
+        print("violations, first first:")
+        for violation in self.violations:
+            print(f"  {violation}")
+
+
+def _received(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0

@@ -1,0 +1,270 @@
+"""The soak's faults: a seeded schedule, one fault at a time, each undone later (or at once).
+
+Each class is a real part failing as it fails in production: a registry replica SIGKILLed or
+SIGSTOPped, answering 503 or 429, hanging (requests read, never answered) or dropping connections, or
+flapping; the geopin leader SIGKILLed or SIGSTOPped for longer than its Lease; kube-apiserver
+restarted; etcd paused for 10 s; a policy edited (replicas reordered) or deleted and created again;
+users editing images, creating and deleting Deployments. What the local environment cannot fail here
+(ARM, the data endpoints, replication lag) the end-to-end tests cover one by one.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import urllib3
+from kubernetes import client
+
+from bench.env import GROUP, PLURAL, VERSION, say
+
+if TYPE_CHECKING:
+    import random
+    from collections.abc import Callable
+
+    from tests.harness.faultproxy import Mode
+
+    from bench.soak import SoakEnv
+    from bench.soak_checks import Checker
+
+GAP_SECONDS = (3.0, 8.0)
+PROXY_MODES: dict[str, Mode] = {
+    "proxy-503": "http_503",
+    "proxy-429": "http_429",
+    "proxy-stall": "stall",
+    "proxy-drop": "drop",
+}
+HOLD_SECONDS = (15.0, 40.0)
+# Faults that stop or delay geopin itself: the "no workload left on a dead replica" budget restarts.
+DISRUPTIONS = frozenset({"leader-kill", "leader-stop", "apiserver-restart", "etcd-pause", "policy-recreate"})
+WEIGHTS = {
+    "registry-kill": 3,
+    "registry-stop": 2,
+    "proxy-503": 3,
+    "proxy-429": 2,
+    "proxy-stall": 2,
+    "proxy-drop": 1,
+    "flap": 2,
+    "leader-kill": 2,
+    "leader-stop": 2,
+    "apiserver-restart": 1,
+    "etcd-pause": 1,
+    "policy-edit": 1,
+    "policy-recreate": 1,
+    "user-edit": 4,
+    "user-create-delete": 2,
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    at: float  # seconds since the schedule started
+    fault: str
+    detail: str
+
+
+class Schedule:
+    def __init__(self, env: SoakEnv, rng: random.Random, checker: Checker) -> None:
+        self.env = env
+        self.rng = rng
+        self.checker = checker
+        self.timeline: list[Event] = []
+        self.counts: Counter[str] = Counter()
+        self._undo: list[tuple[float, str, Callable[[], None]]] = []  # (when, what, how)
+        self._began = 0.0
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._created = 0
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def start(self, seconds: float) -> None:
+        self._began = time.monotonic()
+        self._thread = threading.Thread(target=self._run, args=(seconds,), name="soak-faults", daemon=True)
+        self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def now(self) -> float:
+        return time.monotonic() - self._began
+
+    def _run(self, seconds: float) -> None:
+        try:
+            kinds, weights = list(WEIGHTS), list(WEIGHTS.values())
+            while self.now() < seconds:
+                self._undo_due()
+                fault = self.rng.choices(kinds, weights)[0]
+                self._inject(fault)
+                pause = self.rng.uniform(*GAP_SECONDS)
+                deadline = time.monotonic() + pause
+                while time.monotonic() < deadline:
+                    self._undo_due()
+                    time.sleep(0.2)  # the schedule's own clock tick
+        except BaseException as e:  # reported by join() in the main thread
+            self._error = e
+
+    def _record(self, fault: str, detail: str) -> None:
+        self.timeline.append(Event(round(self.now(), 1), fault, detail))
+        self.counts[fault] += 1
+        if fault in DISRUPTIONS:
+            self.checker.disrupted(self.now())
+        say(f"  t={self.now():6.1f}s {fault}: {detail}")
+
+    def _later(self, what: str, how: Callable[[], None]) -> None:
+        self._undo.append((self.now() + self.rng.uniform(*HOLD_SECONDS), what, how))
+
+    def _undo_due(self) -> None:
+        for item in [u for u in self._undo if u[0] <= self.now()]:
+            self._undo.remove(item)
+            item[2]()
+            self.timeline.append(Event(round(self.now(), 1), "undo", item[1]))
+
+    def heal_all(self) -> None:
+        for _, what, how in sorted(self._undo, key=lambda u: u[0]):
+            how()
+            self.timeline.append(Event(round(self.now(), 1), "undo", what))
+        self._undo.clear()
+        for region in self.env.proxies:
+            self.env.proxies[region].set_mode("pass")
+        self.env.registries.heal()
+        for operator in self.env.operators:
+            operator.resume()
+            if not operator.alive():
+                operator.restart()
+        self.checker.healed_everything()
+
+    # -- the faults -----------------------------------------------------------------------------------
+
+    def _inject(self, fault: str) -> None:
+        rng, env = self.rng, self.env
+        region = rng.choice(sorted(env.proxies))
+        if fault in ("registry-kill", "registry-stop"):
+            if self.checker.down_reason(region):
+                return  # one fault per replica at a time: the ground truth stays simple
+            replica = env.registries[region]
+            (replica.stop if fault == "registry-kill" else replica.pause)()
+            self.checker.down(region, fault)
+            self._record(fault, region)
+
+            def heal() -> None:
+                replica.heal()
+                self.checker.up(region)
+
+            self._later(f"{region} healed", heal)
+        elif fault.startswith("proxy-"):
+            if self.checker.down_reason(region):
+                return
+            proxy = env.proxies[region]
+            proxy.set_mode(PROXY_MODES[fault])
+            if fault != "proxy-429":  # throttling is not an outage: geopin must not move for it
+                self.checker.down(region, fault)
+            self._record(fault, region)
+
+            def passes() -> None:
+                proxy.set_mode("pass")
+                self.checker.up(region)
+
+            self._later(f"{region} proxy passes", passes)
+        elif fault == "flap":
+            if self.checker.down_reason(region):
+                return
+            self._record(fault, f"{region}: 503 and back, 4 times, 1.5 s each")
+            for _ in range(4):
+                env.proxies[region].set_mode("http_503")
+                self.checker.down(region, fault)
+                time.sleep(1.5)  # the flap's own rhythm
+                env.proxies[region].set_mode("pass")
+                self.checker.up(region)
+                time.sleep(1.5)
+        elif fault == "leader-kill":
+            leader = env.leader()
+            if leader is None or leader.process is None:
+                return
+            leader.process.popen.kill()
+            self._record(fault, f"{leader.identity} SIGKILLed")
+            self._undo.append((self.now() + 3.0, f"{leader.identity} started again", leader.restart))
+        elif fault == "leader-stop":
+            leader = env.leader()
+            if leader is None:
+                return
+            leader.pause()
+            self._record(fault, f"{leader.identity} SIGSTOPped for 20 s (the Lease lasts 10 s)")
+            self._undo.append((self.now() + 20.0, f"{leader.identity} resumed", leader.resume))
+        elif fault == "apiserver-restart":
+            self._record(fault, "kube-apiserver SIGTERMed and started again")
+            env.cp.restart_apiserver()
+        elif fault == "etcd-pause":
+            self._record(fault, "etcd SIGSTOPped for 10 s")
+            env.cp.pause_etcd()
+            time.sleep(10.0)  # the length of the fault
+            env.cp.resume_etcd()
+        elif fault == "policy-edit":
+            name = rng.choice(sorted(_policies()))
+            order = tuple(rng.sample(sorted(env.proxies), len(env.proxies)))
+            _retry(lambda: env.custom.patch_cluster_custom_object(
+                GROUP, VERSION, PLURAL, name, {"spec": {"replicas": env.policy_body(name, order)["spec"]["replicas"]}}
+            ))  # fmt: skip
+            self._record(fault, f"{name}: replicas reordered to {', '.join(order)}")
+        elif fault == "policy-recreate":
+            name = rng.choice(sorted(_policies()))
+            self._record(fault, f"{name} deleted (restores everything) and created again")
+            _retry(lambda: env.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name))
+            self._wait_gone(name)
+            _retry(lambda: env.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, env.policy_body(name)))
+        elif fault == "user-edit":
+            keys = rng.sample(sorted(env.intent), 5)
+            for namespace, name in keys:
+                registry = env.intent[(namespace, name)].split("/", 1)[0]
+                tag = rng.randint(2, 999)
+                _retry(functools.partial(env.edit_image, namespace, name, f"{registry}/soak/{name}:{tag}"))
+            self._record(fault, "new tags: " + ", ".join(f"{n}/{d}" for n, d in keys))
+        elif fault == "user-create-delete":
+            namespace, name = rng.choice(sorted(env.intent))
+            _retry(lambda: env.delete_deployment(namespace, name))
+            self._created += 1
+            registry = {ns: r for r, namespaces in _policies().values() for ns in namespaces}[namespace]
+            new = f"new-{self._created}"
+            _retry(lambda: env.create_deployment(namespace, new, f"{registry}/soak/{new}:1"))
+            self._record(fault, f"deleted {namespace}/{name}, created {namespace}/{new}")
+
+    def _wait_gone(self, name: str) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                self.env.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
+            except client.ApiException as e:
+                if e.status == 404:
+                    return
+            time.sleep(0.5)  # polling the deletion with a deadline
+        raise TimeoutError(f"policy {name} was not deleted within 120 s (its finalizer restores first)")
+
+
+def _policies() -> dict[str, tuple[str, tuple[str, ...]]]:
+    from bench.soak import POLICIES
+
+    return POLICIES
+
+
+def _retry(call: Callable[[], Any], attempts: int = 20) -> Any:
+    """A user's or an SRE's kubectl: retried while the API server restarts or etcd is paused."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except (client.ApiException, OSError, urllib3.exceptions.HTTPError) as e:
+            if isinstance(e, client.ApiException) and e.status not in (None, 0, 409, 429, 500, 503, 504):
+                raise
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0)  # a user's retry interval
+    return None
