@@ -150,7 +150,7 @@ class SoakEnv:
     def holder(self) -> str | None:
         try:
             lease = self.coordination.read_namespaced_lease(LEASE, "geopin-system")
-        except client.ApiException:
+        except soak_checks.UNAVAILABLE:
             return None
         return str(lease.spec.holder_identity or "") or None
 
@@ -188,6 +188,7 @@ def run(minutes: float, seed: int) -> int:
             wait_until(checker.settled, timeout=180, interval=1.0, what="every Deployment pinned to eastus")
             mark = env.cp.audit_line_count()
             schedule = Schedule(env, rng, checker)
+            stack.callback(schedule.release)  # before the environment's own callbacks stop everything
             schedule.start(minutes * 60)
             began = time.monotonic()
             while schedule.running():
@@ -196,7 +197,7 @@ def run(minutes: float, seed: int) -> int:
             schedule.join()
             say("soak: faults over; healing everything and waiting for geopin to settle")
             schedule.heal_all()
-            wait_until(checker.settled, timeout=180, interval=1.0, what="every Deployment back on eastus")
+            checker.settle("healing everything", timeout=120)
             checker.sample(time.monotonic() - began)
             say("soak: deleting the policies: every Deployment must be its user's intent again")
             for name in POLICIES:

@@ -20,6 +20,10 @@ from collections import defaultdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import urllib3
+from kubernetes.client.exceptions import ApiException
+from tests.harness.waiting import WaitTimeout, wait_until
+
 from bench.env import say
 
 if TYPE_CHECKING:
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
 BUDGET_SECONDS = 45.0  # detection (2 failed probes, 1 s apart) + a repoint of 300 + a leader handover
 WINDOW_SECONDS, MAX_WRITES_PER_WINDOW = 10.0, 4
 MAX_RSS_MB = 400.0
+UNAVAILABLE = (ApiException, OSError, urllib3.exceptions.HTTPError)
 GEOPIN_WRITES = frozenset({("deployments", None), ("registrypolicies", "status")})
 
 
@@ -70,17 +75,45 @@ class Checker:
 
     def settled(self) -> bool:
         """Every Deployment on eastus: its user's image with eastus's endpoint as the host."""
-        with self.env.lock:
-            templates, intent = self.env.templates(), dict(self.env.intent)
+        return self.unsettled() == []
+
+    def unsettled(self) -> list[str] | None:
+        """The Deployments not (yet) on eastus as their users' images; None while the API cannot answer."""
+        read = self._read()
+        if read is None:
+            return None
+        templates, intent = read
         home = self.env.proxies["eastus"].endpoint
-        return templates.keys() == intent.keys() and all(
-            image == f"{home}/{intent[key].split('/', 1)[1]}" for key, (image, _) in templates.items()
-        )
+        found = [f"{n}/{d}: missing" for n, d in sorted(intent.keys() - templates.keys())]
+        for key, (image, _) in sorted(templates.items()):
+            wanted = intent.get(key)
+            if wanted is None or image != f"{home}/{wanted.split('/', 1)[1]}":
+                found.append(f"{key[0]}/{key[1]}: {image} (its user's: {wanted})")
+        return found
+
+    def settle(self, what: str, timeout: float) -> None:
+        """Wait until settled(); a violation of 1 naming the first unsettled Deployments if not in time."""
+        try:
+            wait_until(self.settled, timeout=timeout, interval=1.0, what=what)
+        except WaitTimeout:
+            left = self.unsettled()
+            found = "the API server does not answer" if left is None else f"{len(left)} Deployments, first {left[:3]}"
+            self._violate(f"1 (not settled {timeout:g}s after {what}): {found}")
+
+    def _read(self) -> tuple[dict[tuple[str, str], tuple[str, dict[str, str]]], dict[tuple[str, str], str]] | None:
+        """The Deployments and their users' intent at one instant; None while the API cannot answer."""
+        with self.env.lock:
+            try:
+                return self.env.templates(), dict(self.env.intent)
+            except UNAVAILABLE:
+                return None
 
     def sample(self, at: float) -> None:
         env = self.env
-        with env.lock:
-            templates, intent = env.templates(), dict(env.intent)
+        read = self._read()
+        if read is None:
+            return  # the API server restarts, or etcd is paused: nothing to read now
+        templates, intent = read
         for key, (image, _) in sorted(templates.items()):
             wanted = intent.get(key)
             if wanted is not None and image.split("/", 1)[1] != wanted.split("/", 1)[1]:
@@ -100,7 +133,11 @@ class Checker:
                     f"1 (left on a dead replica) at {at:.0f}s: {region} down ({why}) for {now - since:.0f}s, "
                     f"{len(stuck)} Deployments still on it, first {stuck[0]}"
                 )
-        for policy, region in env.active_regions().items():
+        try:
+            active = env.active_regions()
+        except UNAVAILABLE:
+            active = {}
+        for policy, region in active.items():
             if region and self._active.get(policy) not in (None, region):
                 self.switches += 1
             self._active[policy] = region

@@ -79,6 +79,10 @@ class Schedule:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._created = 0
+        self._done = threading.Event()
+        # The thread outlives the faults until release(): a child process it started (a registry, a
+        # geopin, kube-apiserver) dies with the thread that forked it (PR_SET_PDEATHSIG).
+        self._release = threading.Event()
 
     # -- running ------------------------------------------------------------------------------------
 
@@ -88,13 +92,19 @@ class Schedule:
         self._thread.start()
 
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and not self._done.is_set()
 
     def join(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
+        """Wait until the faults are over (the thread stays, see release())."""
+        self._done.wait()
         if self._error is not None:
             raise self._error
+
+    def release(self) -> None:
+        """The run is over: let the thread end, and with it the processes it started."""
+        self._release.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def now(self) -> float:
         return time.monotonic() - self._began
@@ -113,6 +123,9 @@ class Schedule:
                     time.sleep(0.2)  # the schedule's own clock tick
         except BaseException as e:  # reported by join() in the main thread
             self._error = e
+        finally:
+            self._done.set()
+            self._release.wait()
 
     def _record(self, fault: str, detail: str) -> None:
         self.timeline.append(Event(round(self.now(), 1), fault, detail))
@@ -246,6 +259,8 @@ class Schedule:
             except client.ApiException as e:
                 if e.status == 404:
                     return
+            except (OSError, urllib3.exceptions.HTTPError):
+                pass  # the API server is restarting: ask again
             time.sleep(0.5)  # polling the deletion with a deadline
         raise TimeoutError(f"policy {name} was not deleted within 120 s (its finalizer restores first)")
 
