@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 BUDGET_SECONDS = 45.0  # detection (2 failed probes, 1 s apart) + a repoint of 300 + a leader handover
 WINDOW_SECONDS, MAX_WRITES_PER_WINDOW = 10.0, 4
 MAX_RSS_MB = 400.0
+KEPT_PER_INVARIANT = 3
 UNAVAILABLE = (ApiException, OSError, urllib3.exceptions.HTTPError)
 GEOPIN_WRITES = frozenset({("deployments", None), ("registrypolicies", "status")})
 
@@ -41,7 +42,8 @@ class Checker:
     def __init__(self, env: SoakEnv, seed: int) -> None:
         self.env = env
         self.seed = seed
-        self.violations: list[str] = []
+        self.violations: list[str] = []  # the first KEPT_PER_INVARIANT of each invariant's
+        self.violated: dict[str, int] = {}  # invariant number -> how many times
         self._down: dict[str, tuple[float, str]] = {}  # region -> (since, why), monotonic
         self._disrupted = -math.inf
         self._lock = threading.Lock()
@@ -148,7 +150,10 @@ class Checker:
             self._violate(f"6 (memory) at {at:.0f}s: a geopin's RSS reached {self.max_rss_mb:.0f} MB")
 
     def _violate(self, message: str) -> None:
-        if message not in self.violations:
+        """Keep (and print) the first few of each invariant's violations; count them all."""
+        invariant = message.split(" ", 1)[0]
+        self.violated[invariant] = self.violated.get(invariant, 0) + 1
+        if message not in self.violations and self.violated[invariant] <= KEPT_PER_INVARIANT:
             self.violations.append(message)
             say(f"  VIOLATION {message}")
 
@@ -213,6 +218,7 @@ class Checker:
             "max_writes_per_window": busiest,
             "max_rss_mb": round(self.max_rss_mb, 1),
             "violations": list(self.violations),
+            "violations_per_invariant": dict(self.violated),
             "timeline": [[e.at, e.fault, e.detail] for e in schedule.timeline],
         }
 
@@ -221,7 +227,7 @@ class Checker:
         print("fault timeline (seconds since the faults began):")
         for event in schedule.timeline:
             print(f"  {event.at:7.1f}  {event.fault:18} {event.detail}")
-        print("violations, first first:")
+        print("violations (invariant: how many):", ", ".join(f"{k}: {n}" for k, n in sorted(self.violated.items())))
         for violation in self.violations:
             print(f"  {violation}")
 

@@ -109,6 +109,7 @@ LONGEST_FIRST = (
     "test_split_brain.py",
     "test_demo.py",
     "test_redirect.py",
+    "test_soak_smoke.py",
     "test_bench_pods_smoke.py",
     "test_real_pulls.py",
     "test_failover.py",
