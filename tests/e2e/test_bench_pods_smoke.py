@@ -6,42 +6,16 @@ assertions: the run ends, its JSON has the documented shape, and nothing is left
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.nodes]
+from tests.harness.benchrun import run_smoke_outside_the_checkout
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RESULTS = REPO_ROOT / "bench" / "results"
+pytestmark = [pytest.mark.e2e, pytest.mark.nodes]
 
 
 @pytest.mark.timeout(600)
 def test_pods_smoke_measures_a_real_node_and_leaves_the_checkout_alone() -> None:
-    before = sorted(p.name for p in RESULTS.iterdir())
-    env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS_DIR"}
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "pods"],
-        cwd=REPO_ROOT,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=540,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-4000:]
-    assert sorted(p.name for p in RESULTS.iterdir()) == before, "a smoke run wrote into bench/results/"
-    wrote = re.search(r"wrote (\S+/pods-\S+\.json)", result.stdout)
-    assert wrote is not None, result.stdout[-2000:]
-    path = Path(wrote.group(1))
-    assert not path.is_relative_to(REPO_ROOT)
-    document = json.loads(path.read_text())
+    path, document = run_smoke_outside_the_checkout("--smoke", "pods", name="pods", timeout=540)
     assert document["benchmark"] == "pods"
     assert document["parameters"]["sizes"] == [10]
     [figure] = document["figures"]

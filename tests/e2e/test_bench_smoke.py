@@ -10,33 +10,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.harness.benchrun import run_bench
+
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ("failover", "steady", "admission", "probe-hang")
 
 
 @pytest.mark.timeout(600)
 def test_bench_smoke_writes_every_result(tmp_path: Path) -> None:
-    env = {**os.environ, "BENCH_RESULTS_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "BENCH_RESULTS_DIR": str(tmp_path)}
     env.pop("BENCH_STEADY_SECONDS", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", *BENCHMARKS],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=540,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-4000:]
+    run_bench("--smoke", *BENCHMARKS, timeout=540, env=env)
     for name in BENCHMARKS:
         files = sorted(tmp_path.glob(f"{name}-*.json"))
         assert len(files) == 1, (name, [p.name for p in tmp_path.iterdir()])

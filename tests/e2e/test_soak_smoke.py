@@ -8,42 +8,18 @@ deliberately broken build.
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from tests.harness.benchrun import run_smoke_outside_the_checkout
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-RESULTS = REPO_ROOT / "bench" / "results"
 SEED = 3
 
 
 @pytest.mark.timeout(420)
 def test_two_minutes_of_faults_violate_no_invariant() -> None:
-    before = sorted(p.name for p in RESULTS.iterdir())
-    env = {k: v for k, v in os.environ.items() if k != "BENCH_RESULTS_DIR"}
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "soak", "--smoke", "--seed", str(SEED)],
-        cwd=REPO_ROOT,
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-6000:]
-    assert sorted(p.name for p in RESULTS.iterdir()) == before, "a smoke run wrote into bench/results/"
-    wrote = re.search(r"wrote (\S+/soak-\S+\.json)", result.stdout)
-    assert wrote is not None, result.stdout[-2000:]
-    path = Path(wrote.group(1))
-    document = json.loads(path.read_text())
+    path, document = run_smoke_outside_the_checkout("soak", "--smoke", "--seed", str(SEED), name="soak", timeout=400)
     figures = document["figures"]
     assert document["parameters"] == {"minutes": 2.0, "seed": SEED, "deployments": figures["deployments"]}
     assert figures["violations"] == []
