@@ -58,6 +58,7 @@ class NodeFleet:
 
     def __init__(self, stack: ExitStack, workdir: Path, global_delay: float, column: str) -> None:
         self.strategy, self.per_second = STRATEGIES[column]
+        self.global_delay = global_delay
         ca = CA(workdir / "pki")
         self.acr = stack.enter_context(AcrRegistrySet(ca, workdir=workdir / "acr", global_failover_delay=global_delay))
         # A short path: the kubelet's unix sockets live under the node directory (108-byte limit).
@@ -177,8 +178,11 @@ def _round(fleet: NodeFleet, number: int, *, last: bool) -> dict[str, Any]:
     global_pod = f"via-global-{number}"
     fleet.core.create_namespaced_pod(NAMESPACE, host_network_pod(global_pod, fleet.global_image, pull_policy="Always"))
 
+    first: list[str] = []
+
     def first_new() -> float | None:
-        new = {uid for uid, (image, _) in fleet.running().items() if uid not in before and image in healthy}
+        new = [image for uid, (image, _) in fleet.running().items() if uid not in before and image in healthy]
+        first.extend(new[:1])
         return time.monotonic() - killed if new else None
 
     first_pod = wait_until(first_new, timeout=POD_TIMEOUT, interval=0.2, what="a new Pod running on a healthy replica")
@@ -191,7 +195,7 @@ def _round(fleet: NodeFleet, number: int, *, last: bool) -> dict[str, Any]:
     restarted = sum(1 for uid, (_, count) in before.items() if uid in after and after[uid][1] > count)
     writes = fleet.template_writes(mark)
     say(
-        f"  round {number}: first new Pod on a healthy replica {first_pod:.1f}s, global endpoint's Pod "
+        f"  round {number}: first new Pod on a healthy replica {first_pod:.1f}s ({first[0]}), global endpoint's Pod "
         f"{global_running:.1f}s, Pods replaced {replaced} restarted {restarted} of {len(before)}, "
         f"template writes {writes}"
     )
@@ -203,6 +207,9 @@ def _round(fleet: NodeFleet, number: int, *, last: bool) -> dict[str, Any]:
         fleet.acr.heal()
         wait_until(lambda: "eastus" in fleet.usable() and fleet.templates_on("eastus"),
                    timeout=POD_TIMEOUT + FAILBACK_DELAY, what="failback")  # fmt: skip
+        # The emulated global endpoint returns home only after eastus has been healthy for its delay.
+        wait_until(lambda: fleet.acr.global_endpoint.route() == "eastus", timeout=POD_TIMEOUT + fleet.global_delay,
+                   what="the global endpoint routing to eastus again")  # fmt: skip
         # Redirect's moved Pod may be the one app-0 kept: its ReplicaSet makes it again, from eastus.
         for pod in fleet.core.list_namespaced_pod(NAMESPACE, label_selector="app").items:
             if pod.spec.containers[0].image != fleet.image_on("eastus"):

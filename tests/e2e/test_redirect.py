@@ -287,7 +287,7 @@ def test_a_long_outage_moves_templates_after_repoint_after_seconds_paced_and_onl
     env: Env, namespace: str
 ) -> None:
     east, west, central = env.image("eastus"), env.image("westus"), env.image("centralus")
-    hold, per_second, count = 20, 5, 15
+    hold, per_second, count = 30, 5, 15
     env.create_policy(
         namespace, failback_delay=2, failover={"repointAfterSeconds": hold, "maxRepointsPerSecond": per_second}
     )
