@@ -104,8 +104,10 @@ class Operator:
             argv = self.names.command(argv)
             env = self.names.env(env)
         self.process = procs.spawn("geopin", argv, self.log_path, detach=False, env=env)
+        # A generous deadline: on two loaded cores (the soak smoke beside the image build) a start took
+        # over 30 s once, and a process that exits fails at once (_healthy raises with its log).
         wait_until(
-            self._healthy, timeout=30, what=f"geopin health endpoint :{self.health_port}", ignore=(httpx.HTTPError,)
+            self._healthy, timeout=90, what=f"geopin health endpoint :{self.health_port}", ignore=(httpx.HTTPError,)
         )
 
     def _healthy(self) -> bool:
