@@ -9,7 +9,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from geopin.control.reporting import failover_path
+from geopin.core.conditions import failover_path
 from geopin.core.decisions import PolicySnapshot, decide
 from geopin.core.health import held_regions, hold_ends
 from geopin.core.policy import FailoverSettings, Policy, Strategy, from_spec

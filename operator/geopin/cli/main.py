@@ -64,64 +64,7 @@ def _add_run(commands: Any) -> None:
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--namespace", action="append", default=[], help="watch only this namespace (repeatable)")
     run.add_argument("--operator-namespace", help="the namespace geopin runs in (default: $POD_NAMESPACE)")
-    run.add_argument(
-        "--bind-address",
-        default="0.0.0.0",
-        help="address the metrics, health and webhook servers listen on (default 0.0.0.0; the Pod's IP "
-        "with hostNetwork, so that pods sharing a host do not collide)",
-    )
-    run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port, 0 to disable")
-    run.add_argument(
-        "--metrics-secure",
-        action="store_true",
-        help="serve /metrics over HTTPS to bearer tokens the API server authorizes for GET /metrics "
-        "(TokenReview, SubjectAccessReview); default plain HTTP",
-    )
-    run.add_argument(
-        "--metrics-cert-dir", help="directory with tls.crt/tls.key for --metrics-secure (re-read); default self-signed"
-    )
-    run.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
     run.add_argument("--workers", type=int, default=8, help="concurrent workload writes (default 8)")
-    run.add_argument(
-        "--admission-mechanism",
-        choices=["auto", "policy", "webhook"],
-        default="auto",
-        help="Admission mode through MutatingAdmissionPolicy (auto: where the API server serves it) or the webhook",
-    )
-    run.add_argument("--webhook-port", type=int, default=0, help="serve the admission webhook on this port (0: off)")
-    run.add_argument(
-        "--webhook-cert-dir", help="directory with tls.crt/tls.key (re-read on change); default self-signed"
-    )
-    run.add_argument(
-        "--webhook-cert-secret",
-        type=_namespaced_name,
-        metavar="NAMESPACE/NAME",
-        help="serve the pair in this kubernetes.io/tls Secret, made (self-signed) by the first replica when "
-        "absent, so that every replica serves one certificate (the chart's default)",
-    )
-    run.add_argument("--webhook-config", help="keep this MutatingWebhookConfiguration and its caBundle up to date")
-    run.add_argument("--webhook-url", help="URL the API server calls (default: the --webhook-service Service)")
-    run.add_argument("--webhook-service", default="geopin-system/geopin:443", help="NAMESPACE/NAME:PORT of the webhook")
-    run.add_argument(
-        "--webhook-failure-policy",
-        choices=["Ignore", "Fail"],
-        default="Ignore",
-        help="what the API server does when the webhook does not answer: Ignore (admit the Pod unchanged, "
-        "the default) or Fail (refuse it)",
-    )
-    run.add_argument(
-        "--webhook-timeout-seconds",
-        type=_webhook_timeout,
-        default=2,
-        metavar="S",
-        help="seconds the API server waits for the webhook, 1 to 30 (default 2)",
-    )
-    run.add_argument(
-        "--leader-election",
-        action="store_true",
-        help="elect one active replica with a Lease in the operator namespace (the chart turns this on)",
-    )
-    run.add_argument("--lease-name", default="geopin", help="name of the leader-election Lease (default geopin)")
     run.add_argument("--arm-endpoint", help="Azure Resource Manager URL (default: the registry's cloud)")
     run.add_argument(
         "--node-image-credential-fix",
@@ -133,6 +76,77 @@ def _add_run(commands: Any) -> None:
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     run.add_argument("-v", "--verbose", action="store_true")
+    _add_run_servers(run.add_argument_group("servers (metrics, health)"))
+    _add_run_admission(run.add_argument_group("admission (webhook, MutatingAdmissionPolicy)"))
+    _add_run_election(run.add_argument_group("leader election"))
+
+
+def _add_run_servers(group: Any) -> None:
+    group.add_argument(
+        "--bind-address",
+        default="0.0.0.0",
+        help="address the metrics, health and webhook servers listen on (default 0.0.0.0; the Pod's IP "
+        "with hostNetwork, so that pods sharing a host do not collide)",
+    )
+    group.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port, 0 to disable")
+    group.add_argument(
+        "--metrics-secure",
+        action="store_true",
+        help="serve /metrics over HTTPS to bearer tokens the API server authorizes for GET /metrics "
+        "(TokenReview, SubjectAccessReview); default plain HTTP",
+    )
+    group.add_argument(
+        "--metrics-cert-dir", help="directory with tls.crt/tls.key for --metrics-secure (re-read); default self-signed"
+    )
+    group.add_argument("--health-port", type=int, default=8081, help="liveness /healthz port, 0 to disable")
+
+
+def _add_run_admission(group: Any) -> None:
+    group.add_argument(
+        "--admission-mechanism",
+        choices=["auto", "policy", "webhook"],
+        default="auto",
+        help="Admission mode through MutatingAdmissionPolicy (auto: where the API server serves it) or the webhook",
+    )
+    group.add_argument("--webhook-port", type=int, default=0, help="serve the admission webhook on this port (0: off)")
+    group.add_argument(
+        "--webhook-cert-dir", help="directory with tls.crt/tls.key (re-read on change); default self-signed"
+    )
+    group.add_argument(
+        "--webhook-cert-secret",
+        type=_namespaced_name,
+        metavar="NAMESPACE/NAME",
+        help="serve the pair in this kubernetes.io/tls Secret, made (self-signed) by the first replica when "
+        "absent, so that every replica serves one certificate (the chart's default)",
+    )
+    group.add_argument("--webhook-config", help="keep this MutatingWebhookConfiguration and its caBundle up to date")
+    group.add_argument("--webhook-url", help="URL the API server calls (default: the --webhook-service Service)")
+    group.add_argument(
+        "--webhook-service", default="geopin-system/geopin:443", help="NAMESPACE/NAME:PORT of the webhook"
+    )
+    group.add_argument(
+        "--webhook-failure-policy",
+        choices=["Ignore", "Fail"],
+        default="Ignore",
+        help="what the API server does when the webhook does not answer: Ignore (admit the Pod unchanged, "
+        "the default) or Fail (refuse it)",
+    )
+    group.add_argument(
+        "--webhook-timeout-seconds",
+        type=_webhook_timeout,
+        default=2,
+        metavar="S",
+        help="seconds the API server waits for the webhook, 1 to 30 (default 2)",
+    )
+
+
+def _add_run_election(group: Any) -> None:
+    group.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="elect one active replica with a Lease in the operator namespace (the chart turns this on)",
+    )
+    group.add_argument("--lease-name", default="geopin", help="name of the leader-election Lease (default geopin)")
 
 
 def _add_plan(commands: Any) -> None:

@@ -244,35 +244,12 @@ def desired_state(
     present = {c.key for c in view.containers}
 
     for container in view.containers:
-        intent, foreign = intent_of(container, record, policy, pinned_endpoint)
-        if foreign:
-            # Another policy's record (one policy per registry): neither ours to rewrite nor to drop.
-            images[container.key] = container.image
-            originals[container.key] = intent
-            continue
-
-        try:
-            ref = parse(intent)
-        except InvalidReference as e:
-            # Left as the user wrote it: a recorded original that no longer parses is restored.
-            invalid.append(InvalidImage(container.key, intent, e.reason))
-            images[container.key] = intent
-            continue
-        if not policy.manages_host(ref.host) or target is None:
-            images[container.key] = intent
-            continue
-
-        moved = _moved(container, intent, ref, target, digests)
-        if moved is None:
-            reason = (
-                f"{target.endpoint} would make the name longer than 255 characters, which container "
-                f"runtimes before containerd 2 refuse; it stays on {ref.host}"
-            )
-            invalid.append(InvalidImage(container.key, intent, reason))
-            images[container.key] = intent
-            continue
-        images[container.key] = moved
-        originals[container.key] = intent
+        image, original, problem = _container_state(container, record, policy, pinned_endpoint, target, digests)
+        images[container.key] = image
+        if original is not None:
+            originals[container.key] = original
+        if problem is not None:
+            invalid.append(problem)
 
     # Entries for containers that no longer exist are stale: dropped with the rest of the record.
     originals = {k: v for k, v in originals.items() if k in present}
@@ -292,6 +269,36 @@ def desired_state(
         record_was_malformed=malformed,
         pinned_endpoints={k: v for k, v in pinned_endpoints.items() if k in recorded},
     )
+
+
+def _container_state(
+    container: Container,
+    record: Mapping[str, str],
+    policy: Policy,
+    pinned_endpoint: str | None,
+    target: Target | None,
+    digests: Mapping[str, str] | None,
+) -> tuple[str, str | None, InvalidImage | None]:
+    """One container under ``desired_state``: its image, the original to record, and why it cannot move."""
+    intent, foreign = intent_of(container, record, policy, pinned_endpoint)
+    if foreign:
+        # Another policy's record (one policy per registry): neither ours to rewrite nor to drop.
+        return container.image, intent, None
+    try:
+        ref = parse(intent)
+    except InvalidReference as e:
+        # Left as the user wrote it: a recorded original that no longer parses is restored.
+        return intent, None, InvalidImage(container.key, intent, e.reason)
+    if not policy.manages_host(ref.host) or target is None:
+        return intent, None, None
+    moved = _moved(container, intent, ref, target, digests)
+    if moved is None:
+        reason = (
+            f"{target.endpoint} would make the name longer than 255 characters, which container "
+            f"runtimes before containerd 2 refuse; it stays on {ref.host}"
+        )
+        return intent, None, InvalidImage(container.key, intent, reason)
+    return moved, intent, None
 
 
 def _moved(

@@ -187,10 +187,24 @@ def shape_errors(kind: Kind, body: Mapping[str, Any]) -> list[str]:
     Only offline manifests (``geopin plan``) can be malformed; objects from the API server never are.
     Duplicate container names are included: one record key would stand for two containers.
     """
-    errors: list[str] = []
     metadata = body.get("metadata")
     if not isinstance(metadata, Mapping):
         return ["metadata: must be an object"]
+    errors = _metadata_errors(metadata)
+    path = ""
+    node: Any = body
+    for key in kind.pod_spec_path:
+        path = f"{path}.{key}" if path else key
+        node = node.get(key)
+        if node is None:
+            return errors
+        if not isinstance(node, Mapping):
+            return [*errors, f"{path}: must be an object"]
+    return errors + _container_errors(node, path)
+
+
+def _metadata_errors(metadata: Mapping[str, Any]) -> list[str]:
+    errors: list[str] = []
     for field in ("name", "namespace"):
         if metadata.get(field) is not None and not isinstance(metadata[field], str):
             errors.append(f"metadata.{field}: must be a string")
@@ -209,18 +223,14 @@ def shape_errors(kind: Kind, body: Mapping[str, Any]) -> list[str]:
     owners = metadata.get("ownerReferences")
     if owners is not None and not (isinstance(owners, list) and all(isinstance(o, Mapping) for o in owners)):
         errors.append("metadata.ownerReferences: must be a list of objects")
-    path = ""
-    node: Any = body
-    for key in kind.pod_spec_path:
-        path = f"{path}.{key}" if path else key
-        node = node.get(key)
-        if node is None:
-            return errors
-        if not isinstance(node, Mapping):
-            return [*errors, f"{path}: must be an object"]
+    return errors
+
+
+def _container_errors(pod_spec: Mapping[str, Any], path: str) -> list[str]:
+    errors: list[str] = []
     seen: set[tuple[str, str]] = set()
     for list_name in CONTAINER_LISTS:
-        containers = node.get(list_name)
+        containers = pod_spec.get(list_name)
         if containers is None:
             continue
         if not isinstance(containers, list):
