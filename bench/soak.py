@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
+from tests.harness.armserver import ArmReplica, ArmServer, trust_bundle
 from tests.harness.controlplane import ControlPlane
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.geopin_process import Operator, install_crd
+from tests.harness.msiserver import MsiServer
 from tests.harness.objects import deployment, registry_policy
 from tests.harness.pki import CA
+from tests.harness.procs import free_port
 from tests.harness.registries import RegistrySet
 from tests.harness.waiting import wait_until
 
@@ -44,8 +47,11 @@ LEASE = "geopin-soak"
 # policy -> (registry, its namespaces)
 POLICIES = {
     "alpha": ("alpha.azurecr.io", ("soak-a1", "soak-a2")),
-    "beta": ("beta.azurecr.io", ("soak-b1",)),
+    "beta": ("bravo.azurecr.io", ("soak-b1",)),
 }
+# beta also discovers its replicas in ARM (the fake, through a managed-identity token): ARM can fail.
+ARM_POLICY, ARM_REFRESH_SECONDS, ARM_TOKEN = "beta", 30, "soak-arm-token"
+ARM_SUBSCRIPTION, ARM_RESOURCE_GROUP = "5b1f7a0e-3c2d-4e8f-9a6b-0c1d2e3f4a5b", "platform-rg"
 PER_NAMESPACE = 100
 SAMPLE_SECONDS = 2.0
 
@@ -59,6 +65,16 @@ class SoakEnv:
         self.cp = stack.enter_context(ControlPlane(ca=ca, workdir=workdir / "cp"))
         self.registries = stack.enter_context(RegistrySet(ca, workdir=workdir / "registries"))
         self.proxies = {r: stack.enter_context(FaultProxy(self.registries[r].endpoint, ca)) for r in REGIONS}
+        # A second way to each replica, never faulted: what an SRE moves a policy's endpoint to.
+        self.alternates = {r: stack.enter_context(FaultProxy(self.registries[r].endpoint, ca)) for r in REGIONS}
+        self.moved: dict[str, set[str]] = {name: set() for name in POLICIES}  # policy -> regions on the alternate
+        self.arm = stack.enter_context(ArmServer(
+            ca, subscription_id=ARM_SUBSCRIPTION, resource_group=ARM_RESOURCE_GROUP,
+            registry_name=POLICIES[ARM_POLICY][0].split(".", 1)[0], token=ARM_TOKEN,
+            replicas=[ArmReplica(r) for r in REGIONS],
+        ))  # fmt: skip
+        msi = stack.enter_context(MsiServer(ARM_TOKEN))
+        arm_env = {**msi.env, "SSL_CERT_FILE": str(trust_bundle(ca, workdir))}
         install_crd(self.cp)
         api = stack.enter_context(self.cp.api_client())
         self.core: Any = client.CoreV1Api(api)
@@ -66,7 +82,12 @@ class SoakEnv:
         self.custom: Any = client.CustomObjectsApi(api)
         self.coordination: Any = client.CoordinationV1Api(api)
         self.operators = [
-            Operator(self.cp, _mkdir(workdir / f"geopin-{i}"), user=f"geopin-soak-{i}", env={"HOSTNAME": f"soak-{i}"})
+            Operator(
+                self.cp,
+                _mkdir(workdir / f"geopin-{i}"),
+                user=f"geopin-soak-{i}",
+                env={"HOSTNAME": f"soak-{i}", **arm_env},
+            )
             for i in range(2)
         ]
         for operator in self.operators:
@@ -75,13 +96,21 @@ class SoakEnv:
         # sample, so that a sample never sees an edit half made.
         self.intent: dict[tuple[str, str], str] = {}
         self.lock = threading.Lock()
+        self.webhook_ports = [free_port() for _ in self.operators]
+
+    def endpoint(self, policy: str, region: str) -> str:
+        """The endpoint `policy` names for `region` now."""
+        return (self.alternates if region in self.moved[policy] else self.proxies)[region].endpoint
+
+    def policy_of(self, namespace: str) -> str:
+        return next(name for name, (_, namespaces) in POLICIES.items() if namespace in namespaces)
 
     def policy_body(self, name: str, order: tuple[str, ...] = REGIONS) -> dict[str, Any]:
         registry, namespaces = POLICIES[name]
         spec = {
             "registry": registry,
             "region": "eastus",
-            "replicas": [{"region": r, "endpoint": self.proxies[r].endpoint} for r in order],
+            "replicas": [{"region": r, "endpoint": self.endpoint(name, r)} for r in order],
             "probe": {
                 "caBundle": self.ca.cert_pem.decode(),
                 "intervalSeconds": 1,
@@ -95,6 +124,13 @@ class SoakEnv:
             ]},
             "failover": {"strategy": "Repoint", "maxRepointsPerSecond": 100},
         }  # fmt: skip
+        if name == ARM_POLICY:
+            spec["azure"] = {
+                "subscriptionId": ARM_SUBSCRIPTION,
+                "resourceGroup": ARM_RESOURCE_GROUP,
+                "registryName": registry.split(".", 1)[0],
+                "refreshSeconds": ARM_REFRESH_SECONDS,
+            }
         return registry_policy(name, spec)
 
     def create(self) -> None:
@@ -105,8 +141,11 @@ class SoakEnv:
                 for i in range(PER_NAMESPACE):
                     self.create_deployment(namespace, f"app-{i}", f"{registry}/soak/app-{i}:1")
             self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, self.policy_body(name))
-        for operator in self.operators:
-            operator.start("--leader-election", "--lease-name", LEASE)
+        for operator, port in zip(self.operators, self.webhook_ports, strict=True):
+            # Both serve the webhook, as the chart's two Pods do behind its Service.
+            operator.start(
+                "--leader-election", "--lease-name", LEASE, "--webhook-port", str(port), "--arm-endpoint", self.arm.url
+            )
 
     def create_deployment(self, namespace: str, name: str, image: str) -> None:
         body = deployment(name, image, labels={"app": name})
@@ -157,6 +196,14 @@ class SoakEnv:
     def leader(self) -> Operator | None:
         holder = self.holder() or ""
         return next((o for o in self.operators if o.identity and holder.startswith(o.identity)), None)
+
+    def policy_status(self, policy: str) -> dict[str, Any] | None:
+        """`policy`'s status; None when it is absent or the API cannot answer."""
+        try:
+            body = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, policy)
+        except soak_checks.UNAVAILABLE:
+            return None
+        return dict(body.get("status") or {})
 
     def active_regions(self) -> dict[str, str]:
         found = {}
@@ -224,7 +271,10 @@ def _report(figures: dict[str, Any]) -> None:
     )
     table(
         "chaos soak: what geopin did, and the invariants",
-        ["switches seen", "template writes", "max writes/10 s on one Deployment", "max RSS (MB)", "violations"],
-        [[figures["switches"], figures["template_writes"], figures["max_writes_per_window"],
-          figures["max_rss_mb"], sum(figures["violations_per_invariant"].values())]],
+        ["switches seen", "template writes", "max writes/10 s on one Deployment", "max RSS (MB)",
+         "webhook reviews (slowest s)", "ARM outages (reported)", "violations"],
+        [[figures["switches"], figures["template_writes"], figures["max_writes_per_window"], figures["max_rss_mb"],
+          f"{figures['webhook_reviews']} ({figures['max_webhook_answer_seconds']})",
+          f"{figures['arm_outages']} ({figures['arm_outages_reported']})",
+          sum(figures["violations_per_invariant"].values())]],
     )  # fmt: skip

@@ -1,14 +1,16 @@
 """The soak's invariants, checked while the faults run (every sample) and at the end.
 
 1. No workload is left pinned to a replica that has been down (SIGKILLed, SIGSTOPped, 503, hanging,
-   dropping) for longer than BUDGET_SECONDS, unless geopin itself was disrupted within that time.
+   dropping) for longer than BUDGET_SECONDS, unless geopin itself was disrupted within that time; a
+   dead registry is dead at both of its addresses, a faulted proxy only at its own.
 2. Every user edit survives: the image's path (all but the host) is always the user's.
 3. After the policies are deleted, every surviving Deployment holds exactly its user's image, and no
    geopin annotation is left.
 4. Never two writers: every template or status write by a geopin replica was received while that
    replica held the Lease (the last successful Lease write before it, by the API server's clock).
 5. Writes are bounded: at most MAX_WRITES_PER_WINDOW to one Deployment in any WINDOW_SECONDS.
-6. No traceback in any geopin log; each geopin's RSS stays under MAX_RSS_MB.
+6. No traceback in any geopin log; each geopin's RSS stays under MAX_RSS_MB; each running geopin
+   answers an AdmissionReview (sent every sample) within the webhook's timeout, uid echoed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import urllib3
 from kubernetes.client.exceptions import ApiException
 from tests.harness.waiting import WaitTimeout, wait_until
@@ -27,9 +30,15 @@ from tests.harness.waiting import WaitTimeout, wait_until
 from bench.env import say
 
 if TYPE_CHECKING:
+    from tests.harness.geopin_process import Operator
+
     from bench.soak import SoakEnv
     from bench.soak_faults import Schedule
 
+REGISTRY_FAULTS = frozenset({"registry-kill", "registry-stop"})
+WEBHOOK_TIMEOUT_SECONDS = 2.0  # the chart's webhook timeoutSeconds
+POLICY_REGISTRY = "alpha.azurecr.io"
+ARM_POLICY = "beta"
 BUDGET_SECONDS = 45.0  # detection (2 failed probes, 1 s apart) + a repoint of 300 + a leader handover
 WINDOW_SECONDS, MAX_WRITES_PER_WINDOW = 10.0, 4
 MAX_RSS_MB = 400.0
@@ -50,6 +59,10 @@ class Checker:
         self._active: dict[str, str] = {}
         self.switches = 0
         self.max_rss_mb = 0.0
+        self.reviews = 0
+        self.max_review_seconds = 0.0
+        self._arm_down = self._arm_noticed = False
+        self.arm_outages = self.arm_outages_noticed = 0
 
     # -- ground truth, from the schedule ------------------------------------------------------------
 
@@ -69,6 +82,14 @@ class Checker:
     def disrupted(self, _at: float) -> None:
         self._disrupted = time.monotonic()
 
+    def arm_down(self) -> None:
+        self._arm_down = True
+        self.arm_outages += 1
+
+    def arm_up(self) -> None:
+        self._arm_down = False
+        self._arm_noticed = False
+
     def healed_everything(self) -> None:
         with self._lock:
             self._down.clear()
@@ -85,10 +106,10 @@ class Checker:
         if read is None:
             return None
         templates, intent = read
-        home = self.env.proxies["eastus"].endpoint
         found = [f"{n}/{d}: missing" for n, d in sorted(intent.keys() - templates.keys())]
         for key, (image, _) in sorted(templates.items()):
             wanted = intent.get(key)
+            home = self.env.endpoint(self.env.policy_of(key[0]), "eastus")
             if wanted is None or image != f"{home}/{wanted.split('/', 1)[1]}":
                 found.append(f"{key[0]}/{key[1]}: {image} (its user's: {wanted})")
         return found
@@ -128,13 +149,18 @@ class Checker:
         for region, (since, why) in sorted(down.items()):
             if now - since <= BUDGET_SECONDS or now - self._disrupted <= BUDGET_SECONDS:
                 continue
-            endpoint = env.proxies[region].endpoint
-            stuck = sorted(f"{n}/{d}" for (n, d), (image, _) in templates.items() if image.startswith(f"{endpoint}/"))
+            # A dead registry is dead at both of its addresses; a faulted proxy only at its own.
+            dead = {env.proxies[region].endpoint}
+            if why in REGISTRY_FAULTS:
+                dead.add(env.alternates[region].endpoint)
+            stuck = sorted(f"{n}/{d}" for (n, d), (image, _) in templates.items() if image.split("/", 1)[0] in dead)
             if stuck:
                 self._violate(
                     f"1 (left on a dead replica) at {at:.0f}s: {region} down ({why}) for {now - since:.0f}s, "
                     f"{len(stuck)} Deployments still on it, first {stuck[0]}"
                 )
+        if self._arm_down:
+            self._arm_check(at)
         try:
             active = env.active_regions()
         except UNAVAILABLE:
@@ -143,11 +169,64 @@ class Checker:
             if region and self._active.get(policy) not in (None, region):
                 self.switches += 1
             self._active[policy] = region
-        for operator in env.operators:
+        for operator, port in zip(env.operators, env.webhook_ports, strict=True):
             if operator.process is not None and operator.process.alive():
                 self.max_rss_mb = max(self.max_rss_mb, _rss_mb(operator.process.pid))
+            self._review(operator, port, at)
         if self.max_rss_mb > MAX_RSS_MB:
             self._violate(f"6 (memory) at {at:.0f}s: a geopin's RSS reached {self.max_rss_mb:.0f} MB")
+
+    def _arm_check(self, at: float) -> None:
+        """1: ARM unreachable keeps the last known replicas (a data plane needs no control plane), and
+        the policy says so (ControlPlaneUnavailable)."""
+        status = self.env.policy_status(ARM_POLICY)
+        if status is None:
+            return
+        regions = {row.get("region") for row in status.get("replicas") or []}
+        if status.get("replicas") and regions != set(self.env.proxies):
+            self._violate(f"1 (replicas lost while ARM is down) at {at:.0f}s: {ARM_POLICY} lists {sorted(regions)}")
+        unavailable = [c for c in status.get("conditions") or [] if c.get("type") == "ControlPlaneUnavailable"]
+        if not self._arm_noticed and unavailable and unavailable[0].get("status") == "True":
+            self._arm_noticed = True
+            self.arm_outages_noticed += 1
+
+    def _review(self, operator: Operator, port: int, at: float) -> None:
+        """6: a running geopin answers an AdmissionReview within the webhook's timeout, whatever fails
+        around it (the admission path reads only memory). A stopped or dead one is the API server's
+        failurePolicy: Ignore, not a violation."""
+        process = operator.process
+        if process is None or not _running(process.pid):
+            return
+        self.reviews += 1
+        uid = f"soak-{self.reviews}"
+        review = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": uid,
+                "operation": "CREATE",
+                "namespace": "soak-a1",
+                "object": {"metadata": {"name": uid}, "spec": {"containers": [
+                    {"name": "app", "image": f"{POLICY_REGISTRY}/soak/app-0:1"}
+                ]}},
+            },
+        }  # fmt: skip
+        began = time.monotonic()
+        try:
+            response = httpx.post(
+                f"https://127.0.0.1:{port}/mutate/pods", json=review, verify=False, timeout=WEBHOOK_TIMEOUT_SECONDS
+            )
+            answer = response.json().get("response") or {}
+        except (httpx.HTTPError, ValueError) as e:
+            if not _running(process.pid) or isinstance(e, httpx.ConnectError):
+                return  # stopped or killed meanwhile, or not listening yet after a restart
+            self._violate(f"6 (webhook) at {at:.0f}s: {operator.user} did not answer within "
+                          f"{WEBHOOK_TIMEOUT_SECONDS:g}s: {type(e).__name__}")  # fmt: skip
+            return
+        took = time.monotonic() - began
+        self.max_review_seconds = max(self.max_review_seconds, took)
+        if response.status_code != 200 or answer.get("uid") != uid or answer.get("allowed") is not True:
+            self._violate(f"6 (webhook) at {at:.0f}s: {operator.user} answered {response.status_code} {answer}")
 
     def _violate(self, message: str) -> None:
         """Keep (and print) the first few of each invariant's violations; count them all."""
@@ -217,6 +296,10 @@ class Checker:
             "template_writes": sum(len(s) for s in writes.values()),
             "max_writes_per_window": busiest,
             "max_rss_mb": round(self.max_rss_mb, 1),
+            "webhook_reviews": self.reviews,
+            "arm_outages": self.arm_outages,
+            "arm_outages_reported": self.arm_outages_noticed,
+            "max_webhook_answer_seconds": round(self.max_review_seconds, 3),
             "violations": list(self.violations),
             "violations_per_invariant": dict(self.violated),
             "timeline": [[e.at, e.fault, e.detail] for e in schedule.timeline],
@@ -234,6 +317,16 @@ class Checker:
 
 def _received(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def _running(pid: int) -> bool:
+    """Alive and not stopped (SIGSTOP): /proc/<pid>/stat's state."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("T", "t", "Z", "X")
 
 
 def _rss_mb(pid: int) -> float:

@@ -3,9 +3,11 @@
 Each class is a real part failing as it fails in production: a registry replica SIGKILLed or
 SIGSTOPped, answering 503 or 429, hanging (requests read, never answered) or dropping connections, or
 flapping; the geopin leader SIGKILLed or SIGSTOPped for longer than its Lease; kube-apiserver
-restarted; etcd paused for 10 s; a policy edited (replicas reordered) or deleted and created again;
+restarted; etcd paused for 10 s; a policy edited (replicas reordered, a replica's endpoint moved to
+another address of the same replica and back) or deleted and created again;
 users editing images, creating and deleting Deployments. What the local environment cannot fail here
-(ARM, the data endpoints, replication lag) the end-to-end tests cover one by one.
+(the data endpoints, replication lag) the end-to-end tests cover one by one. ARM is the local fake
+(tests/harness/armserver.py): refusing connections, answering 500, or hanging.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import urllib3
 from kubernetes import client
+from tests.harness.armserver import Mode as ArmMode
 
 from bench.env import GROUP, PLURAL, VERSION, say
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from bench.soak_checks import Checker
 
 GAP_SECONDS = (3.0, 8.0)
+ARM_DOWN_SECONDS = 45.0  # longer than the policy's refreshSeconds (30), so a refresh fails
 PROXY_MODES: dict[str, Mode] = {
     "proxy-503": "http_503",
     "proxy-429": "http_429",
@@ -54,7 +58,9 @@ WEIGHTS = {
     "apiserver-restart": 1,
     "etcd-pause": 1,
     "policy-edit": 1,
+    "policy-endpoint": 1,
     "policy-recreate": 1,
+    "arm-down": 1,
     "user-edit": 4,
     "user-create-delete": 2,
 }
@@ -229,6 +235,28 @@ class Schedule:
                 GROUP, VERSION, PLURAL, name, {"spec": {"replicas": env.policy_body(name, order)["spec"]["replicas"]}}
             ))  # fmt: skip
             self._record(fault, f"{name}: replicas reordered to {', '.join(order)}")
+        elif fault == "policy-endpoint":
+            name = rng.choice(sorted(_policies()))
+            self._move_endpoint(name, region)
+            self._record(fault, f"{name}: {region} now at {env.endpoint(name, region)}")
+            self._later(f"{name}: {region}'s endpoint back", functools.partial(self._move_endpoint, name, region))
+        elif fault == "arm-down":
+            if not env.arm.running or env.arm.mode is not ArmMode.OK:
+                return
+            how = rng.choice(["refused", "500", "stall"])
+            if how == "refused":
+                env.arm.stop()
+            else:
+                env.arm.mode = ArmMode.ERROR if how == "500" else ArmMode.STALL
+            self.checker.arm_down()
+            self._record(fault, f"ARM {how} for {ARM_DOWN_SECONDS:g} s (longer than a refresh)")
+
+            def arm_up() -> None:
+                env.arm.mode = ArmMode.OK
+                env.arm.start()
+                self.checker.arm_up()
+
+            self._undo.append((self.now() + ARM_DOWN_SECONDS, "ARM answers", arm_up))
         elif fault == "policy-recreate":
             name = rng.choice(sorted(_policies()))
             self._record(fault, f"{name} deleted (restores everything) and created again")
@@ -250,6 +278,15 @@ class Schedule:
             new = f"new-{self._created}"
             _retry(lambda: env.create_deployment(namespace, new, f"{registry}/soak/{new}:1"))
             self._record(fault, f"deleted {namespace}/{name}, created {namespace}/{new}")
+
+    def _move_endpoint(self, name: str, region: str) -> None:
+        """An SRE points `name`'s `region` at the replica's other endpoint (or back): geopin must move
+        the workloads it pinned there, and still restore them exactly (its own pin, recognised)."""
+        env = self.env
+        env.moved[name] ^= {region}
+        _retry(lambda: env.custom.patch_cluster_custom_object(
+            GROUP, VERSION, PLURAL, name, {"spec": {"replicas": env.policy_body(name)["spec"]["replicas"]}}
+        ))  # fmt: skip
 
     def _wait_gone(self, name: str) -> None:
         deadline = time.monotonic() + 120

@@ -17,14 +17,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from kubernetes import client
 
-from tests.harness.armserver import ArmReplica, ArmServer
+from tests.harness.armserver import ArmReplica, ArmServer, trust_bundle
 from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.msiserver import MsiServer
 from tests.harness.objects import deployment
@@ -47,7 +46,6 @@ SUBSCRIPTION = "7d3c2a51-8e4f-4b0a-9c61-2f5e8a9b1c04"
 RESOURCE_GROUP = "platform-rg"
 TOKEN = "arm-token-from-managed-identity"
 REFRESH_SECONDS = 30  # the CRD's minimum
-SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 @dataclass
@@ -93,15 +91,6 @@ class Setup:
         return str(self.apps.read_namespaced_deployment(name, NAMESPACE).spec.template.spec.containers[0].image)
 
 
-def _trust_bundle(ca: CA, directory: Path) -> Path:
-    """The system roots (whatever SSL_CERT_FILE named) plus the test CA: the operator's SSL_CERT_FILE."""
-    system = Path(os.environ.get("SSL_CERT_FILE") or SYSTEM_BUNDLE)
-    roots = system.read_bytes() if system.is_file() else b""
-    bundle = directory / "trust-bundle.pem"
-    bundle.write_bytes(roots.rstrip(b"\n") + b"\n" + ca.cert_pem)
-    return bundle
-
-
 def _arm_replicas() -> list[ArmReplica]:
     return [ArmReplica("East US"), ArmReplica("West US", region_endpoint_enabled=False), ArmReplica("centralus")]
 
@@ -135,7 +124,7 @@ def _deployment(name: str) -> dict[str, Any]:
 def setup(control_plane: ControlPlane, ca: CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     install_crd(control_plane)
     workdir = tmp_path_factory.mktemp("arm-discovery")
-    bundle = _trust_bundle(ca, workdir)
+    bundle = trust_bundle(ca, workdir)
     with (
         RegistrySet(ca) as registries,
         ArmServer(

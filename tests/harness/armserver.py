@@ -26,12 +26,14 @@ import datetime as dt
 import enum
 import json
 import math
+import os
 import socket
 import ssl
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
@@ -303,3 +305,16 @@ class ArmServer:
             "tags": {},
             "properties": properties,
         }
+
+
+SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def trust_bundle(ca: CA, directory: Path) -> Path:
+    """The system roots (whatever SSL_CERT_FILE named) plus the test CA: a geopin process's SSL_CERT_FILE,
+    so that azure-core's transport (default context) trusts this fake ARM."""
+    system = Path(os.environ.get("SSL_CERT_FILE") or SYSTEM_BUNDLE)
+    roots = system.read_bytes() if system.is_file() else b""
+    bundle = directory / "trust-bundle.pem"
+    bundle.write_bytes(roots.rstrip(b"\n") + b"\n" + ca.cert_pem)
+    return bundle
