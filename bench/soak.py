@@ -225,6 +225,7 @@ def run(minutes: float, seed: int) -> int:
     """One soak; 0 when no invariant was violated, else 1."""
     workdir = Path(tempfile.mkdtemp(prefix="gp-soak-"))
     rng = random.Random(seed)
+    failed = True  # until the run says otherwise: an exception keeps the workdir too
     try:
         with ExitStack() as stack:
             say(f"soak: seed {seed}, {minutes:g} min; control plane, 3 replicas behind fault proxies, 2 geopins")
@@ -258,9 +259,13 @@ def run(minutes: float, seed: int) -> int:
             if checker.violations:
                 checker.explain(schedule)
                 return 1
+            failed = False
             return 0
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if failed:  # the operators' logs, the audit log: what a violation needs to be understood
+            say(f"soak: kept {workdir} for the post-mortem")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _report(figures: dict[str, Any]) -> None:

@@ -252,9 +252,12 @@ class Checker:
                 break
         self._check_writers(env.cp.audit_events(0), mark)
         for operator in env.operators:
-            if "Traceback" in operator.log():
-                line = next(i for i, text in enumerate(operator.log().splitlines()) if "Traceback" in text)
-                self._violate(f"6 (traceback) in {operator.log_path} at line {line + 1}")
+            lines = operator.log().splitlines()
+            for start in [i for i, text in enumerate(lines) if "Traceback (most recent call last)" in text]:
+                # The exception is the traceback's first unindented line; the line before names who logged it.
+                error = next((t for t in lines[start + 1 :] if t and not t.startswith(" ")), "?")
+                logged = lines[start - 1] if start else ""
+                self._violate(f"6 (traceback) in {operator.log_path} at line {start + 1}: {error} (after: {logged})")
 
     def _check_writers(self, events: list[dict[str, Any]], mark: int) -> None:
         users = {operator.user for operator in self.env.operators}

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+import urllib3
 
 from geopin.control.runtime import Runtime
 from geopin.core.config import RunConfig
@@ -180,5 +181,32 @@ def test_a_forbidden_write_shows_in_ready_until_a_write_succeeds() -> None:
         await runtime.reporter.report_all()
         assert (ready(kube, "contoso")["reason"], ready(kube, "contoso")["status"]) == ("Forbidden", "False")
         assert "check geopin's RBAC" in ready(kube, "contoso")["message"]
+
+    leading(runtime, scenario)
+
+
+def test_an_unreachable_api_server_makes_one_warning_line_per_policy_and_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """kube-apiserver restarting is a cluster's everyday life (the soak found the traceback this was)."""
+    kube = FakeKube()
+    runtime = world(kube)
+    runtime.book.upsert(entry(policy()))
+    dropped = urllib3.exceptions.ProtocolError("Connection aborted.", ConnectionResetError(104, "reset by peer"))
+
+    async def scenario() -> None:
+        await eventually(lambda: on(kube, EAST), "pinned")
+        await runtime.reconciler.wait_idle(5.0)
+        kube.fail("PATCH", "/apis/geopin.io/v1alpha1/registrypolicies/contoso/status", ConnectionRefusedError(111))
+        kube.fail("PATCH", "/apis/geopin.io/v1alpha1/registrypolicies/contoso/status", dropped)
+        kube.statuses.clear()
+        caplog.clear()
+        await runtime.reporter.report_all()
+        await runtime.reporter.report_all()
+        failed = [r for r in caplog.records if "reporting the status of policy contoso failed" in r.getMessage()]
+        assert [(r.levelname, r.exc_info) for r in failed] == [("WARNING", None), ("WARNING", None)]
+        assert all("\n" not in r.getMessage() for r in failed)
+        await runtime.reporter.report_all()
+        assert [name for name, _ in kube.statuses] == ["contoso"]  # written once the API server answers
 
     leading(runtime, scenario)

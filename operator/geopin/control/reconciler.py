@@ -23,10 +23,11 @@ from geopin.control.repoint_pacer import RepointPacer
 from geopin.core.decisions import PolicySnapshot, plan_workload
 from geopin.core.references import image_host
 from geopin.core.rewrite import Desired, JsonPatch, json_patch, moves_pin
+from geopin.core.text import one_line
 from geopin.core.workloads import KINDS, Kind, WorkloadRef, WorkloadView, view_of
 from geopin.io import metrics
 from geopin.io.cache import ClusterCache
-from geopin.io.kube import ApiError, KubeAPI, NotLeading
+from geopin.io.kube import CALL_FAILURES, ApiError, KubeAPI, NotLeading
 
 __all__ = ["ImageResolver", "PullSecretReader", "Reconciler"]
 
@@ -174,6 +175,8 @@ class Reconciler:
                 await self.reconcile(ref)
             except asyncio.CancelledError:
                 raise
+            except CALL_FAILURES as e:
+                logger.warning("reconciling %s/%s/%s failed; the next resync retries it: %s", *ref, one_line(e))
             except Exception:
                 logger.exception("reconciling %s/%s/%s failed; the next resync retries it", *ref)
             finally:

@@ -27,12 +27,13 @@ from geopin.core.mutating_policy import redirect_for
 from geopin.core.nodes import needs_node_credentials
 from geopin.core.policy import GLOBAL_REGION, Mode, NodeImageCheck
 from geopin.core.status import WorkloadCounts, count_workloads
+from geopin.core.text import one_line
 from geopin.core.timestamps import rfc3339
 from geopin.core.workloads import WorkloadView
 from geopin.io import metrics
 from geopin.io.cache import ClusterCache
 from geopin.io.event_backlog import EventBacklog
-from geopin.io.kube import KubeAPI, NotLeading
+from geopin.io.kube import CALL_FAILURES, KubeAPI, NotLeading
 
 __all__ = ["ENFORCED", "PolicyGauges", "StatusReporter", "node_credentials_condition"]
 
@@ -172,6 +173,10 @@ class StatusReporter:
                 await self.report(entry, views, labels, workers)
             except NotLeading:
                 return  # stepping down: the next leader reports
+            except CALL_FAILURES as e:
+                logger.warning(
+                    "reporting the status of policy %s failed; retrying on the next pass: %s", entry.name, one_line(e)
+                )
             except Exception:
                 logger.exception("reporting the status of policy %s failed; retrying on the next pass", entry.name)
 

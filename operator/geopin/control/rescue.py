@@ -23,11 +23,12 @@ from geopin.control.book import PolicyBook
 from geopin.control.notices import object_ref
 from geopin.core.policy import Mode
 from geopin.core.redirect import move_pod
+from geopin.core.text import one_line
 from geopin.core.workloads import KINDS, view_of
 from geopin.io import metrics
 from geopin.io.cache import ClusterCache
 from geopin.io.event_backlog import EventBacklog
-from geopin.io.kube import ApiError, KubeAPI, NotLeading
+from geopin.io.kube import CALL_FAILURES, ApiError, KubeAPI, NotLeading
 
 __all__ = ["PodRescuer", "waiting_on_pull"]
 
@@ -113,6 +114,8 @@ class PodRescuer:
                 await self.rescue(*key)
             except asyncio.CancelledError:
                 raise
+            except CALL_FAILURES as e:
+                logger.warning("rescuing Pod %s/%s failed; the next Pod event retries it: %s", *key, one_line(e))
             except Exception:
                 logger.exception("rescuing Pod %s/%s failed", *key)
 

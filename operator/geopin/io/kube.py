@@ -20,13 +20,27 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from geopin.core import crd
 from geopin.core.timestamps import rfc3339
 from geopin.core.workloads import Kind
 
-__all__ = ["FIELD_MANAGER", "ApiError", "Kube", "KubeAPI", "NotLeading", "PatchOutcome", "load_api_client"]
+__all__ = [
+    "CALL_FAILURES",
+    "FIELD_MANAGER",
+    "ApiError",
+    "Kube",
+    "KubeAPI",
+    "NotLeading",
+    "PatchOutcome",
+    "load_api_client",
+]
+
+# What an API call raises when the API server answers with an error or cannot be reached (restarting,
+# etcd paused, a dropped connection): expected in a cluster's life, logged as one line and retried.
+CALL_FAILURES: tuple[type[BaseException], ...] = (ApiException, OSError, urllib3.exceptions.HTTPError)
 
 FIELD_MANAGER = "geopin"
 
