@@ -54,7 +54,7 @@ test-e2e: prereqs $(STAMP) controlplane controlplane-1.36 nodes ## end-to-end te
 	$(BIN)/pytest tests/e2e -q $(PARALLEL)
 
 test: prereqs lint controlplane controlplane-1.36 nodes ## the whole suite: what .ci/run runs (WORKERS=0: in one process)
-	$(BIN)/pytest tests -q $(PARALLEL)
+	$(BIN)/pytest tests -q $(PARALLEL) --durations=15
 
 # NODES=1 for one real node; NODES=0 for the node-less environment (fake Node objects).
 NODES ?= 2
