@@ -59,6 +59,9 @@ SAMPLE_SECONDS = 2.0
 class SoakEnv:
     """The environment, what the users intend, and what the checker reads."""
 
+    policies = POLICIES
+    arm_policy = ARM_POLICY
+
     def __init__(self, stack: ExitStack, workdir: Path) -> None:
         ca = CA(workdir / "pki")
         self.ca = ca

@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 REGISTRY_FAULTS = frozenset({"registry-kill", "registry-stop"})
 WEBHOOK_TIMEOUT_SECONDS = 2.0  # the chart's webhook timeoutSeconds
-POLICY_REGISTRY = "alpha.azurecr.io"
-ARM_POLICY = "beta"
 BUDGET_SECONDS = 45.0  # detection (2 failed probes, 1 s apart) + a repoint of 300 + a leader handover
 WINDOW_SECONDS, MAX_WRITES_PER_WINDOW = 10.0, 4
 MAX_RSS_MB = 400.0
@@ -179,12 +177,14 @@ class Checker:
     def _arm_check(self, at: float) -> None:
         """1: ARM unreachable keeps the last known replicas (a data plane needs no control plane), and
         the policy says so (ControlPlaneUnavailable)."""
-        status = self.env.policy_status(ARM_POLICY)
+        status = self.env.policy_status(self.env.arm_policy)
         if status is None:
             return
         regions = {row.get("region") for row in status.get("replicas") or []}
         if status.get("replicas") and regions != set(self.env.proxies):
-            self._violate(f"1 (replicas lost while ARM is down) at {at:.0f}s: {ARM_POLICY} lists {sorted(regions)}")
+            self._violate(
+                f"1 (replicas lost while ARM is down) at {at:.0f}s: {self.env.arm_policy} lists {sorted(regions)}"
+            )
         unavailable = [c for c in status.get("conditions") or [] if c.get("type") == "ControlPlaneUnavailable"]
         if not self._arm_noticed and unavailable and unavailable[0].get("status") == "True":
             self._arm_noticed = True
@@ -199,15 +199,16 @@ class Checker:
             return
         self.reviews += 1
         uid = f"soak-{self.reviews}"
+        registry, namespaces = next(iter(self.env.policies.values()))
         review = {
             "apiVersion": "admission.k8s.io/v1",
             "kind": "AdmissionReview",
             "request": {
                 "uid": uid,
                 "operation": "CREATE",
-                "namespace": "soak-a1",
+                "namespace": namespaces[0],
                 "object": {"metadata": {"name": uid}, "spec": {"containers": [
-                    {"name": "app", "image": f"{POLICY_REGISTRY}/soak/app-0:1"}
+                    {"name": "app", "image": f"{registry}/soak/app-0:1"}
                 ]}},
             },
         }  # fmt: skip

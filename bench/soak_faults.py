@@ -231,9 +231,7 @@ class Schedule:
         elif fault == "policy-edit":
             name = rng.choice(sorted(_policies()))
             order = tuple(rng.sample(sorted(env.proxies), len(env.proxies)))
-            _retry(lambda: env.custom.patch_cluster_custom_object(
-                GROUP, VERSION, PLURAL, name, {"spec": {"replicas": env.policy_body(name, order)["spec"]["replicas"]}}
-            ))  # fmt: skip
+            self._patch_replicas(name, order)
             self._record(fault, f"{name}: replicas reordered to {', '.join(order)}")
         elif fault == "policy-endpoint":
             name = rng.choice(sorted(_policies()))
@@ -282,10 +280,15 @@ class Schedule:
     def _move_endpoint(self, name: str, region: str) -> None:
         """An SRE points `name`'s `region` at the replica's other endpoint (or back): geopin must move
         the workloads it pinned there, and still restore them exactly (its own pin, recognised)."""
-        env = self.env
-        env.moved[name] ^= {region}
-        _retry(lambda: env.custom.patch_cluster_custom_object(
-            GROUP, VERSION, PLURAL, name, {"spec": {"replicas": env.policy_body(name)["spec"]["replicas"]}}
+        self.env.moved[name] ^= {region}
+        self._patch_replicas(name)
+
+    def _patch_replicas(self, name: str, order: tuple[str, ...] | None = None) -> None:
+        """Write `name`'s replica list as the environment has it now (in `order`, else the default)."""
+        body = self.env.policy_body(name, order) if order else self.env.policy_body(name)
+        replicas = body["spec"]["replicas"]
+        _retry(lambda: self.env.custom.patch_cluster_custom_object(
+            GROUP, VERSION, PLURAL, name, {"spec": {"replicas": replicas}}
         ))  # fmt: skip
 
     def _wait_gone(self, name: str) -> None:
