@@ -7,6 +7,7 @@ their own are covered in test_health.py.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +27,14 @@ from geopin.core.health import (
     preference_order,
 )
 from geopin.core.policy import Fallback, Policy, ProbeSettings, Replica, from_spec
-from geopin.core.workloads import ANNOTATION_PINNED_REGION, ANNOTATION_REGION, KINDS, WorkloadView, view_of
+from geopin.core.workloads import (
+    ANNOTATION_ORIGINAL_IMAGES,
+    ANNOTATION_PINNED_REGION,
+    ANNOTATION_REGION,
+    KINDS,
+    WorkloadView,
+    view_of,
+)
 from geopin.io.probes import Outcome
 
 REGIONS = ("eastus", "westus", "centralus")
@@ -789,6 +797,19 @@ def workload(images: Mapping[str, str], annotations: Mapping[str, str] | None = 
     return view_of(KINDS["Deployment"], body)
 
 
+def pinned_to(region: str, images: Mapping[str, str], edited: Mapping[str, str] | None = None) -> WorkloadView:
+    """A workload geopin pinned to `region` (images rewritten, originals recorded), whose user then set
+    `edited` images (container name → image, on the global name) over some of them."""
+    host = endpoint(region)
+    shown = {name: f"{host}/{image.split('/', 1)[1]}" for name, image in images.items()}
+    shown.update(edited or {})
+    annotations = {
+        ANNOTATION_PINNED_REGION: region,
+        ANNOTATION_ORIGINAL_IMAGES: json.dumps({f"containers/{name}": image for name, image in images.items()}),
+    }
+    return workload(shown, annotations)
+
+
 Availability = Callable[[str, str], bool | None]
 
 
@@ -869,7 +890,7 @@ def test_decide_unknown_after_a_missing_home_names_the_next_region() -> None:
 def test_decide_accepts_the_current_pin_without_a_check() -> None:
     # Home lacks the image; westus (the current pin) would fail the check, but its pods pull from it now.
     registry = Registry({(WEB, "eastus"): False, (WEB, "westus"): False})
-    view = workload({"web": WEB}, {ANNOTATION_PINNED_REGION: "westus"})
+    view = pinned_to("westus", {"web": WEB})
     choice = decide(snap(registry), view, None)
     assert choice.target == Target("westus", endpoint("westus"))
     assert choice.awaiting == "eastus"
@@ -878,10 +899,36 @@ def test_decide_accepts_the_current_pin_without_a_check() -> None:
 
 def test_decide_current_pin_with_unknown_availability_still_accepted() -> None:
     registry = Registry({(WEB, "eastus"): None, (WEB, "westus"): None})
-    view = workload({"web": WEB}, {ANNOTATION_PINNED_REGION: "eastus"})
+    view = pinned_to("eastus", {"web": WEB})
     choice = decide(snap(registry), view, None)
     assert choice == Choice(Target("eastus", endpoint("eastus")))
     assert registry.calls == []
+
+
+def test_decide_checks_a_users_new_tag_at_the_current_pin() -> None:
+    # The soak found it: pinned to eastus, the user rolls to a tag pushed in centralus that has not
+    # reached eastus yet. Before, the current pin was taken unchecked and the new Pods could not pull.
+    new = "contoso.azurecr.io/shop/web:1.3"
+    registry = Registry({(new, "eastus"): False, (new, "westus"): False})
+    view = pinned_to("eastus", {"web": WEB}, edited={"web": new})
+    choice = decide(snap(registry), view, None)
+    assert choice.target == Target("centralus", endpoint("centralus"))
+    assert choice.awaiting == "eastus"
+    assert (new, "eastus") in registry.calls
+    # Not looked up yet: asked first, nothing decided.
+    unknown = decide(snap(Registry({(new, "eastus"): None})), view, None)
+    assert unknown.target is None
+    assert unknown.unknown == ((new, "eastus"),)
+
+
+def test_decide_checks_only_the_new_image_of_a_partly_edited_pin() -> None:
+    new = "contoso.azurecr.io/shop/api:4"
+    registry = Registry({(WEB, "eastus"): False, (new, "eastus"): True})
+    view = pinned_to("eastus", {"web": WEB, "api": API}, edited={"api": new})
+    choice = decide(snap(registry), view, None)
+    assert choice == Choice(Target("eastus", endpoint("eastus")))
+    assert (new, "eastus") in registry.calls
+    assert (WEB, "eastus") not in registry.calls
 
 
 def test_decide_an_unhealthy_current_pin_is_not_kept() -> None:
@@ -919,7 +966,10 @@ def test_decide_replication_invariants(
     table: dict[tuple[str, str], bool | None], usable: frozenset[str], current: str | None
 ) -> None:
     registry = Registry(table)
-    view = workload({"web": WEB, "api": API}, {ANNOTATION_PINNED_REGION: current} if current else None)
+    if current in REGIONS:
+        view = pinned_to(current, {"web": WEB, "api": API})
+    else:
+        view = workload({"web": WEB, "api": API}, {ANNOTATION_PINNED_REGION: current} if current else None)
     choice = decide(snap(registry, usable=usable), view, None)
     order = [r for r in preference_order(geo_policy(), HOME) if r in usable]
     images = (WEB, API)

@@ -25,6 +25,7 @@ from geopin.core.rewrite import (
     extended_pull_secrets,
     managed_intents,
     pinned_digest,
+    served_intents,
 )
 from geopin.core.workloads import (
     ANNOTATION_ORIGINAL_IMAGES,
@@ -132,8 +133,9 @@ def decide(snapshot: PolicySnapshot, view: WorkloadView, namespace_labels: Mappi
     """The target for this workload under this policy (or restore), honouring replication.
 
     Healthy replicas are tried in preference order. With ``replicationCheck``, a replica qualifies only
-    once every image of the workload is there; the region the workload already points to needs no
-    check (its pods pull from it now). With none qualifying, the fallback applies (global, or stay).
+    once every image of the workload is there; at the region the workload already points to, only the
+    images its pin does not serve yet are checked (its pods pull the others from it now; a user's new
+    tag may not have reached it). With none qualifying, the fallback applies (global, or stay).
     """
     if snapshot.deleting or not is_selected(snapshot, view, namespace_labels):
         return Choice(None)
@@ -176,9 +178,10 @@ def _first_qualifying(
             if not _has_regional_credentials(policy, keys, endpoint):
                 lacks_credentials = True
                 continue
-        if check is not None and region != current:
-            found = [check(image, region) for image in images]
-            missing = [image for image, present in zip(images, found, strict=True) if present is None]
+        checked = images if region != current else [i for i in images if i not in served_intents(view, policy)]
+        if check is not None and checked:
+            found = [check(image, region) for image in checked]
+            missing = [image for image, present in zip(checked, found, strict=True) if present is None]
             if missing:
                 return Choice(None, unknown=tuple((image, region) for image in missing))
             if not all(found):

@@ -216,6 +216,22 @@ def managed_intents(view: WorkloadView, policy: Policy) -> dict[str, str]:
     return intents
 
 
+def served_intents(view: WorkloadView, policy: Policy) -> frozenset[str]:
+    """The user's images the workload's current pin already serves: recorded, and shown rewritten.
+
+    A container the user changed since (a new tag, still on the global name) is not among them: its
+    image may not have reached the pinned replica yet.
+    """
+    record, _ = read_record(view.annotations)
+    pinned_endpoint = read_pinned_endpoints(view.annotations).get(registry_key(policy.registry))
+    served = set()
+    for container in view.containers:
+        recorded = record.get(container.key)
+        if recorded is not None and is_rewrite_of(container.image, recorded, policy, pinned_endpoint):
+            served.add(recorded)
+    return frozenset(served)
+
+
 def pinned_digest(image: str, intent: str) -> str | None:
     """The digest geopin appended to ``intent`` (digestPinning) when ``image`` carries one it lacks."""
     ref, orig = _try_parse(image), _try_parse(intent)
