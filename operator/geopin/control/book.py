@@ -17,6 +17,7 @@ from geopin.core.decisions import DEFAULT_EXCLUDED_NAMESPACES, PolicySnapshot
 from geopin.core.nodes import NodeRisk
 from geopin.core.policy import AUTO_REGION, Mode, NodeImageCheck, Policy, Strategy
 from geopin.core.references import image_host, split_host
+from geopin.core.replication import published_availability
 from geopin.core.rewrite import read_record
 from geopin.core.workloads import WorkloadView
 from geopin.io.images import ImageCache
@@ -155,7 +156,8 @@ class PolicyBook:
             policy=policy,
             cluster_region=self.cluster_region(entry.policy),
             usable=usable,
-            availability=cache.available if cache is not None else None,
+            # A standby looks nothing up: it answers admission from the leader's published gaps.
+            availability=cache.available if cache is not None else published_availability(entry.observed_status),
             digest_of=cache.digest_of if cache is not None else None,
             deleting=entry.deleting,
             excluded_namespaces=self.excluded_namespaces,

@@ -26,6 +26,7 @@ from geopin.core.health import Target, preference_order
 from geopin.core.mutating_policy import redirect_for
 from geopin.core.nodes import needs_node_credentials
 from geopin.core.policy import GLOBAL_REGION, Mode, NodeImageCheck
+from geopin.core.replication import replication_gaps
 from geopin.core.status import WorkloadCounts, count_workloads
 from geopin.core.text import one_line
 from geopin.core.timestamps import rfc3339
@@ -249,6 +250,8 @@ class StatusReporter:
             "replicas": replicas,
             "workloads": counts.as_status(),
         }
+        if entry.policy.replication_check and monitor is not None:
+            status["replicationGaps"] = replication_gaps(monitor.images.absent())  # for the standbys' admission
         if (switched := self.switches.get(entry.uid) or last.get("lastSwitch")) is not None:
             status["lastSwitch"] = switched
         ready = self._ready(entry, snapshot, target, counts, workers)

@@ -5,7 +5,8 @@ digest pinning asks "what does this tag resolve to?". Answers are cached per pol
 manifest for ``present_ttl`` (it does not vanish), an absent one for ``absent_ttl`` (ACR replicates
 within seconds to minutes, so it is asked again soon). A registry error is not an answer: it is
 logged and the image is taken as present (fail open), because a replica the probes call healthy
-but that refuses a HEAD (say, no pull permission for geopin) must not hold every workload back.
+but that refuses a HEAD (say, no pull permission for geopin) must not hold every workload back; that
+guess expires as soon as an absence does, so a real answer replaces it.
 """
 
 from __future__ import annotations
@@ -55,6 +56,15 @@ class ImageCache:
         entry = self._presence.get((image, region))
         return None if entry is None else entry.present
 
+    def absent(self) -> list[tuple[str, list[str]]]:
+        """(image, the regions whose last answer was "absent"), the most recently answered first: what
+        a standby must know not to redirect a Pod there (``status.replicationGaps``)."""
+        found: dict[str, list[str]] = {}
+        for (image, region), entry in sorted(self._presence.items(), key=lambda item: -item[1].expires):
+            if not entry.present:
+                found.setdefault(image, []).append(region)
+        return list(found.items())
+
     def stale(self) -> list[tuple[str, str]]:
         """(image, region) pairs whose answer has expired: to be asked again."""
         now = self.clock()
@@ -97,12 +107,14 @@ class ImageCache:
                 logger.warning(
                     "policy %s: HEAD %s at %s failed (%s); taking it as present", policy.name, image, region or via, e
                 )
-                digest, present = None, True
+                digest, present, known = None, True, False
             else:
-                present = digest is not None
+                present, known = digest is not None, True
         now = self.clock()
         if region:
-            ttl = self.present_ttl if present else self.absent_ttl
+            # A failure's "present" is a guess, not an answer: asked again as soon as an absence is,
+            # or a HEAD that failed while a replica restarted would vouch for it for minutes.
+            ttl = self.present_ttl if present and known else self.absent_ttl
             self._presence[(image, region)] = _Entry(present, now + ttl)
         if digest is not None:
             self._digests[image] = (digest, now + self.present_ttl)
