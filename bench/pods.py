@@ -29,7 +29,13 @@ from typing import Any
 from kubernetes import client
 from tests.harness.acr import AcrRegistrySet
 from tests.harness.geopin_process import Operator, install_crd
-from tests.harness.nodeenv import NodeEnvironment, host_network_pod, pod_namespace, registry_pull_secret
+from tests.harness.nodeenv import (
+    NodeEnvironment,
+    host_network_deployment,
+    host_network_pod,
+    pod_namespace,
+    registry_pull_secret,
+)
 from tests.harness.objects import registry_policy
 from tests.harness.pki import CA
 from tests.harness.procs import free_port
@@ -84,20 +90,10 @@ class NodeFleet:
         for i in range(n):
             # Always: every Pod pulls (the node has the image cached after the first round), as Pods
             # on a new node or of a new tag do; an outage only shows in a pull.
-            spec = host_network_pod(f"app-{i}", self.global_image, pull_policy="Always")["spec"]
-            self.apps.create_namespaced_deployment(
-                NAMESPACE,
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": {"name": f"app-{i}"},
-                    "spec": {
-                        "replicas": 1 if i < SCALED else 0,
-                        "selector": {"matchLabels": {"app": f"app-{i}"}},
-                        "template": {"metadata": {"labels": {"app": f"app-{i}"}}, "spec": spec},
-                    },
-                },
+            body = host_network_deployment(
+                f"app-{i}", self.global_image, replicas=1 if i < SCALED else 0, pull_policy="Always"
             )
+            self.apps.create_namespaced_deployment(NAMESPACE, body)
         self.n = n
         spec = {
             "registry": self.acr.login_server,

@@ -1,12 +1,14 @@
 """Chaos soak: a seeded random schedule of faults, and invariants checked while it runs and at the end.
 
 `python -m bench soak --minutes 20 --seed S` (`make soak`; `make soak-smoke` runs 2 minutes). The
-environment: a real control plane (etcd, kube-apiserver, kube-controller-manager), three registry
-replicas each behind a fault proxy, two geopin replicas with leader election, two policies (two
-registries) over 300 Deployments in three namespaces. One fault at a time, 3 to 8 s apart, each undone
-15 to 40 s later or at once (bench/soak_faults.py). Users edit, create and delete Deployments
-meanwhile. Then everything is healed, the policies are deleted, and every surviving Deployment must be
-its user's intent again.
+environment: a real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) with
+one real node (containerd and a kubelet), three registry replicas each behind a fault proxy, two
+geopin replicas with leader election, two policies (two registries) over 300 Deployments in three
+namespaces, and a third registry shaped as ACR (data endpoints, replication) whose Deployments run
+Pods on the node (bench/soak_nodes.py). One fault at a time, 3 to 8 s apart, each undone 15 to 40 s
+later or at once (bench/soak_faults.py). Users edit, create and delete Deployments meanwhile. Then
+everything is healed, the policies are deleted, and every surviving Deployment must be its user's
+intent again.
 
 The invariants (bench/soak_checks.py) are read from the objects, the proxies' and registries' state,
 the operators' logs and /proc, and the API server's audit log. A violation prints the seed, the fault
@@ -26,7 +28,6 @@ from typing import Any
 
 from kubernetes import client
 from tests.harness.armserver import ArmReplica, ArmServer, trust_bundle
-from tests.harness.controlplane import ControlPlane
 from tests.harness.faultproxy import FaultProxy
 from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.msiserver import MsiServer
@@ -39,6 +40,8 @@ from tests.harness.waiting import wait_until
 from bench import soak_checks
 from bench.env import GROUP, PLURAL, VERSION, say, table, write_result
 from bench.soak_faults import Schedule
+from bench.soak_nodes import POLICY as NODE_POLICY
+from bench.soak_nodes import NodePart
 
 NAME = "soak"
 FULL_MINUTES, SMOKE_MINUTES = 20.0, 2.0
@@ -61,11 +64,14 @@ class SoakEnv:
 
     policies = POLICIES
     arm_policy = ARM_POLICY
+    policy_names = (*POLICIES, NODE_POLICY)
 
     def __init__(self, stack: ExitStack, workdir: Path) -> None:
         ca = CA(workdir / "pki")
         self.ca = ca
-        self.cp = stack.enter_context(ControlPlane(ca=ca, workdir=workdir / "cp"))
+        # The control plane is the node environment's: kube-scheduler and a real node run contoso's Pods.
+        self.nodes = NodePart(stack, ca, workdir)
+        self.cp = self.nodes.cp
         self.registries = stack.enter_context(RegistrySet(ca, workdir=workdir / "registries"))
         self.proxies = {r: stack.enter_context(FaultProxy(self.registries[r].endpoint, ca)) for r in REGIONS}
         # A second way to each replica, never faulted: what an SRE moves a policy's endpoint to.
@@ -90,6 +96,7 @@ class SoakEnv:
                 _mkdir(workdir / f"geopin-{i}"),
                 user=f"geopin-soak-{i}",
                 env={"HOSTNAME": f"soak-{i}", **arm_env},
+                names=self.nodes.acr,  # where contoso's names resolve (and its CA is trusted)
             )
             for i in range(2)
         ]
@@ -137,18 +144,26 @@ class SoakEnv:
         return registry_policy(name, spec)
 
     def create(self) -> None:
+        """contoso's Deployments (no Pod yet) and policy, then both geopins."""
         self.core.create_namespace({"metadata": {"name": "geopin-system"}})
+        self.nodes.create(self.core, self.apps, self.custom)
+        for index, (operator, port) in enumerate(zip(self.operators, self.webhook_ports, strict=True)):
+            # Both serve the webhook, as the chart's two Pods do behind its Service.
+            operator.start(
+                "--leader-election", "--lease-name", LEASE, "--webhook-port", str(port), "--arm-endpoint", self.arm.url,
+                *self.nodes.webhook_args(index, port),
+            )  # fmt: skip
+
+    def create_fleet(self) -> None:
+        """The 300 Deployments and their two policies: after the node's Pods run, because their first pins
+        queue 300 ReplicaSets in kube-controller-manager (20 requests/s), which would hold the node's
+        Deployments back for half a minute."""
         for name, (registry, namespaces) in POLICIES.items():
             for namespace in namespaces:
                 self.core.create_namespace({"metadata": {"name": namespace}})
                 for i in range(PER_NAMESPACE):
                     self.create_deployment(namespace, f"app-{i}", f"{registry}/soak/app-{i}:1")
             self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, self.policy_body(name))
-        for operator, port in zip(self.operators, self.webhook_ports, strict=True):
-            # Both serve the webhook, as the chart's two Pods do behind its Service.
-            operator.start(
-                "--leader-election", "--lease-name", LEASE, "--webhook-port", str(port), "--arm-endpoint", self.arm.url
-            )
 
     def create_deployment(self, namespace: str, name: str, image: str) -> None:
         body = deployment(name, image, labels={"app": name})
@@ -210,7 +225,7 @@ class SoakEnv:
 
     def active_regions(self) -> dict[str, str]:
         found = {}
-        for name in POLICIES:
+        for name in self.policy_names:
             try:
                 body = self.custom.get_cluster_custom_object(GROUP, VERSION, PLURAL, name)
             except client.ApiException:
@@ -231,10 +246,15 @@ def run(minutes: float, seed: int) -> int:
     failed = True  # until the run says otherwise: an exception keeps the workdir too
     try:
         with ExitStack() as stack:
-            say(f"soak: seed {seed}, {minutes:g} min; control plane, 3 replicas behind fault proxies, 2 geopins")
+            say(f"soak: seed {seed}, {minutes:g} min; control plane and a node, 3 + 3 replicas, 2 geopins")
             env = SoakEnv(stack, workdir)
             version = str(client.VersionApi(env.core.api_client).get_code().git_version)
             env.create()
+            wait_until(env.nodes.settled, timeout=120, interval=0.5, what="contoso's templates pinned to eastus")
+            env.nodes.start_pods()
+            wait_until(env.nodes.settled, timeout=180, interval=0.5, what="contoso's Pods running on the node")
+            say("soak: contoso's Pods run on the node; the 300 Deployments and their policies")
+            env.create_fleet()
             checker = soak_checks.Checker(env, seed)
             wait_until(checker.settled, timeout=180, interval=1.0, what="every Deployment pinned to eastus")
             mark = env.cp.audit_line_count()
@@ -251,9 +271,9 @@ def run(minutes: float, seed: int) -> int:
             checker.settle("healing everything", timeout=120)
             checker.sample(time.monotonic() - began)
             say("soak: deleting the policies: every Deployment must be its user's intent again")
-            for name in POLICIES:
+            for name in env.policy_names:
                 env.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
-            wait_until(lambda: not env.active_regions(), timeout=180, interval=1.0, what="both policies gone")
+            wait_until(lambda: not env.active_regions(), timeout=180, interval=1.0, what="every policy gone")
             checker.final(mark)
             figures = checker.figures(schedule, mark)
             _report(figures)

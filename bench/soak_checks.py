@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -95,8 +96,9 @@ class Checker:
     # -- while it runs --------------------------------------------------------------------------------
 
     def settled(self) -> bool:
-        """Every Deployment on eastus: its user's image with eastus's endpoint as the host."""
-        return self.unsettled() == []
+        """Every Deployment on eastus: its user's image with eastus's endpoint as the host; on the
+        node, every Pod wanted Running."""
+        return self.unsettled() == [] and self.env.nodes.settled()
 
     def unsettled(self) -> list[str] | None:
         """The Deployments not (yet) on eastus as their users' images; None while the API cannot answer."""
@@ -119,7 +121,9 @@ class Checker:
         except WaitTimeout:
             left = self.unsettled()
             found = "the API server does not answer" if left is None else f"{len(left)} Deployments, first {left[:3]}"
-            self._violate(f"1 (not settled {timeout:g}s after {what}): {found}")
+            if left == []:
+                found = f"the node's Pods: {self.env.nodes.unsettled()}"
+            self.violate(f"1 (not settled {timeout:g}s after {what}): {found}")
 
     def _read(self) -> tuple[dict[tuple[str, str], tuple[str, dict[str, str]]], dict[tuple[str, str], str]] | None:
         """The Deployments and their users' intent at one instant; None while the API cannot answer."""
@@ -138,9 +142,7 @@ class Checker:
         for key, (image, _) in sorted(templates.items()):
             wanted = intent.get(key)
             if wanted is not None and image.split("/", 1)[1] != wanted.split("/", 1)[1]:
-                self._violate(
-                    f"2 (user edit lost) at {at:.0f}s: {key[0]}/{key[1]} holds {image}, the user set {wanted}"
-                )
+                self.violate(f"2 (user edit lost) at {at:.0f}s: {key[0]}/{key[1]} holds {image}, the user set {wanted}")
         now = time.monotonic()
         with self._lock:
             down = dict(self._down)
@@ -153,12 +155,14 @@ class Checker:
                 dead.add(env.alternates[region].endpoint)
             stuck = sorted(f"{n}/{d}" for (n, d), (image, _) in templates.items() if image.split("/", 1)[0] in dead)
             if stuck:
-                self._violate(
+                self.violate(
                     f"1 (left on a dead replica) at {at:.0f}s: {region} down ({why}) for {now - since:.0f}s, "
                     f"{len(stuck)} Deployments still on it, first {stuck[0]}"
                 )
         if self._arm_down:
             self._arm_check(at)
+        with contextlib.suppress(*UNAVAILABLE):  # the API server restarts, or etcd is paused
+            env.nodes.check(at, self, self._disrupted, BUDGET_SECONDS)
         try:
             active = env.active_regions()
         except UNAVAILABLE:
@@ -172,7 +176,7 @@ class Checker:
                 self.max_rss_mb = max(self.max_rss_mb, _rss_mb(operator.process.pid))
             self._review(operator, port, at)
         if self.max_rss_mb > MAX_RSS_MB:
-            self._violate(f"6 (memory) at {at:.0f}s: a geopin's RSS reached {self.max_rss_mb:.0f} MB")
+            self.violate(f"6 (memory) at {at:.0f}s: a geopin's RSS reached {self.max_rss_mb:.0f} MB")
 
     def _arm_check(self, at: float) -> None:
         """1: ARM unreachable keeps the last known replicas (a data plane needs no control plane), and
@@ -182,7 +186,7 @@ class Checker:
             return
         regions = {row.get("region") for row in status.get("replicas") or []}
         if status.get("replicas") and regions != set(self.env.proxies):
-            self._violate(
+            self.violate(
                 f"1 (replicas lost while ARM is down) at {at:.0f}s: {self.env.arm_policy} lists {sorted(regions)}"
             )
         unavailable = [c for c in status.get("conditions") or [] if c.get("type") == "ControlPlaneUnavailable"]
@@ -221,15 +225,15 @@ class Checker:
         except (httpx.HTTPError, ValueError) as e:
             if not _running(process.pid) or isinstance(e, httpx.ConnectError):
                 return  # stopped or killed meanwhile, or not listening yet after a restart
-            self._violate(f"6 (webhook) at {at:.0f}s: {operator.user} did not answer within "
+            self.violate(f"6 (webhook) at {at:.0f}s: {operator.user} did not answer within "
                           f"{WEBHOOK_TIMEOUT_SECONDS:g}s: {type(e).__name__}")  # fmt: skip
             return
         took = time.monotonic() - began
         self.max_review_seconds = max(self.max_review_seconds, took)
         if response.status_code != 200 or answer.get("uid") != uid or answer.get("allowed") is not True:
-            self._violate(f"6 (webhook) at {at:.0f}s: {operator.user} answered {response.status_code} {answer}")
+            self.violate(f"6 (webhook) at {at:.0f}s: {operator.user} answered {response.status_code} {answer}")
 
-    def _violate(self, message: str) -> None:
+    def violate(self, message: str) -> None:
         """Keep (and print) the first few of each invariant's violations; count them all."""
         invariant = message.split(" ", 1)[0]
         self.violated[invariant] = self.violated.get(invariant, 0) + 1
@@ -244,13 +248,14 @@ class Checker:
         with env.lock:
             templates, intent = env.templates(), dict(env.intent)
         if templates.keys() != intent.keys():
-            self._violate(f"3 (intent): Deployments differ: {sorted(templates.keys() ^ intent.keys())[:3]}")
+            self.violate(f"3 (intent): Deployments differ: {sorted(templates.keys() ^ intent.keys())[:3]}")
         for key in sorted(templates.keys() & intent.keys()):
             image, annotations = templates[key]
             left = sorted(k for k in annotations if k.startswith("geopin.io/"))
             if image != intent[key] or left:
-                self._violate(f"3 (intent): {key[0]}/{key[1]} holds {image} {left}, its user's is {intent[key]}")
+                self.violate(f"3 (intent): {key[0]}/{key[1]} holds {image} {left}, its user's is {intent[key]}")
                 break
+        env.nodes.final(self)
         self._check_writers(env.cp.audit_events(0), mark)
         for operator in env.operators:
             lines = operator.log().splitlines()
@@ -258,7 +263,7 @@ class Checker:
                 # The exception is the traceback's first unindented line; the line before names who logged it.
                 error = next((t for t in lines[start + 1 :] if t and not t.startswith(" ")), "?")
                 logged = lines[start - 1] if start else ""
-                self._violate(f"6 (traceback) in {operator.log_path} at line {start + 1}: {error} (after: {logged})")
+                self.violate(f"6 (traceback) in {operator.log_path} at line {start + 1}: {error} (after: {logged})")
 
     def _check_writers(self, events: list[dict[str, Any]], mark: int) -> None:
         users = {operator.user for operator in self.env.operators}
@@ -276,7 +281,7 @@ class Checker:
             if (ref.get("resource"), ref.get("subresource")) not in GEOPIN_WRITES or event.get("verb") != "patch":
                 continue
             if user != holder:
-                self._violate(
+                self.violate(
                     f"4 (two writers): {user} patched {ref.get('resource')} {ref.get('namespace', '')}/"
                     f"{ref.get('name')} at {event['requestReceivedTimestamp']} while {holder} held the Lease"
                 )
@@ -285,7 +290,7 @@ class Checker:
         for (namespace, name), stamps in sorted(self.writes.items()):
             busiest = max(sum(1 for t in stamps if s <= t < s + WINDOW_SECONDS) for s in stamps)
             if busiest > MAX_WRITES_PER_WINDOW:
-                self._violate(f"5 (write storm): {namespace}/{name} written {busiest} times within {WINDOW_SECONDS:g}s")
+                self.violate(f"5 (write storm): {namespace}/{name} written {busiest} times within {WINDOW_SECONDS:g}s")
                 break
 
     def figures(self, schedule: Schedule, mark: int) -> dict[str, Any]:
@@ -304,6 +309,7 @@ class Checker:
             "arm_outages": self.arm_outages,
             "arm_outages_reported": self.arm_outages_noticed,
             "max_webhook_answer_seconds": round(self.max_review_seconds, 3),
+            **self.env.nodes.figures(),
             "violations": list(self.violations),
             "violations_per_invariant": dict(self.violated),
             "timeline": [[e.at, e.fault, e.detail] for e in schedule.timeline],

@@ -5,9 +5,9 @@ SIGSTOPped, answering 503 or 429, hanging (requests read, never answered) or dro
 flapping; the geopin leader SIGKILLed or SIGSTOPped for longer than its Lease; kube-apiserver
 restarted; etcd paused for 10 s; a policy edited (replicas reordered, a replica's endpoint moved to
 another address of the same replica and back) or deleted and created again;
-users editing images, creating and deleting Deployments. What the local environment cannot fail here
-(the data endpoints, replication lag) the end-to-end tests cover one by one. ARM is the local fake
-(tests/harness/armserver.py): refusing connections, answering 500, or hanging.
+users editing images, creating and deleting Deployments. ARM is the local fake
+(tests/harness/armserver.py): refusing connections, answering 500, or hanging. The real node's faults
+(an ACR-shaped replica killed, a data endpoint down, replication lagging) are bench/soak_nodes.py's.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from kubernetes import client
 from tests.harness.armserver import Mode as ArmMode
 
 from bench.env import GROUP, PLURAL, VERSION, say
+from bench.soak_nodes import WEIGHTS as NODE_WEIGHTS
 
 if TYPE_CHECKING:
     import random
@@ -63,6 +64,7 @@ WEIGHTS = {
     "arm-down": 1,
     "user-edit": 4,
     "user-create-delete": 2,
+    **NODE_WEIGHTS,
 }
 
 
@@ -157,6 +159,7 @@ class Schedule:
         for region in self.env.proxies:
             self.env.proxies[region].set_mode("pass")
         self.env.registries.heal()
+        self.env.nodes.heal_all()
         for operator in self.env.operators:
             operator.resume()
             if not operator.alive():
@@ -167,6 +170,9 @@ class Schedule:
 
     def _inject(self, fault: str) -> None:
         rng, env = self.rng, self.env
+        if fault in NODE_WEIGHTS:
+            env.nodes.inject(fault, rng, self._record, self._later)
+            return
         region = rng.choice(sorted(env.proxies))
         if fault in ("registry-kill", "registry-stop"):
             if self.checker.down_reason(region):

@@ -16,7 +16,13 @@ from kubernetes import client
 
 from tests.harness.geopin_process import Operator, install_crd
 from tests.harness.nodeconfig import AKS_BEFORE_GEO
-from tests.harness.nodeenv import container_state, host_network_pod, pod_namespace, registry_pull_secret
+from tests.harness.nodeenv import (
+    container_state,
+    host_network_deployment,
+    host_network_pod,
+    pod_namespace,
+    registry_pull_secret,
+)
 from tests.harness.policies import PolicyClient
 from tests.harness.waiting import wait_until
 
@@ -72,18 +78,7 @@ class Cluster:
     # -- workloads and what the kubelet said --------------------------------------------------------
 
     def deployment(self, namespace: str, name: str, image: str, **pod: Any) -> None:
-        spec = host_network_pod(name, image, **pod)["spec"]
-        body = {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
-            },
-        }
-        self.apps.create_namespaced_deployment(namespace, body)
+        self.apps.create_namespaced_deployment(namespace, host_network_deployment(name, image, **pod))
 
     def template_image(self, namespace: str, name: str) -> str:
         body = self.apps.read_namespaced_deployment(name, namespace)

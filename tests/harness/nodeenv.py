@@ -143,6 +143,21 @@ def host_network_pod(
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
 
 
+def host_network_deployment(name: str, image: str, *, replicas: int = 1, **pod: Any) -> dict[str, Any]:
+    """A Deployment of `replicas` host_network_pod()s of `image` (labelled app=`name`); `pod`: its options."""
+    spec = host_network_pod(name, image, **pod)["spec"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
+        },
+    }
+
+
 class NodeEnvironment(procs.Service):
     """A control plane with kube-scheduler, `node_regions` real nodes named aks-nodepool1-<i>, all
     in `acr`'s name space (the replicas are the caller's: a session's `acr` fixture, or dev-up's).
