@@ -2,8 +2,8 @@
 
 The soak checks its invariants itself (bench/soak_checks.py, bench/soak_nodes.py) and exits 1 on a
 violation; here the run must end clean, have injected faults of several classes, written templates
-(switches happened), watched the real node's Pods, and left nothing in the checkout. That the checker can fail is shown by docs/reliability.md's run of a
-deliberately broken build.
+(switches happened), watched the real node's Pods, and left nothing in the checkout. That the checker
+can fail is shown by docs/reliability.md's run of a deliberately broken build.
 """
 
 from __future__ import annotations
