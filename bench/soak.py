@@ -57,6 +57,7 @@ ARM_POLICY, ARM_REFRESH_SECONDS, ARM_TOKEN = "beta", 30, "soak-arm-token"
 ARM_SUBSCRIPTION, ARM_RESOURCE_GROUP = "5b1f7a0e-3c2d-4e8f-9a6b-0c1d2e3f4a5b", "platform-rg"
 PER_NAMESPACE = 100
 SAMPLE_SECONDS = 2.0
+SKIP = "geopin.io/skip"
 
 
 class SoakEnv:
@@ -105,6 +106,7 @@ class SoakEnv:
         # (namespace, name) -> the image its user wants; guarded by `lock` with every user edit and every
         # sample, so that a sample never sees an edit half made.
         self.intent: dict[tuple[str, str], str] = {}
+        self.opted_out: dict[tuple[str, str], float] = {}  # (namespace, name) -> since (monotonic)
         self.lock = threading.Lock()
         self.webhook_ports = [free_port() for _ in self.operators]
 
@@ -184,6 +186,19 @@ class SoakEnv:
                 if e.status != 404:  # deleted by an attempt whose answer was lost
                     raise
             del self.intent[(namespace, name)]
+            self.opted_out.pop((namespace, name), None)
+
+    def opt_out(self, namespace: str, name: str, out: bool) -> None:
+        """A user opts a Deployment out of geopin (geopin.io/skip), or back in."""
+        patch = {"metadata": {"annotations": {SKIP: "true" if out else None}}}
+        with self.lock:
+            if (namespace, name) not in self.intent:
+                return  # deleted meanwhile by another user
+            self.apps.patch_namespaced_deployment(name, namespace, patch)
+            if out:
+                self.opted_out.setdefault((namespace, name), time.monotonic())
+            else:
+                self.opted_out.pop((namespace, name), None)
 
     def edit_image(self, namespace: str, name: str, image: str) -> None:
         """A user's own edit (a strategic merge patch, as kubectl set image sends)."""
@@ -256,7 +271,7 @@ def run(minutes: float, seed: int) -> int:
             say("soak: contoso's Pods run on the node; the 300 Deployments and their policies")
             env.create_fleet()
             checker = soak_checks.Checker(env, seed)
-            wait_until(checker.settled, timeout=180, interval=1.0, what="every Deployment pinned to eastus")
+            wait_until(checker.settled, timeout=180, interval=0.5, what="every Deployment pinned to eastus")
             mark = env.cp.audit_line_count()
             schedule = Schedule(env, rng, checker)
             stack.callback(schedule.release)  # before the environment's own callbacks stop everything
@@ -273,7 +288,7 @@ def run(minutes: float, seed: int) -> int:
             say("soak: deleting the policies: every Deployment must be its user's intent again")
             for name in env.policy_names:
                 env.custom.delete_cluster_custom_object(GROUP, VERSION, PLURAL, name)
-            wait_until(lambda: not env.active_regions(), timeout=180, interval=1.0, what="every policy gone")
+            wait_until(lambda: not env.active_regions(), timeout=180, interval=0.5, what="every policy gone")
             checker.final(mark)
             figures = checker.figures(schedule, mark)
             _report(figures)

@@ -3,7 +3,8 @@
 1. No workload is left pinned to a replica that has been down (SIGKILLed, SIGSTOPped, 503, hanging,
    dropping) for longer than BUDGET_SECONDS, unless geopin itself was disrupted within that time; a
    dead registry is dead at both of its addresses, a faulted proxy only at its own.
-2. Every user edit survives: the image's path (all but the host) is always the user's.
+2. Every user edit survives: the image's path (all but the host) is always the user's, and a Deployment
+   its user opted out (geopin.io/skip) is its user's intent again within BUDGET_SECONDS.
 3. After the policies are deleted, every surviving Deployment holds exactly its user's image, and no
    geopin annotation is left.
 4. Never two writers: every template or status write by a geopin replica was received while that
@@ -44,6 +45,10 @@ MAX_RSS_MB = 400.0
 KEPT_PER_INVARIANT = 3
 UNAVAILABLE = (ApiException, OSError, urllib3.exceptions.HTTPError)
 GEOPIN_WRITES = frozenset({("deployments", None), ("registrypolicies", "status")})
+# (namespace, name) -> (image, annotations); -> its user's image; -> opted out since (monotonic)
+Read = tuple[
+    dict[tuple[str, str], tuple[str, dict[str, str]]], dict[tuple[str, str], str], dict[tuple[str, str], float]
+]
 
 
 class Checker:
@@ -105,19 +110,20 @@ class Checker:
         read = self._read()
         if read is None:
             return None
-        templates, intent = read
+        templates, intent, opted_out = read
         found = [f"{n}/{d}: missing" for n, d in sorted(intent.keys() - templates.keys())]
         for key, (image, _) in sorted(templates.items()):
             wanted = intent.get(key)
             home = self.env.endpoint(self.env.policy_of(key[0]), "eastus")
-            if wanted is None or image != f"{home}/{wanted.split('/', 1)[1]}":
+            expected = wanted if key in opted_out else f"{home}/{(wanted or '/').split('/', 1)[1]}"
+            if wanted is None or image != expected:
                 found.append(f"{key[0]}/{key[1]}: {image} (its user's: {wanted})")
         return found
 
     def settle(self, what: str, timeout: float) -> None:
         """Wait until settled(); a violation of 1 naming the first unsettled Deployments if not in time."""
         try:
-            wait_until(self.settled, timeout=timeout, interval=1.0, what=what)
+            wait_until(self.settled, timeout=timeout, interval=0.5, what=what)
         except WaitTimeout:
             left = self.unsettled()
             found = "the API server does not answer" if left is None else f"{len(left)} Deployments, first {left[:3]}"
@@ -125,11 +131,11 @@ class Checker:
                 found = f"the node's Pods: {self.env.nodes.unsettled()}"
             self.violate(f"1 (not settled {timeout:g}s after {what}): {found}")
 
-    def _read(self) -> tuple[dict[tuple[str, str], tuple[str, dict[str, str]]], dict[tuple[str, str], str]] | None:
-        """The Deployments and their users' intent at one instant; None while the API cannot answer."""
+    def _read(self) -> Read | None:
+        """The Deployments, their users' intent and opt-outs at one instant; None while the API cannot answer."""
         with self.env.lock:
             try:
-                return self.env.templates(), dict(self.env.intent)
+                return self.env.templates(), dict(self.env.intent), dict(self.env.opted_out)
             except UNAVAILABLE:
                 return None
 
@@ -138,12 +144,19 @@ class Checker:
         read = self._read()
         if read is None:
             return  # the API server restarts, or etcd is paused: nothing to read now
-        templates, intent = read
-        for key, (image, _) in sorted(templates.items()):
+        templates, intent, opted_out = read
+        now = time.monotonic()
+        for key, (image, notes) in sorted(templates.items()):
             wanted = intent.get(key)
             if wanted is not None and image.split("/", 1)[1] != wanted.split("/", 1)[1]:
                 self.violate(f"2 (user edit lost) at {at:.0f}s: {key[0]}/{key[1]} holds {image}, the user set {wanted}")
-        now = time.monotonic()
+            since = opted_out.get(key)
+            if since is None or now - since <= BUDGET_SECONDS or now - self._disrupted <= BUDGET_SECONDS:
+                continue
+            left = sorted(k for k in notes if k.startswith("geopin.io/") and k != "geopin.io/skip")
+            if image != wanted or left:
+                self.violate(f"2 (opt-out not honoured) at {at:.0f}s: {key[0]}/{key[1]} opted out "
+                             f"{now - since:.0f}s ago holds {image} {left}, its user's is {wanted}")  # fmt: skip
         with self._lock:
             down = dict(self._down)
         for region, (since, why) in sorted(down.items()):

@@ -4,8 +4,8 @@ Each class is a real part failing as it fails in production: a registry replica 
 SIGSTOPped, answering 503 or 429, hanging (requests read, never answered) or dropping connections, or
 flapping; the geopin leader SIGKILLed or SIGSTOPped for longer than its Lease; kube-apiserver
 restarted; etcd paused for 10 s; a policy edited (replicas reordered, a replica's endpoint moved to
-another address of the same replica and back) or deleted and created again;
-users editing images, creating and deleting Deployments. ARM is the local fake
+another address of the same replica and back) or deleted and created again; users editing images,
+opting Deployments out and back in, creating and deleting them. ARM is the local fake
 (tests/harness/armserver.py): refusing connections, answering 500, or hanging. The real node's faults
 (an ACR-shaped replica killed, a data endpoint down, replication lagging) are bench/soak_nodes.py's.
 """
@@ -64,6 +64,7 @@ WEIGHTS = {
     "arm-down": 1,
     "user-edit": 4,
     "user-create-delete": 2,
+    "user-opt-out": 2,
     **NODE_WEIGHTS,
 }
 
@@ -274,6 +275,13 @@ class Schedule:
                 tag = rng.randint(2, 999)
                 _retry(functools.partial(env.edit_image, namespace, name, f"{registry}/soak/{name}:{tag}"))
             self._record(fault, "new tags: " + ", ".join(f"{n}/{d}" for n, d in keys))
+        elif fault == "user-opt-out":
+            namespace, name = rng.choice(sorted(env.intent.keys() - env.opted_out.keys()))
+            _retry(lambda: env.opt_out(namespace, name, True))
+            self._record(fault, f"{namespace}/{name} opted out (geopin.io/skip: geopin restores it and lets go)")
+            self._later(
+                f"{namespace}/{name} opted back in", lambda: _retry(lambda: env.opt_out(namespace, name, False))
+            )
         elif fault == "user-create-delete":
             namespace, name = rng.choice(sorted(env.intent))
             _retry(lambda: env.delete_deployment(namespace, name))
