@@ -100,6 +100,15 @@ def test_a_new_pod_of_a_template_pinned_to_an_unusable_replica_is_pinned_to_the_
         ("its replica is usable", pod(), deployment(), snapshot({"eastus", "westus"})),
         ("no admission path", pod(), deployment(), snapshot({"westus"}, redirects=False)),
         ("the user edited the Pod's image", pod(f"{EAST}/shop/web:2"), deployment(), snapshot({"westus"})),
+        # The soak found it: a user rolls the Deployment to a new tag while its pinned replica is down; the
+        # first Pod of the edit (the global name, not yet pinned by geopin) was taken for the old pin's and
+        # redirected to a replica the new tag had not reached, before any lookup of it.
+        (
+            "the user edited the template, not yet pinned",
+            pod(f"{REGISTRY}/shop/web:2"),
+            deployment(f"{REGISTRY}/shop/web:2"),
+            snapshot({"westus"}),
+        ),
         ("no owner geopin knows", pod(), None, snapshot({"westus"})),
         ("the owner opted out", pod(), deployment(**{"geopin.io/skip": "true"}), snapshot({"westus"})),
         ("nothing usable: the global endpoint is the template's business", pod(), deployment(), snapshot(set())),

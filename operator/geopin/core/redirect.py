@@ -21,9 +21,9 @@ from typing import Any
 
 from geopin.core.admission import present_unless_known_absent
 from geopin.core.decisions import PolicySnapshot, decide
-from geopin.core.policy import Mode
+from geopin.core.policy import Mode, Policy
 from geopin.core.references import image_host
-from geopin.core.rewrite import Desired, desired_state, json_patch, read_record
+from geopin.core.rewrite import Desired, desired_state, json_patch, read_record, served_intents
 from geopin.core.workloads import ANNOTATION_PINNED_REGION, KINDS, WorkloadRef, WorkloadView, view_of
 
 __all__ = ["PodMove", "move_pod", "owner_candidates"]
@@ -120,6 +120,8 @@ def move_pod(
             continue
         if not any(policy.manages_host(image_host(image)) for image in record.values()):
             continue
+        if not _serves_its_record(pinned, policy, record):
+            return None  # a template its user edited and geopin has not pinned yet: not geopin's pin
         choice = decide(_for_pods(snapshot), pinned, namespace_labels)
         if choice.target is None or choice.unknown or choice.unknown_secrets or choice.target.region == region:
             return None
@@ -134,6 +136,13 @@ def move_pod(
             return None
         return PodMove(policy.name, region, choice.target.region, ops)
     return None
+
+
+def _serves_its_record(pinned: WorkloadView, policy: Policy, record: Mapping[str, str]) -> bool:
+    """Does every recorded image of the policy's registry show as geopin's rewrite of it? (Not when the
+    user has just changed the template: its new image was never looked up, nor pinned.)"""
+    managed = {image for image in record.values() if policy.manages_host(image_host(image))}
+    return managed <= served_intents(pinned, policy)
 
 
 def _as_pod(desired: Desired, pinned: WorkloadView) -> Desired:
