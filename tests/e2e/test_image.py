@@ -1,6 +1,6 @@
 """The container image, built for real from the Dockerfile without a Docker daemon (`make image`,
 hack/image/build.sh: buildah with chroot isolation on a Debian-built python3.11 base), from a fresh
-clone of the commit under test, twice.
+clone of the commit under test and in the checkout itself (the build test_install_local installs).
 
 Proven here: the two builds are identical (layer, config and manifest digests; the SBOM byte for
 byte), the image runs `geopin version` as UID/GID 65532 from a read-only root filesystem (umoci
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from tests.harness import installlocal
 from tests.harness.registries import Registry
 
 if TYPE_CHECKING:
@@ -70,9 +71,16 @@ def _build(clone: Path, out: Path) -> Build:
 
 @pytest.fixture(scope="module")
 def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    """Two builds of one commit in two directories: the checkout's own (`make image`'s build/, which
+    test_install_local installs) and a fresh clone's. A checkout with uncommitted changes in the build
+    context builds no image of the commit, so the clone is built twice then."""
     clone = tmp_path_factory.mktemp("image") / "geopin"
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)], check=True, timeout=120)
-    return Builds(clone, _build(clone, clone / "build/first/image"), _build(clone, clone / "build/second/image"))
+    second = _build(clone, clone / "build/second/image")
+    if not installlocal.context_is_clean():
+        return Builds(clone, _build(clone, clone / "build/first/image"), second)
+    summary = installlocal.ensure_image()
+    return Builds(clone, Build(installlocal.IMAGE_DIR, summary, installlocal.SBOM.read_bytes()), second)
 
 
 def _run(build: Build, *command: str) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,7 @@ the ClusterIP).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -43,6 +44,8 @@ REPOSITORY = "geopin"
 WEBHOOK_SECRET = "geopin-webhook-tls"  # made by geopin (--webhook-cert-secret, the chart's default)
 IMAGE_DIR = ROOT / "build" / "image"
 SUMMARY = ROOT / "build" / "image.summary.json"
+SBOM = ROOT / "build" / "image.sbom.json"
+LOCK = ROOT / "build" / ".image.lock"
 IMAGE_CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "requirements", "operator")
 
 
@@ -60,19 +63,29 @@ def current_image() -> dict[str, Any] | None:
         return None
     summary: dict[str, Any] = json.loads(SUMMARY.read_text())
     revision = summary.get("labels", {}).get("org.opencontainers.image.revision")
-    if _git("status", "--porcelain", "--", *IMAGE_CONTEXT) or revision != _git("rev-parse", "HEAD"):
+    if not context_is_clean() or revision != _git("rev-parse", "HEAD"):
         return None
     return summary
 
 
+def context_is_clean() -> bool:
+    """Does the build context hold exactly HEAD's files (no uncommitted change)?"""
+    return not _git("status", "--porcelain", "--", *IMAGE_CONTEXT)
+
+
 def ensure_image() -> dict[str, Any]:
-    summary = current_image()
-    if summary is not None:
-        print(f"install-local: build/image is HEAD's ({summary['manifest']}); not rebuilt", file=sys.stderr)
-        return summary
-    subprocess.run([str(ROOT / "hack" / "image" / "build.sh")], cwd=ROOT, check=True)
-    result: dict[str, Any] = json.loads(SUMMARY.read_text())
-    return result
+    """build/'s image summary, built first unless build/ holds HEAD's. One build at a time: two pytest
+    workers (test_image, test_install_local) may ask at once, and the second finds the first's."""
+    LOCK.parent.mkdir(exist_ok=True)
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        summary = current_image()
+        if summary is not None:
+            print(f"install-local: build/image is HEAD's ({summary['manifest']}); not rebuilt", file=sys.stderr)
+            return summary
+        subprocess.run([str(ROOT / "hack" / "image" / "build.sh")], cwd=ROOT, check=True)
+        result: dict[str, Any] = json.loads(SUMMARY.read_text())
+        return result
 
 
 def push(dev_dir: Path, summary: dict[str, Any]) -> list[str]:
