@@ -76,11 +76,13 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
     context builds no image of the commit, so the clone is built twice then."""
     clone = tmp_path_factory.mktemp("image") / "geopin"
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)], check=True, timeout=120)
-    second = _build(clone, clone / "build/second/image")
     if not installlocal.context_is_clean():
-        return Builds(clone, _build(clone, clone / "build/first/image"), second)
+        return Builds(clone, _build(clone, clone / "build/first/image"), _build(clone, clone / "build/second/image"))
     summary = installlocal.ensure_image()
-    return Builds(clone, Build(installlocal.IMAGE_DIR, summary, installlocal.SBOM.read_bytes()), second)
+    # The clone builds the very commit the checkout's image is of (HEAD may have moved since the clone).
+    _git(clone, "checkout", "--quiet", summary["labels"]["org.opencontainers.image.revision"])
+    first = Build(installlocal.IMAGE_DIR, summary, installlocal.SBOM.read_bytes())
+    return Builds(clone, first, _build(clone, clone / "build/second/image"))
 
 
 def _run(build: Build, *command: str) -> subprocess.CompletedProcess[str]:
