@@ -158,6 +158,9 @@ def _first_qualifying(
     current = view.annotations.get(ANNOTATION_PINNED_REGION)
     preferred = view.annotations.get(ANNOTATION_REGION)
     check = snapshot.availability if policy.replication_check and images else None
+    # At the current pin only the images it does not serve yet need a look-up (a user's new tag).
+    served = served_intents(view, policy) if check is not None and current is not None else frozenset()
+    unserved = [image for image in images if image not in served]
     awaiting: str | None = None
     # nodeImageCheck: Enforce: a regional host the nodes cannot authenticate to needs the workload's
     # own pull secrets to cover it; without them the global endpoint (which every AKS node covers).
@@ -178,7 +181,7 @@ def _first_qualifying(
             if not _has_regional_credentials(policy, keys, endpoint):
                 lacks_credentials = True
                 continue
-        checked = images if region != current else [i for i in images if i not in served_intents(view, policy)]
+        checked = unserved if region == current else images
         if check is not None and checked:
             found = [check(image, region) for image in checked]
             missing = [image for image, present in zip(checked, found, strict=True) if present is None]
