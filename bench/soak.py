@@ -17,12 +17,14 @@ timeline and the first bad object, and the run exits 1. The same seed gives the 
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import tempfile
 import threading
 import time
-from contextlib import ExitStack
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from tests.harness.registries import RegistrySet
 from tests.harness.waiting import wait_until
 
 from bench import soak_checks
-from bench.env import GROUP, PLURAL, VERSION, say, table, write_result
+from bench.env import CREATE_THREADS, GROUP, PLURAL, VERSION, say, table, write_result
 from bench.soak_faults import Schedule
 from bench.soak_nodes import POLICY as NODE_POLICY
 from bench.soak_nodes import NodePart
@@ -146,31 +148,41 @@ class SoakEnv:
         return registry_policy(name, spec)
 
     def create(self) -> None:
-        """contoso's Deployments (no Pod yet) and policy, then both geopins."""
+        """Both geopins, and contoso's Deployments (no Pod yet) and policy."""
         self.core.create_namespace({"metadata": {"name": "geopin-system"}})
-        self.nodes.create(self.core, self.apps, self.custom)
         for index, (operator, port) in enumerate(zip(self.operators, self.webhook_ports, strict=True)):
             # Both serve the webhook, as the chart's two Pods do behind its Service.
-            operator.start(
+            operator.spawn(
                 "--leader-election", "--lease-name", LEASE, "--webhook-port", str(port), "--arm-endpoint", self.arm.url,
                 *self.nodes.webhook_args(index, port),
             )  # fmt: skip
+        # While both start: the API server's first RegistryPolicy takes it seconds (it builds the CRD's handler).
+        self.nodes.create(self.core, self.apps, self.custom)
+        for operator in self.operators:
+            operator.wait_started()
 
     def create_fleet(self) -> None:
         """The 300 Deployments and their two policies: after the node's Pods run, because their first pins
         queue 300 ReplicaSets in kube-controller-manager (20 requests/s), which would hold the node's
         Deployments back for half a minute."""
-        for name, (registry, namespaces) in POLICIES.items():
-            for namespace in namespaces:
-                self.core.create_namespace({"metadata": {"name": namespace}})
-                for i in range(PER_NAMESPACE):
-                    self.create_deployment(namespace, f"app-{i}", f"{registry}/soak/app-{i}:1")
+        made = [
+            (namespace, f"app-{i}", f"{registry}/soak/app-{i}:1")
+            for registry, namespaces in POLICIES.values()
+            for namespace in namespaces
+            for i in range(PER_NAMESPACE)
+        ]
+        for namespace in sorted({namespace for namespace, _, _ in made}):
+            self.core.create_namespace({"metadata": {"name": namespace}})
+        with ThreadPoolExecutor(CREATE_THREADS, thread_name_prefix="soak-create") as pool:
+            list(pool.map(lambda item: self.create_deployment(*item, locked=False), made))
+        for name in POLICIES:
             self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, self.policy_body(name))
 
-    def create_deployment(self, namespace: str, name: str, image: str) -> None:
+    def create_deployment(self, namespace: str, name: str, image: str, *, locked: bool = True) -> None:
+        """A user creates a Deployment; `locked=False` before the checker samples (the fleet, in parallel)."""
         body = deployment(name, image, labels={"app": name})
         body["spec"]["replicas"] = 0  # no kubelet here: the templates are what geopin writes
-        with self.lock:
+        with self.lock if locked else nullcontext():
             try:
                 self.apps.create_namespaced_deployment(namespace, body)
             except client.ApiException as e:
@@ -212,10 +224,13 @@ class SoakEnv:
         found = {}
         for _, (_, namespaces) in POLICIES.items():
             for namespace in namespaces:
-                for d in self.apps.list_namespaced_deployment(namespace).items:
-                    found[(namespace, d.metadata.name)] = (
-                        d.spec.template.spec.containers[0].image,
-                        dict(d.metadata.annotations or {}),
+                # As JSON: the client's models take five times the CPU, which the checker would take
+                # from the processes under test on a two-core CI machine.
+                response = self.apps.list_namespaced_deployment(namespace, _preload_content=False)
+                for d in json.loads(response.data)["items"]:
+                    found[(namespace, d["metadata"]["name"])] = (
+                        d["spec"]["template"]["spec"]["containers"][0]["image"],
+                        dict(d["metadata"].get("annotations") or {}),
                     )
         return found
 
@@ -279,7 +294,7 @@ def run(minutes: float, seed: int) -> int:
             began = time.monotonic()
             while schedule.running():
                 checker.sample(time.monotonic() - began)
-                time.sleep(SAMPLE_SECONDS)  # the sampling period of the running checks, not a synchronisation
+                schedule.wait(SAMPLE_SECONDS)  # the sampling period, cut short when the faults end
             schedule.join()
             say("soak: faults over; healing everything and waiting for geopin to settle")
             schedule.heal_all()

@@ -103,6 +103,10 @@ class Schedule:
     def running(self) -> bool:
         return self._thread is not None and not self._done.is_set()
 
+    def wait(self, seconds: float) -> None:
+        """Until the faults are over, or `seconds` have passed."""
+        self._done.wait(seconds)
+
     def join(self) -> None:
         """Wait until the faults are over (the thread stays, see release())."""
         self._done.wait()
@@ -126,7 +130,8 @@ class Schedule:
                 fault = self.rng.choices(kinds, weights)[0]
                 self._inject(fault)
                 pause = self.rng.uniform(*GAP_SECONDS)
-                deadline = time.monotonic() + pause
+                # The window ends on time: heal_all() undoes what is still on after it.
+                deadline = min(time.monotonic() + pause, self._began + seconds)
                 while time.monotonic() < deadline:
                     self._undo_due()
                     time.sleep(0.2)  # the schedule's own clock tick

@@ -41,7 +41,12 @@ from typing import TYPE_CHECKING, Any
 from kubernetes import client
 from tests.harness import oci
 from tests.harness.acr import AcrRegistrySet
-from tests.harness.nodeenv import NodeEnvironment, host_network_deployment, pod_namespace, registry_pull_secret
+from tests.harness.nodeenv import (
+    NodeEnvironment,
+    host_network_deployment,
+    registry_pull_secret,
+    wait_for_service_account,
+)
 from tests.harness.objects import registry_policy
 from tests.harness.replication import ReplicationEmulator
 
@@ -79,7 +84,11 @@ class NodePart:
             with self.acr[region].client() as http:
                 oci.push(http, canary_repo, canary_tag, oci.build_image({"ref": CANARY.encode()}))
         self.nodes.push_pod_image(REPO, "1")
-        self.replication = stack.enter_context(ReplicationEmulator(self.acr[SOURCE], self.acr.values(), BASE_LAG))
+        # Polled twice a second: each poll asks the source for every tag, and each request costs the
+        # registry a bcrypt check; the lags are seconds.
+        self.replication = stack.enter_context(
+            ReplicationEmulator(self.acr[SOURCE], self.acr.values(), BASE_LAG, poll_interval=0.5)
+        )
         self.login = self.acr.login_server
         self.intent: dict[str, str] = {}  # Deployment -> its user's image
         self.scale: dict[str, int] = {}  # Deployment -> its user's replicas
@@ -99,7 +108,7 @@ class NodePart:
     def create(self, core: Any, apps: Any, custom: Any) -> None:
         self.core, self.apps = core, apps
         registry_pull_secret(core, self.acr)
-        pod_namespace(core, NAMESPACE)
+        core.create_namespace({"metadata": {"name": NAMESPACE}})  # its ServiceAccount: in start_pods()
         for i in range(APPS):
             name = f"web-{i}"
             # Always: every new Pod asks its registry, as a Pod of a new tag or on a new node does.
@@ -111,6 +120,7 @@ class NodePart:
 
     def start_pods(self) -> None:
         """One Pod per Deployment, once geopin has pinned the templates."""
+        wait_for_service_account(self.core, NAMESPACE)
         for name in sorted(self.intent):
             self._scale(name, 1)
 

@@ -288,3 +288,21 @@ def test_replicate_now_ignores_lag(ca: CA, registries: RegistrySet) -> None:
     assert oci.manifest_digest(westus.endpoint, repo, "v1", verify=ca.ssl_context()) is None
     replication.replicate_now()
     assert oci.manifest_digest(westus.endpoint, repo, "v1", verify=ca.ssl_context()) == digest
+
+
+def test_a_lag_that_drops_drains_the_backlog(ca: CA, registries: RegistrySet) -> None:
+    eastus, westus = registries["eastus"], registries["westus"]
+    repo = unique("e2e/drain")
+
+    def on_westus() -> str | None:
+        return oci.manifest_digest(westus.endpoint, repo, "v1", verify=ca.ssl_context())
+
+    with ReplicationEmulator(eastus, [westus], {"westus": 3600}) as replication:
+        digest = oci.push_image(eastus.endpoint, repo, "v1", verify=ca.ssl_context())
+        wait_until(lambda: ("westus", repo, "v1") in replication.pending(), timeout=10, interval=0.02,
+                   what="the emulator to notice the push")  # fmt: skip
+        assert on_westus() is None
+        replication.set_lag("westus", 0.5)  # the spike is over
+        assert wait_until(on_westus, timeout=10, what="the backlog on westus") == digest
+    copy = next(c for c in replication.copies if c.repo == repo)
+    assert copy.copied_at - copy.seen_at < 3600

@@ -89,6 +89,12 @@ class Operator:
         return self.env.get("HOSTNAME", "")
 
     def start(self, *extra: str) -> None:
+        self.spawn(*extra)
+        self.wait_started()
+
+    def spawn(self, *extra: str) -> None:
+        """Start the process and return at once: wait_started() waits for it to be healthy, so that
+        several geopins can start side by side."""
         self._extra = extra
         argv = [
             sys.executable, "-m", "geopin.cli", "run",
@@ -104,6 +110,8 @@ class Operator:
             argv = self.names.command(argv)
             env = self.names.env(env)
         self.process = procs.spawn("geopin", argv, self.log_path, detach=False, env=env)
+
+    def wait_started(self) -> None:
         # A generous deadline: on two loaded cores (the soak smoke beside the image build) a start took
         # over 30 s once, and a process that exits fails at once (_healthy raises with its log).
         wait_until(

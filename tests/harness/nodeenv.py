@@ -75,18 +75,23 @@ def push_pod_image(
 def pod_namespace(core: Any, name: str, timeout: float = 30.0) -> None:
     """Create namespace `name` and wait for its `default` ServiceAccount (made by the controller
     manager): Pods cannot be created in it before. `core` is a kubernetes CoreV1Api."""
-    from kubernetes import client
-
     core.create_namespace({"metadata": {"name": name}})
+    wait_for_service_account(core, name, timeout)
+
+
+def wait_for_service_account(core: Any, namespace: str, timeout: float = 30.0) -> None:
+    """Wait for `namespace`'s `default` ServiceAccount, made by the controller manager soon after the
+    namespace: Pods cannot be created in it before."""
+    from kubernetes import client
 
     def service_account() -> bool:
         try:
-            core.read_namespaced_service_account("default", name)
+            core.read_namespaced_service_account("default", namespace)
         except client.ApiException:
             return False
         return True
 
-    wait_until(service_account, timeout=timeout, what=f"ServiceAccount {name}/default")
+    wait_until(service_account, timeout=timeout, what=f"ServiceAccount {namespace}/default")
 
 
 def registry_pull_secret(core: Any, acr: AcrRegistrySet, name: str = "acr-pull") -> None:

@@ -99,8 +99,14 @@ class ReplicationEmulator(procs.Service):
         self.stop()
 
     def set_lag(self, target: str, seconds: float) -> None:
-        """Change a target's lag; applies to tags seen from now on."""
-        self.lags[target] = seconds
+        """Change a target's lag: tags seen from now on wait `seconds`, and those already waiting wait no
+        longer than that from now, as a backlog drains when ACR's replication catches up after a spike."""
+        with self._lock:
+            self.lags[target] = seconds
+            latest = time.monotonic() + seconds
+            for (name, _, _), pending in self._pending.items():
+                if name == target:
+                    pending.due_at = min(pending.due_at, latest)
 
     def start(self) -> None:
         if self._thread is not None:
@@ -138,33 +144,39 @@ class ReplicationEmulator(procs.Service):
         return registry.client(timeout=self.request_timeout)
 
     def _run(self) -> None:
-        # The poll interval paces the copier itself; nothing waits on it for synchronisation.
-        while not self._stopping.wait(self.poll_interval):
-            try:
-                with self._lock:
-                    self._tick()
-            except Exception as error:  # keep copying whatever goes wrong on one tick
-                self.last_error = error
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        with self._client(self.source) as source:
-            try:
-                self._scan(source, now)
-            except (httpx.TransportError, oci.RegistryAPIError) as error:
-                self.last_error = error  # source unreachable: copy what is already due anyway
-            for key, pending in sorted(self._pending.items()):
-                if pending.due_at > time.monotonic() or self._stopping.is_set():
-                    continue
-                name, repo, tag = key
+        # One client per registry for the copier's life: its connections are kept across ticks (a
+        # registry restarted meanwhile is simply reconnected to), so a tick costs no TLS handshake.
+        clients = {r.name: self._client(r) for r in (self.source, *self.targets.values())}
+        try:
+            # The poll interval paces the copier itself; nothing waits on it for synchronisation.
+            while not self._stopping.wait(self.poll_interval):
                 try:
-                    with self._client(self.targets[name]) as target:
-                        copy_image(source, target, repo, tag, pending.digest)
-                except (httpx.TransportError, oci.RegistryAPIError, LookupError) as error:
+                    with self._lock:
+                        self._tick(clients)
+                except Exception as error:  # keep copying whatever goes wrong on one tick
                     self.last_error = error
-                    continue
-                del self._pending[key]
-                self.copies.append(Copied(name, repo, tag, pending.digest, pending.seen_at, time.monotonic()))
+        finally:
+            for client in clients.values():
+                client.close()
+
+    def _tick(self, clients: Mapping[str, httpx.Client]) -> None:
+        now = time.monotonic()
+        source = clients[self.source.name]
+        try:
+            self._scan(source, now)
+        except (httpx.TransportError, oci.RegistryAPIError) as error:
+            self.last_error = error  # source unreachable: copy what is already due anyway
+        for key, pending in sorted(self._pending.items()):
+            if pending.due_at > time.monotonic() or self._stopping.is_set():
+                continue
+            name, repo, tag = key
+            try:
+                copy_image(source, clients[name], repo, tag, pending.digest)
+            except (httpx.TransportError, oci.RegistryAPIError, LookupError) as error:
+                self.last_error = error
+                continue
+            del self._pending[key]
+            self.copies.append(Copied(name, repo, tag, pending.digest, pending.seen_at, time.monotonic()))
 
     def _scan(self, source: httpx.Client, now: float) -> None:
         for repo in oci.catalog(source):
