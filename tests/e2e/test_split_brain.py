@@ -153,7 +153,14 @@ class Pair(Clients):
         return self.coordination.read_namespaced_lease(LEASE, OPERATOR_NAMESPACE).spec
 
     def holder(self) -> Operator | None:
-        holder = str(self.lease().holder_identity or "")
+        """Who holds the Lease; None before the first operator has made it (its health endpoint answers
+        before it campaigns)."""
+        try:
+            holder = str(self.lease().holder_identity or "")
+        except client.ApiException as e:
+            if e.status != 404:
+                raise
+            return None
         return next((op for op in self.operators if holder and op.identity in holder), None)
 
     def condition(self, name: str, type_: str) -> dict[str, Any] | None:
