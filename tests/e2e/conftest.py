@@ -104,9 +104,8 @@ def acr(ca: CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AcrRegistr
 # order, so a long file collected late would run alone at the end while the other worker idles.
 LONGEST_FIRST = (
     "test_image.py",
-    # Not test_install_local.py second: it would wait on the image lock while test_image builds.
-    "test_bench_smoke.py",
     "test_install_local.py",
+    "test_bench_smoke.py",
     "test_split_brain.py",
     "test_demo.py",
     "test_redirect.py",

@@ -829,6 +829,7 @@ def snap(
     availability: Availability | None = None,
     usable: frozenset[str] = frozenset(REGIONS),
     digest_of: Callable[[str], str | None] | None = None,
+    verified: Callable[[str, str], bool] | None = None,
     **extra: Any,
 ) -> PolicySnapshot:
     return PolicySnapshot(
@@ -836,6 +837,7 @@ def snap(
         cluster_region=HOME,
         usable=usable,
         availability=availability,
+        verified=verified,
         digest_of=digest_of,
     )
 
@@ -919,6 +921,42 @@ def test_decide_checks_a_users_new_tag_at_the_current_pin() -> None:
     unknown = decide(snap(Registry({(new, "eastus"): None})), view, None)
     assert unknown.target is None
     assert unknown.unknown == ((new, "eastus"),)
+
+
+def guesses(*pairs: tuple[str, str]) -> Callable[[str, str], bool]:
+    """verified(image, region): every presence is a replica's own answer but those of `pairs`."""
+    return lambda image, region: (image, region) not in pairs
+
+
+def test_decide_prefers_a_replica_that_answered_to_one_whose_head_failed() -> None:
+    # The soak found it (seed 3 in CI): web-1's new tag was only at centralus; westus had answered 404,
+    # then a HEAD there timed out and was taken as present, and the template was moved to westus.
+    new = "contoso.azurecr.io/shop/web:5"
+    registry = Registry({(new, "eastus"): False})
+    view = pinned_to("centralus", {"web": WEB}, edited={"web": new})
+    choice = decide(snap(registry, verified=guesses((new, "westus"))), view, None)
+    assert choice.target == Target("centralus", endpoint("centralus"))
+    assert choice.awaiting == "eastus"
+    # Not pinned yet: the same, the first replica that answered.
+    fresh = decide(snap(Registry(), verified=guesses((WEB, "eastus"))), workload({"web": WEB}), None)
+    assert fresh.target == Target("westus", endpoint("westus"))
+    assert fresh.awaiting == "eastus"
+
+
+def test_decide_fails_open_to_a_guess_only_when_no_replica_answered() -> None:
+    everywhere = guesses(*((WEB, r) for r in REGIONS))
+    assert decide(snap(Registry(), verified=everywhere), workload({"web": WEB}), None).target == Target(
+        "eastus", endpoint("eastus")
+    )
+    absent_at_home = Registry({(WEB, "eastus"): False})
+    choice = decide(snap(absent_at_home, verified=everywhere), workload({"web": WEB}), None)
+    assert choice == Choice(Target("westus", endpoint("westus")), awaiting="eastus")
+    # A region not looked up yet after a guess is asked before anything is decided.
+    unknown = decide(
+        snap(Registry({(WEB, "westus"): None}), verified=guesses((WEB, "eastus"))), workload({"web": WEB}), None
+    )
+    assert unknown.target is None
+    assert unknown.unknown == ((WEB, "westus"),)
 
 
 def test_decide_checks_only_the_new_image_of_a_partly_edited_pin() -> None:
@@ -1137,3 +1175,48 @@ def test_an_unhealthy_row_tells_when_the_hold_began_on_this_process_clock() -> N
 )
 def test_no_hold_is_inferred_from_anything_else(status: dict[str, Any]) -> None:
     assert tracker().unusable_since_in(status, now=NOW, wall_now=WALL) == {}
+
+
+_answer = st.sampled_from([True, True, "guess", False, None])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    table=st.fixed_dictionaries({(i, r): _answer for i in (WEB, API) for r in REGIONS}),
+    usable=st.frozensets(st.sampled_from(REGIONS)),
+    current=st.sampled_from([None, *REGIONS, "global"]),
+)
+def test_decide_never_trades_an_answer_for_a_guess(
+    table: dict[tuple[str, str], bool | str | None], usable: frozenset[str], current: str | None
+) -> None:
+    """ "guess": the HEAD failed and the image is taken as present, but not verified."""
+    registry = Registry({key: True if value == "guess" else value for key, value in table.items()})  # type: ignore[misc]
+    if current in REGIONS:
+        view = pinned_to(current, {"web": WEB, "api": API})
+    else:
+        view = workload({"web": WEB, "api": API}, {ANNOTATION_PINNED_REGION: current} if current else None)
+    choice = decide(snap(registry, usable=usable, verified=lambda i, r: table[(i, r)] is True), view, None)
+    order = [r for r in preference_order(geo_policy(), HOME) if r in usable]
+    images = (WEB, API)
+
+    def answered(region: str) -> bool:
+        return all(table[(i, region)] is True for i in images)
+
+    def possible(region: str) -> bool:
+        return all(table[(i, region)] in (True, "guess") for i in images)
+
+    if choice.unknown:
+        (region,) = {region for _, region in choice.unknown}
+        assert not any(answered(r) or r == current for r in order[: order.index(region)])
+        return
+    assert choice.target is not None
+    if choice.target.is_global:
+        assert not any(possible(r) or r == current for r in order)
+        return
+    region = choice.target.region
+    before = order[: order.index(region)]
+    assert not any(answered(r) or r == current for r in before)
+    if region != current and not answered(region):
+        assert possible(region)
+        assert not any(answered(r) or r == current for r in order)  # failed open: nothing better known
+        assert not any(possible(r) for r in before)

@@ -81,3 +81,35 @@ def test_the_absent_answers_are_listed_most_recent_first_for_the_standbys() -> N
     asyncio.run(cache.resolve(POLICY, ScriptedClient([None, "sha256:" + "b" * 64]), [(IMAGE, "westus")], "eastus"))
     asyncio.run(cache.resolve(POLICY, ScriptedClient(["sha256:" + "b" * 64]), [(IMAGE, "eastus")], "eastus"))
     assert cache.absent() == [(IMAGE, ["westus"]), (older, ["westus"])]
+
+
+def test_a_failed_head_never_turns_a_real_absence_into_a_presence() -> None:
+    clock = Clock()
+    cache = ImageCache(present_ttl=300.0, absent_ttl=10.0, clock=clock)
+    # The soak's seed 3 in CI: westus answered 404, then a refresh timed out on the loaded machine;
+    # the guess made the image "present" there and a Deployment was moved to a replica lacking it.
+    client = ScriptedClient([None, ProbeError(Outcome.TIMEOUT, "timeout after 1s"), "sha256:" + "a" * 64])
+    assert ask(cache, client) is False
+    clock.now += 10.0
+    asyncio.run(cache.refresh_stale(POLICY, client, "eastus"))
+    assert cache.available(IMAGE, "westus") is False
+    assert cache.stale() == []  # and asked again as soon as an absence is
+    clock.now += 10.0
+    asyncio.run(cache.refresh_stale(POLICY, client, "eastus"))
+    assert cache.available(IMAGE, "westus") is True
+    assert cache.verified(IMAGE, "westus")
+
+
+def test_a_guess_is_present_but_not_verified_and_a_failure_keeps_a_real_presence() -> None:
+    clock = Clock()
+    cache = ImageCache(present_ttl=300.0, absent_ttl=10.0, clock=clock)
+    client = ScriptedClient([ProbeError(Outcome.CONNECT, "connection refused")])
+    assert ask(cache, client) is True
+    assert not cache.verified(IMAGE, "westus")
+    answered = ImageCache(present_ttl=300.0, absent_ttl=10.0, clock=clock)
+    client = ScriptedClient(["sha256:" + "b" * 64, ProbeError(Outcome.TIMEOUT, "timeout after 1s")])
+    assert ask(answered, client) is True
+    clock.now += 300.0
+    asyncio.run(answered.refresh_stale(POLICY, client, "eastus"))
+    assert answered.available(IMAGE, "westus") is True
+    assert answered.verified(IMAGE, "westus")

@@ -158,6 +158,7 @@ class PolicyBook:
             usable=usable,
             # A standby looks nothing up: it answers admission from the leader's published gaps.
             availability=cache.available if cache is not None else published_availability(entry.observed_status),
+            verified=cache.verified if cache is not None else None,
             digest_of=cache.digest_of if cache is not None else None,
             deleting=entry.deleting,
             excluded_namespaces=self.excluded_namespaces,

@@ -24,7 +24,8 @@ POD = KINDS["Pod"]
 def present_unless_known_absent(
     availability: Callable[[str, str], bool | None] | None,
 ) -> Callable[[str, str], bool | None] | None:
-    """Pods never wait on a registry: an unknown manifest counts as present."""
+    """Pods never wait on a registry: an unknown manifest counts as present (and, with ``verified``
+    left out, a guess as good as an answer)."""
     if availability is None:
         return None
     return lambda image, region: availability(image, region) is not False
@@ -46,6 +47,7 @@ def mutate_pod(
             s,
             policy=replace(s.policy, digest_pinning=False),
             availability=present_unless_known_absent(s.availability),
+            verified=None,
         )
         for s in snapshots
     ]

@@ -51,6 +51,9 @@ class PolicySnapshot:
     excluded_namespaces: frozenset[str] = DEFAULT_EXCLUDED_NAMESPACES
     # (image, region) → is the manifest there? None: not looked up yet. Used when replicationCheck is on.
     availability: Callable[[str, str], bool | None] | None = None
+    # (image, region) → did the replica itself answer "present" (not a guess after a failed HEAD)?
+    # None: every presence counts as verified (a standby's published gaps hold no guesses).
+    verified: Callable[[str, str], bool] | None = None
     # image → digest resolved for it (digestPinning), None: not resolved yet.
     digest_of: Callable[[str], str | None] | None = None
     # nodeImageCheck: Enforce while a schedulable node's kubelet has no credentials for regional hosts.
@@ -153,7 +156,11 @@ def _first_qualifying(
     snapshot: PolicySnapshot, view: WorkloadView, images: list[str]
 ) -> tuple[Target, str | None] | Choice:
     """The first usable replica in preference order that qualifies (credentials, replication), else the
-    fallback; with the first region still awaiting replication. A Choice when a lookup is needed first."""
+    fallback; with the first region still awaiting replication. A Choice when a lookup is needed first.
+
+    A presence that is only a guess (the HEAD failed) qualifies a replica only when no replica's own
+    answer does: a workload is never moved to a replica that may lack its images while one that has
+    them is usable, and fails open only when nothing better is known."""
     policy = snapshot.policy
     current = view.annotations.get(ANNOTATION_PINNED_REGION)
     preferred = view.annotations.get(ANNOTATION_REGION)
@@ -169,6 +176,8 @@ def _first_qualifying(
     # Redirect: a template pinned to a replica unusable for less than repointAfterSeconds stays; its
     # new Pods are pinned to the target at admission instead (running Pods never restart).
     usable = snapshot.usable | (snapshot.held & {current}) if current is not None else snapshot.usable
+    verified = snapshot.verified
+    guessed: tuple[Target, str | None] | None = None  # the first replica qualified by a guess alone
     for region in preference_order(policy, snapshot.cluster_region, preferred):
         if region not in usable:
             continue
@@ -190,7 +199,13 @@ def _first_qualifying(
             if not all(found):
                 awaiting = awaiting or region
                 continue
+            if verified is not None and not all(verified(image, region) for image in checked):
+                guessed = guessed or (Target(region, endpoint), awaiting)
+                awaiting = awaiting or region
+                continue
         return Target(region, endpoint), awaiting
+    if guessed is not None:
+        return guessed  # fail open: no replica answered for the images, and this one may have them
     if lacks_credentials:
         return Target(GLOBAL_REGION, policy.registry), awaiting  # not Stay: a kept regional pin fails to pull
     return choose(policy, snapshot.cluster_region, frozenset(), preferred, current), awaiting

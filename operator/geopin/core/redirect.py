@@ -84,6 +84,7 @@ def _for_pods(snapshot: PolicySnapshot) -> PolicySnapshot:
         snapshot,
         held=frozenset(),
         availability=present_unless_known_absent(snapshot.availability),
+        verified=None,
         policy=replace(snapshot.policy, digest_pinning=False),
     )
 

@@ -4,9 +4,12 @@ Replication awareness asks "is this image at that replica yet?" before a workloa
 digest pinning asks "what does this tag resolve to?". Answers are cached per policy: a present
 manifest for ``present_ttl`` (it does not vanish), an absent one for ``absent_ttl`` (ACR replicates
 within seconds to minutes, so it is asked again soon). A registry error is not an answer: it is
-logged and the image is taken as present (fail open), because a replica the probes call healthy
-but that refuses a HEAD (say, no pull permission for geopin) must not hold every workload back; that
-guess expires as soon as an absence does, so a real answer replaces it.
+logged and, where there is no answer yet, the image is taken as present (fail open), because a replica
+the probes call healthy but that refuses a HEAD (say, no pull permission for geopin) must not hold
+every workload back; that guess expires as soon as an absence does, so a real answer replaces it. A
+failure never replaces a real answer (a HEAD that times out on a loaded replica must not turn its
+"absent" into "present"), and a guess is never ``verified``: decisions prefer a replica whose
+answer is real (core/decisions.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ logger = logging.getLogger(__name__)
 class _Entry:
     present: bool
     expires: float
+    answered: bool = True  # False: a guess after a failed HEAD
 
 
 class ImageCache:
@@ -55,6 +59,11 @@ class ImageCache:
         status never flap to "unknown" just because an answer aged; None only before the first."""
         entry = self._presence.get((image, region))
         return None if entry is None else entry.present
+
+    def verified(self, image: str, region: str) -> bool:
+        """Did the replica itself answer that it has the image (not a guess after a failed HEAD)?"""
+        entry = self._presence.get((image, region))
+        return entry is not None and entry.present and entry.answered
 
     def absent(self) -> list[tuple[str, list[str]]]:
         """(image, the regions whose last answer was "absent"), the most recently answered first: what
@@ -112,10 +121,15 @@ class ImageCache:
                 present, known = digest is not None, True
         now = self.clock()
         if region:
-            # A failure's "present" is a guess, not an answer: asked again as soon as an absence is,
-            # or a HEAD that failed while a replica restarted would vouch for it for minutes.
-            ttl = self.present_ttl if present and known else self.absent_ttl
-            self._presence[(image, region)] = _Entry(present, now + ttl)
+            previous = self._presence.get((image, region))
+            if not known and previous is not None and previous.answered:
+                # The last real answer stands, asked again soon.
+                self._presence[(image, region)] = _Entry(previous.present, now + self.absent_ttl)
+            else:
+                # A failure's "present" is a guess, not an answer: asked again as soon as an absence is,
+                # or a HEAD that failed while a replica restarted would vouch for it for minutes.
+                ttl = self.present_ttl if present and known else self.absent_ttl
+                self._presence[(image, region)] = _Entry(present, now + ttl, answered=known)
         if digest is not None:
             self._digests[image] = (digest, now + self.present_ttl)
             if not region:
