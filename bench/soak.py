@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -174,21 +174,24 @@ class SoakEnv:
         for namespace in sorted({namespace for namespace, _, _ in made}):
             self.core.create_namespace({"metadata": {"name": namespace}})
         with ThreadPoolExecutor(CREATE_THREADS, thread_name_prefix="soak-create") as pool:
-            list(pool.map(lambda item: self.create_deployment(*item, locked=False), made))
+            list(pool.map(lambda item: self._create_deployment(*item), made))  # before the checker samples
         for name in POLICIES:
             self.custom.create_cluster_custom_object(GROUP, VERSION, PLURAL, self.policy_body(name))
 
-    def create_deployment(self, namespace: str, name: str, image: str, *, locked: bool = True) -> None:
-        """A user creates a Deployment; `locked=False` before the checker samples (the fleet, in parallel)."""
+    def create_deployment(self, namespace: str, name: str, image: str) -> None:
+        """A user creates a Deployment."""
+        with self.lock:
+            self._create_deployment(namespace, name, image)
+
+    def _create_deployment(self, namespace: str, name: str, image: str) -> None:
         body = deployment(name, image, labels={"app": name})
         body["spec"]["replicas"] = 0  # no kubelet here: the templates are what geopin writes
-        with self.lock if locked else nullcontext():
-            try:
-                self.apps.create_namespaced_deployment(namespace, body)
-            except client.ApiException as e:
-                if e.status != 409:  # made by an attempt whose answer was lost (the API server restarted)
-                    raise
-            self.intent[(namespace, name)] = image
+        try:
+            self.apps.create_namespaced_deployment(namespace, body)
+        except client.ApiException as e:
+            if e.status != 409:  # made by an attempt whose answer was lost (the API server restarted)
+                raise
+        self.intent[(namespace, name)] = image
 
     def delete_deployment(self, namespace: str, name: str) -> None:
         with self.lock:
