@@ -26,7 +26,8 @@ from tests.unit.fakekube import FakeKube
 COUNT = 10
 
 
-def world(kube: FakeKube, up: Callable[[str], bool] = lambda host: True) -> Runtime:
+def world(kube: FakeKube, up: Callable[[str], bool] = lambda host: True, watch_latency: float = 0.0) -> Runtime:
+    """``watch_latency``: how long after a write its watch event reaches geopin (0: before the patch returns)."""
     for i in range(COUNT):
         kube.add(deployment(f"app-{i}", f"{REGISTRY}/app-{i}:1"))
     config = RunConfig(operator_namespace="geopin-system", workers=2)
@@ -34,7 +35,11 @@ def world(kube: FakeKube, up: Callable[[str], bool] = lambda host: True) -> Runt
 
     def watched(body: dict[str, Any]) -> None:
         if body.get("kind") == "Deployment":
-            runtime.workload_changed(view_of(KINDS["Deployment"], body), body["metadata"]["resourceVersion"])
+            view, version = view_of(KINDS["Deployment"], body), body["metadata"]["resourceVersion"]
+            if watch_latency:
+                asyncio.get_running_loop().call_later(watch_latency, runtime.workload_changed, view, version)
+            else:
+                runtime.workload_changed(view, version)
 
     kube.watch(watched)
     return runtime
@@ -165,6 +170,41 @@ def test_the_status_loop_resyncs_once_per_pass_whatever_the_number_of_policies(m
         assert kube.statuses == []  # nothing changed: nothing written
 
     leading(runtime, scenario)
+
+
+def test_the_status_counts_writes_whose_watch_events_come_after_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write wakes the status loop when its patch returns; its watch event (what the counts read) can
+    land after that pass. The late event must wake the loop again: else the count lags till the resync."""
+    monkeypatch.setattr("geopin.control.reporting.DEBOUNCE_SECONDS", 0.0)
+    monkeypatch.setattr("geopin.control.reporting.RESYNC_SECONDS", 3600.0)
+    kube = FakeKube()
+    runtime = world(kube, watch_latency=0.3)
+    runtime.book.upsert(entry(policy()))
+
+    async def scenario() -> None:
+        await eventually(lambda: on(kube, EAST), "every template written")
+        await eventually(
+            lambda: bool(kube.statuses) and status(kube, "contoso").get("workloads", {}).get("pinned") == COUNT,
+            "the status counting every pin",
+        )
+
+    leading(runtime, scenario)
+
+
+def test_only_an_event_that_changes_what_geopin_keeps_wakes_the_status_loop() -> None:
+    kube = FakeKube()
+    runtime = world(kube)
+    body = kube.objects["/apis/apps/v1/namespaces/apps/deployments/app-0"]
+    view = view_of(KINDS["Deployment"], body)
+    runtime.changes.status.clear()
+    runtime.workload_changed(view, "1000")  # a status-only update: the same view, a new resourceVersion
+    assert not runtime.changes.status.is_set()
+    edited = {**body, "spec": {"template": {"spec": {"containers": [{"name": "app", "image": f"{REGISTRY}/x:2"}]}}}}
+    runtime.workload_changed(view_of(KINDS["Deployment"], edited), "1001")
+    assert runtime.changes.status.is_set()
+    runtime.changes.status.clear()
+    runtime.workload_gone(view.ref, "uid-0", "1002")
+    assert runtime.changes.status.is_set()
 
 
 def test_a_forbidden_write_shows_in_ready_until_a_write_succeeds() -> None:

@@ -98,12 +98,24 @@ class Runtime:
     # -- what the event handlers report ------------------------------------------------------------
 
     def workload_changed(self, view: WorkloadView, resource_version: str | None) -> None:
+        kept = self.cluster.workloads.changes
         self.cluster.upsert_workload(view, resource_version)
         self.reconciler.observe(view)
+        self._recount_if_changed(kept)
 
     def workload_gone(self, ref: WorkloadRef, uid: str, resource_version: str | None) -> None:
+        kept = self.cluster.workloads.changes
         self.cluster.workloads.discard(ref, resource_version)
         self.notices.forget(uid)
+        self._recount_if_changed(kept)
+
+    def _recount_if_changed(self, kept: int) -> None:
+        """The status counts what the cache holds. A write of ours wakes the status loop when the patch
+        returns, and its watch event may land after that pass: the event must wake it again, or the
+        counts lag till the next resync. A status-only event (a rollout's replica counts) changes
+        nothing geopin keeps and costs no pass."""
+        if self.cluster.workloads.changes != kept:
+            self.changes.touch()
 
     def namespace_changed(self, name: str, resource_version: str | None, labels: Mapping[str, str] | None) -> None:
         """A namespace's labels (None: deleted); policies' namespaceSelectors may select differently."""
