@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
+
+import urllib3
 
 from geopin.io.kube import Kube, NotLeading
 from geopin.io.leader import LeaderElector
@@ -159,6 +162,8 @@ def test_the_standby_waits_for_the_lease_to_expire_on_its_own_clock() -> None:
 
 class _Refuse:
     """An ApiClient that must never send: the fence refuses first."""
+
+    rest_client = SimpleNamespace(pool_manager=urllib3.PoolManager())
 
     def param_serialize(self, *args: Any, **kwargs: Any) -> Any:
         return ()

@@ -26,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from geopin.core import crd
 from geopin.core.timestamps import rfc3339
 from geopin.core.workloads import Kind
+from geopin.io.fencing import NotLeading, fence_writes, refusal
 
 __all__ = [
     "CALL_FAILURES",
@@ -129,16 +130,13 @@ async def create_or_replace(api: KubeAPI, path: str, body: dict[str, Any], *, un
     return "replaced"
 
 
-class NotLeading(Exception):
-    """A write this replica refused to send: it does not hold the Lease, or cannot be sure it still does."""
-
-
 class Kube:
     """Thin async wrapper; one instance per operator process (plus one that only the election uses).
 
-    ``may_write``, when given, is asked on the API thread right before every write is sent: with leader
-    election it says whether the Lease is surely still held, so a replica that stalled (a paused
-    process, a slow API server) cannot write after another replica took over.
+    ``may_write``, when given, is asked on the API thread before every write, and again right before
+    the write's first byte goes out (io/fencing.py): with leader election it says whether the Lease is
+    surely still held, so a replica that stalled (a paused process, a slow API server) cannot write
+    after another replica took over.
     """
 
     def __init__(
@@ -151,6 +149,8 @@ class Kube:
     ) -> None:
         self.api_client = api_client
         self.may_write = may_write
+        if may_write is not None:
+            fence_writes(api_client.rest_client.pool_manager, may_write)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="geopin-api")
         self._event_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=event_concurrency, thread_name_prefix="geopin-events"
@@ -181,9 +181,9 @@ class Kube:
             request = self.api_client.param_serialize(
                 method, path, query_params=query, header_params=headers, body=body, auth_settings=["BearerToken"]
             )
-            # As late as possible: nothing between this check and the request leaving but the client's own code.
+            # Early, to spend nothing on a write that cannot go; the fence asks again at the socket.
             if method != "GET" and self.may_write is not None and not self.may_write():
-                raise NotLeading(f"{method} {path.split('?', 1)[0]}: not sent, this replica does not hold the Lease")
+                raise refusal(method, path)
             response = self.api_client.call_api(*request, _request_timeout=30)
             response.read()
             if not parse and 200 <= response.status < 300:
