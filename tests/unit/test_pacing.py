@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -96,6 +97,32 @@ def test_a_switch_writes_templates_at_the_policys_pace_and_counts_what_waits() -
     assert all(image(kube, f"web-{i}") == f"{WEST}/web:{i}" for i in range(5))
     assert sorted(recorder.sleeps) == pytest.approx([0.2, 0.4, 0.6, 0.8])  # the first slot is now
     assert worker.pacer.pending("contoso") == 0
+
+
+def test_workers_that_overslept_a_stall_take_fresh_slots_instead_of_writing_in_a_burst() -> None:
+    now = [0.0]
+    stall_ends = 10.0  # the event loop runs nothing between 0.1 s and 10 s
+    turns: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        target = now[0] + seconds
+        await asyncio.sleep(0)  # the other workers run meanwhile
+        now[0] = max(now[0], target, stall_ends if target > 0.1 else 0.0)
+
+    pacer = RepointPacer(clock=lambda: now[0], sleep=sleep)
+
+    async def worker() -> None:
+        await pacer.turn("contoso", 5)
+        turns.append(now[0])
+
+    async def switch() -> None:
+        await asyncio.gather(*(worker() for _ in range(5)))
+
+    asyncio.run(switch())
+    assert turns[0] == 0.0
+    after = sorted(turns[1:])
+    assert after[0] >= stall_ends
+    assert [round(b - a, 6) for a, b in itertools.pairwise(after)] == [0.2, 0.2, 0.2]
 
 
 def test_zero_is_unpaced() -> None:

@@ -63,5 +63,14 @@ class RepointPacer:
         delay = bucket.reserve(self._clock())
         if delay <= 0:
             return False
-        await self._sleep(delay)  # the pace itself: a rate, not a synchronisation
-        return True
+        interval = 1.0 / per_second
+        while True:
+            slot = self._clock() + delay
+            await self._sleep(delay)  # the pace itself: a rate, not a synchronisation
+            if self._clock() - slot <= interval:
+                return True
+            # The event loop stalled (a starved CPU, a paused process) past several slots, and every
+            # worker that overslept wakes at once: each takes a fresh slot rather than write in a burst.
+            delay = bucket.reserve(self._clock())
+            if delay <= 0:
+                return True
