@@ -15,6 +15,10 @@ from geopin.core.policy import InvalidPolicy, Policy, from_spec
 def entry_from(body: kopf.Body, previous: PolicyEntry | None) -> PolicyEntry:
     meta = body.get("metadata", {})
     name = meta.get("name", "")
+    uid = meta.get("uid", "")
+    # A policy deleted and created again under its name is a new object: it inherits nothing of the
+    # old one (above all not its deletion, which would restore every workload and never pin again).
+    previous = previous if previous is not None and previous.uid == uid else None
     policy: Policy | None
     try:
         policy, error = from_spec(name, body.get("spec") or {}), None
@@ -23,7 +27,7 @@ def entry_from(body: kopf.Body, previous: PolicyEntry | None) -> PolicyEntry:
         policy, error = (previous.policy if previous else None), str(e)
     return PolicyEntry(
         name=name,
-        uid=meta.get("uid", ""),
+        uid=uid,
         created=meta.get("creationTimestamp", ""),
         generation=int(meta.get("generation") or 0),
         policy=policy,
@@ -39,7 +43,13 @@ def entry_from(body: kopf.Body, previous: PolicyEntry | None) -> PolicyEntry:
 async def policy_changed(name: str, body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     runtime: Runtime = memo.runtime
     previous = runtime.book.entries.get(name)
-    if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+    if type == "DELETED":
+        # Gone from the API. Where policy_deleted did not get to forget it (a standby whose handler was
+        # still waiting on the leader's restores when the finalizer went), forget it now.
+        if previous is not None and previous.uid == body.get("metadata", {}).get("uid"):
+            await runtime.policy_forgotten(name)
+        return
+    if body.get("metadata", {}).get("deletionTimestamp"):
         return  # policy_deleted restores and forgets it
     entry = entry_from(body, previous)
     if previous is not None and (previous.generation, previous.uid) == (entry.generation, entry.uid):
